@@ -64,7 +64,7 @@ class ZoomRConfig:
     quest_page_size: int = _opt(16, "quest policy: tokens per page")
     quest_top_pages: int = _opt(64, "quest policy: pages attended per step besides the open window")
     host_store_tokens: int = _opt(
-        1 << 20, "detail tokens the host store holds across all requests (all layers of each)", per_request=False
+        65536, "detail tokens the host store holds across all requests (all layers of each; preallocated)", per_request=False
     )
     host_full_fallback: str = _opt(
         "keep_on_device",
@@ -205,7 +205,10 @@ class ZoomRConfig:
         try:
             return dataclasses.replace(self, **changes)
         except ZoomRConfigError as e:
-            raise ZoomRConfigError(f"custom_params: {e}") from None
+            message = str(e)
+            for name in changes:  # name the request key the client sent, not the field
+                message = message.replace(f"zoomr {name} ", f"custom_params key 'zoomr_{name}' ")
+            raise ZoomRConfigError(message if message != str(e) else f"custom_params: {message}") from None
 
 
 def request_enables_zoomr(custom_params: Mapping[str, Any] | None, default: bool = True) -> bool:

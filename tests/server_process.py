@@ -1,0 +1,127 @@
+"""A real SGLang server started through ``launch.py`` for end-to-end tests, and stopped without leftovers.
+
+Contract: ``ServerProcess.start(args)`` runs ``python launch.py ARGS --host 127.0.0.1 --port P`` in its own
+process group, waits until ``/health`` answers 200 and a first ``/generate`` succeeds, and raises with the log's
+tail if the server dies or takes longer than ``timeout``. ``stop()`` ends the whole group (SIGTERM, then SIGKILL)
+and returns the processes that survived, which callers assert to be none.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None):
+        self.args = list(args)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="zoomr-server-", suffix=".log", delete=False)
+        self.env = {k: v for k, v in os.environ.items() if k != "ZOOMR_SGL_CONFIG"}
+        self.env.update(env or {})
+        self.proc: subprocess.Popen | None = None
+        self.ready_seconds: float | None = None
+
+    @classmethod
+    def start(cls, args: list[str], timeout: float = 240, env: dict[str, str] | None = None) -> "ServerProcess":
+        server = cls(args, env)
+        t0 = time.monotonic()
+        server.proc = subprocess.Popen(
+            [sys.executable, str(REPO / "launch.py"), *server.args, "--host", "127.0.0.1", "--port", str(server.port)],
+            cwd=REPO, env=server.env, stdout=server.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            server._wait_ready(t0 + timeout)
+        except BaseException:
+            server.stop()
+            raise
+        server.ready_seconds = time.monotonic() - t0
+        return server
+
+    def _wait_ready(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(self.url + "/health", timeout=5).status_code == 200:
+                    probe = {"text": "ready?", "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
+                    if requests.post(self.url + "/generate", json=probe, timeout=60).status_code == 200:
+                        return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready in time:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        self.log.flush()
+        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
+    def group_processes(self) -> list[psutil.Process]:
+        if self.proc is None:
+            return []
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if os.getpgid(p.pid) == self.proc.pid and p.status() != psutil.STATUS_ZOMBIE:
+                    found.append(p)
+            except (psutil.Error, ProcessLookupError):
+                continue
+        return found
+
+    def stop(self, grace: float = 20) -> list[psutil.Process]:
+        """End the server's whole process group; returns the processes still alive afterwards."""
+        if self.proc is None:
+            return []
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and self.group_processes():
+                try:
+                    self.proc.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    pass
+            if not self.group_processes():
+                break
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        return self.group_processes()
+
+    # ------------------------------------------------------------------ requests
+    def get(self, path: str, **kw) -> requests.Response:
+        return requests.get(self.url + path, timeout=kw.pop("timeout", 60), **kw)
+
+    def post(self, path: str, payload: dict, **kw) -> requests.Response:
+        return requests.post(self.url + path, json=payload, timeout=kw.pop("timeout", 300), **kw)
+
+    def generate(self, text: str, **sampling) -> dict:
+        params = {"temperature": 0, **sampling}
+        r = self.post("/generate", {"text": text, "sampling_params": params})
+        r.raise_for_status()
+        return r.json()

@@ -1,0 +1,77 @@
+"""launch.py's own flags: platform defaults, the user's flags win, and every bad ZoomR flag is one line + exit 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.server_process import REPO
+from zoomr_sgl.config import ENV_VAR, ZoomRConfig
+from zoomr_sgl.launcher import LaunchError, plan_launch
+
+
+def test_cpu_plan_adds_cpu_settings_and_default_model():
+    plan = plan_launch(["--enable-zoomr", "--zoomr-zoom-budget", "128"], cuda_available=False, default_model="M")
+    argv = plan.sglang_argv
+    assert argv[:2] == ["--model-path", "M"]
+    for flag in ("--device", "--attention-backend", "--disable-overlap-schedule", "--max-total-tokens"):
+        assert flag in argv
+    assert plan.env["SGLANG_USE_CPU_ENGINE"] == "1"
+    assert ZoomRConfig.from_env({ENV_VAR: plan.env[ENV_VAR]}).zoom_budget == 128
+
+
+def test_user_flags_come_last_and_win():
+    plan = plan_launch(["--model-path", "X", "--max-total-tokens", "4096"], cuda_available=False, default_model="M")
+    argv = plan.sglang_argv
+    assert "M" not in argv
+    assert argv[-4:] == ["--model-path", "X", "--max-total-tokens", "4096"]
+
+
+def test_cuda_plan_uses_flashinfer_and_no_cpu_engine():
+    plan = plan_launch(["--model-path", "X"], cuda_available=True, default_model=None)
+    assert plan.sglang_argv[:2] == ["--attention-backend", "flashinfer"]
+    assert "SGLANG_USE_CPU_ENGINE" not in plan.env
+
+
+def test_without_enable_zoomr_the_plugin_gets_no_config():
+    plan = plan_launch([], cuda_available=False, default_model="M")
+    assert plan.env[ENV_VAR] is None and plan.zoomr is None
+
+
+BAD_FLAGS = [
+    (["--zoomr-zoom-budget", "0"], "zoom_budget must be positive"),
+    (["--zoomr-zoom-budget", "-1"], "zoom_budget must be positive"),
+    (["--zoomr-zoom-topk", "0"], "zoom_topk must be positive"),
+    (["--zoomr-zoom-interval", "0"], "zoom_interval must be positive"),
+    (["--zoomr-host-store-tokens", "-8"], "host_store_tokens must be positive"),
+    (["--zoomr-max-summary-tokens", "0"], "max_summary_tokens must be positive"),
+    (["--zoomr-policy", "oracle"], "policy must be one of"),
+    (["--zoomr-summary-open", ""], "markers must not be empty"),
+    (["--zoomr-summary-close", " "], "markers must not be empty"),
+    (["--zoomr-summary-open", "<s>", "--zoomr-summary-close", "<s>"], "markers must differ"),
+    (["--zoomr-min-thought-tokens", "100", "--zoomr-max-thought-tokens", "50"], "exceeds max_thought_tokens"),
+    (["--zoomr-zoom-budget", "lots"], "invalid int value"),
+    (["--zoomr-unknown", "1"], "unknown ZoomR flag"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_FLAGS)
+def test_plan_rejects_bad_flags(flags, message):
+    with pytest.raises(LaunchError, match=message):
+        plan_launch(["--enable-zoomr", *flags], cuda_available=False, default_model="M")
+
+
+def test_zoomr_flags_without_enable_are_an_error():
+    with pytest.raises(LaunchError, match="needs --enable-zoomr"):
+        plan_launch(["--zoomr-zoom-budget", "64"], cuda_available=False, default_model="M")
+
+
+@pytest.mark.parametrize("flags, message", BAD_FLAGS)
+def test_launch_py_exits_2_with_one_line(flags, message):
+    r = subprocess.run(
+        [sys.executable, str(REPO / "launch.py"), "--enable-zoomr", *flags],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("launch.py: error:") and message in lines[0], r.stderr

@@ -1,0 +1,135 @@
+"""``python launch.py``: SGLang's server with the ZoomR plugin, started the way ``sglang.launch_server`` does.
+
+Contract:
+- Takes every ``sglang.launch_server`` flag plus ``--enable-zoomr`` and the ``--zoomr-*`` flags of
+  ``ZoomRConfig``. A bad ZoomR flag prints one line ``launch.py: error: ...`` on stderr and exits with status 2,
+  before anything heavy is imported.
+- Picks the platform by itself: without CUDA it sets ``SGLANG_USE_CPU_ENGINE=1`` and passes ``--device cpu
+  --attention-backend torch_native --disable-overlap-schedule --max-total-tokens 65536``; with CUDA it passes
+  ``--attention-backend flashinfer``. Flags given by the user come later on the command line and win.
+- Without ``--model-path`` it serves the embedded default model (building it if needed).
+- With ``--enable-zoomr`` it exports the config as ``ZOOMR_SGL_CONFIG`` for every SGLang process; without it the
+  variable is removed, the plugin stays inert and SGLang behaves as stock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NamedTuple, Sequence
+
+from zoomr_sgl.config import ENV_VAR, ZoomRConfig, ZoomRConfigError
+
+PROG = "launch.py"
+CPU_DEFAULTS = [
+    "--device", "cpu",
+    "--attention-backend", "torch_native",
+    "--disable-overlap-schedule",
+    "--max-total-tokens", "65536",
+]
+CUDA_DEFAULTS = ["--attention-backend", "flashinfer"]
+
+
+class LaunchError(Exception):
+    """A launcher input is wrong; the message is the one line the user sees."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, as for every other bad flag
+        raise LaunchError(message)
+
+
+class LaunchPlan(NamedTuple):
+    """What the launcher will do: the SGLang argv, the environment changes, and the ZoomR config (or None)."""
+
+    sglang_argv: list[str]
+    env: dict[str, str | None]  # None: remove the variable
+    zoomr: ZoomRConfig | None
+    device: str
+
+
+def zoomr_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, add_help=False, allow_abbrev=False)
+    parser.add_argument("--enable-zoomr", action="store_true", help="turn ZoomR on in every SGLang process")
+    ZoomRConfig.add_cli_args(parser)
+    return parser
+
+
+def _has_flag(argv: Sequence[str], *names: str) -> bool:
+    return any(a == n or a.startswith(n + "=") for a in argv for n in names)
+
+
+def plan_launch(argv: Sequence[str], cuda_available: bool, default_model: str | None) -> LaunchPlan:
+    """Split our flags from SGLang's, validate ours, and add the platform defaults. Raises ``LaunchError``."""
+    ours, rest = zoomr_parser().parse_known_args(list(argv))
+    try:
+        config = ZoomRConfig.from_cli_args(ours)
+    except ZoomRConfigError as e:
+        raise LaunchError(str(e)) from None
+    stray = [a for a in rest if a.startswith("--zoomr")]
+    if stray:
+        raise LaunchError(f"unknown ZoomR flag {stray[0]} (see --help)")
+    zoomr_given = [a for a in argv if a.startswith("--zoomr-")]
+    if zoomr_given and not ours.enable_zoomr:
+        raise LaunchError(f"{zoomr_given[0].split('=')[0]} needs --enable-zoomr")
+
+    defaults = list(CUDA_DEFAULTS if cuda_available else CPU_DEFAULTS)
+    if not _has_flag(rest, "--model-path", "--model"):
+        if default_model is None:
+            raise LaunchError("no --model-path given and no embedded default model")
+        defaults = ["--model-path", default_model] + defaults
+    env: dict[str, str | None] = {ENV_VAR: config.to_env() if ours.enable_zoomr else None}
+    if not cuda_available:
+        env["SGLANG_USE_CPU_ENGINE"] = "1"
+    return LaunchPlan(defaults + rest, env, config if ours.enable_zoomr else None, "cuda" if cuda_available else "cpu")
+
+
+def _print_help() -> None:
+    zoomr_parser().print_help()
+    print("\nEvery other flag goes to SGLang's server; its own help follows.\n")
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser(prog=PROG + " [SGLang flags]")
+    ServerArgs.add_cli_args(parser)
+    parser.print_help()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _has_flag(argv, "-h", "--help"):
+        _print_help()
+        return 0
+    wants_default_model = not _has_flag(argv, "--model-path", "--model")
+    try:  # validate before the heavy imports, so a bad flag answers at once
+        plan_launch(argv, False, "<embedded>")
+    except LaunchError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    import torch
+
+    from zoomr_sgl import embedded_model
+
+    plan = plan_launch(argv, torch.cuda.is_available(), "<embedded>")
+    if wants_default_model:
+        model_dir = str(embedded_model.build(embedded_model.default_model_path()))
+        plan = plan._replace(sglang_argv=[model_dir if a == "<embedded>" else a for a in plan.sglang_argv])
+    for key, value in plan.env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+    # From here on, what sglang.launch_server's __main__ does, with our argv.
+    from sglang.launch_server import run_server
+    from sglang.srt.plugins import load_plugins
+    from sglang.srt.server_args import prepare_server_args
+    from sglang.srt.utils import kill_process_tree
+
+    load_plugins()
+    server_args = prepare_server_args(plan.sglang_argv)
+    try:
+        run_server(server_args)
+    finally:
+        kill_process_tree(os.getpid(), include_parent=False)
+    return 0
