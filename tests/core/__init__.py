@@ -1,0 +1,1 @@
+"""Tests of the pure-torch ZoomR core (zoomr_sgl without SGLang)."""

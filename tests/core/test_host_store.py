@@ -1,0 +1,122 @@
+"""HostDetailStore: byte-exact round trips into other slots, fragmented blocks, both full-store fallbacks, stale
+blocks rejected, and no two live blocks sharing a row under random allocate/free."""
+
+import random
+
+import pytest
+import torch
+
+from zoomr_sgl.host_store import HostDetailStore, StaleBlockError
+
+LAYERS, HKV, D = 3, 2, 4
+
+
+def pool(dtype=torch.bfloat16, slots=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda: [torch.randn(slots, HKV, D, generator=g).to(dtype) for _ in range(LAYERS)]
+    return make(), make()
+
+
+def store(capacity=32, **kw):
+    return HostDetailStore(LAYERS, capacity, HKV, D, kw.pop("dtype", torch.bfloat16), "cpu", **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+def test_round_trip_is_byte_exact_into_different_slots(dtype):
+    s = store(dtype=dtype)
+    k, v = pool(dtype)
+    src, dst = torch.tensor([3, 17, 4, 40, 9]), torch.tensor([60, 0, 33, 21, 50])
+    want_k, want_v = [b[src].clone() for b in k], [b[src].clone() for b in v]
+    block = s.allocate(5, owner="r0/t0")
+    handle = s.copy_from_device(block, k, v, src)
+    assert handle.done()
+    for b in (*k, *v):
+        b[src] = 0  # the device slots are gone once offloaded
+    s.copy_to_device(block, k, v, dst).wait()
+    for layer in range(LAYERS):
+        assert torch.equal(k[layer][dst].view(torch.uint8), want_k[layer].view(torch.uint8))
+        assert torch.equal(v[layer][dst].view(torch.uint8), want_v[layer].view(torch.uint8))
+
+
+def test_fragmented_block_spans_several_runs_and_still_round_trips():
+    s = store(capacity=12)
+    k, v = pool()
+    a, b, c = s.allocate(4), s.allocate(4), s.allocate(4)
+    s.free(a), s.free(c)
+    frag = s.allocate(8)
+    assert frag.runs == ((0, 4), (8, 4))
+    src, dst = torch.arange(8) * 3, torch.arange(8) + 50
+    s.copy_from_device(frag, k, v, src)
+    s.copy_to_device(frag, k, v, dst)
+    assert all(torch.equal(x[dst], x[src]) for x in (*k, *v))
+    assert s.stats().used_tokens == 12
+
+
+def test_keep_on_device_refuses_when_full_and_changes_nothing():
+    s = store(capacity=10, fallback="keep_on_device")
+    a = s.allocate(6)
+    assert s.allocate(5) is None and s.allocate(11) is None
+    st = s.stats()
+    assert (st.used_tokens, st.blocks, st.refused, st.dropped_blocks) == (6, 1, 2, 0)
+    assert s.is_live(a) and s.allocate(4) is not None
+
+
+def test_drop_oldest_drops_in_age_order_notifies_owner_and_counts():
+    dropped = []
+    s = store(capacity=10, fallback="drop_oldest", on_drop=dropped.append)
+    k, v = pool()
+    a, b, c = s.allocate(3, "a"), s.allocate(3, "b"), s.allocate(3, "c")
+    s.copy_from_device(a, k, v, torch.arange(3))
+    d = s.allocate(5, "d")  # 1 free: drop a (4 free), then b (7 free)
+    assert [x.owner for x in dropped] == ["a", "b"] and d is not None
+    st = s.stats()
+    assert (st.dropped_blocks, st.dropped_tokens, st.used_tokens, st.blocks) == (2, 6, 8, 2)
+    with pytest.raises(StaleBlockError, match="owner 'a'"):
+        s.copy_to_device(a, k, v, torch.arange(3))
+    assert s.allocate(11, "huge") is None and s.stats().dropped_blocks == 2  # never drops for the impossible
+    assert s.is_live(c) and s.is_live(d)
+
+
+def test_stale_block_is_rejected_even_when_its_rows_are_reused():
+    s = store(capacity=4)
+    k, v = pool()
+    old = s.allocate(4)
+    s.free(old)
+    new = s.allocate(4)
+    assert new.runs == old.runs and new.block_id != old.block_id
+    for use in (lambda: s.copy_from_device(old, k, v, torch.arange(4)),
+                lambda: s.copy_to_device(old, k, v, torch.arange(4)), lambda: s.free(old)):
+        with pytest.raises(StaleBlockError):
+            use()
+
+
+def test_bad_copies_are_rejected():
+    s = store()
+    k, v = pool()
+    block = s.allocate(3)
+    with pytest.raises(ValueError, match="slots"):
+        s.copy_from_device(block, k, v, torch.arange(4))
+    with pytest.raises(ValueError, match="layers"):
+        s.copy_from_device(block, k[:2], v[:2], torch.arange(3))
+    with pytest.raises(ValueError, match="does not match"):
+        s.copy_from_device(block, [b.float() for b in k], v, torch.arange(3))
+    with pytest.raises(ValueError):
+        s.allocate(0)
+    with pytest.raises(ValueError):
+        store(fallback="spill")
+
+
+@pytest.mark.parametrize("fallback", ["keep_on_device", "drop_oldest"])
+def test_random_allocate_free_never_shares_a_row(fallback):
+    rng = random.Random(0)
+    s = store(capacity=50, fallback=fallback)
+    live = []
+    for _ in range(300):
+        if live and rng.random() < 0.4:
+            s.free(live.pop(rng.randrange(len(live))))
+        else:
+            block = s.allocate(rng.randint(1, 20))
+            live = [b for b in live if s.is_live(b)] + ([block] if block else [])
+        rows = [r for b in live for start, n in b.runs for r in range(start, start + n)]
+        assert len(rows) == len(set(rows)) == s.stats().used_tokens
+        assert all(0 <= r < 50 for r in rows) and sum(b.num_tokens for b in live) == len(rows)

@@ -1,0 +1,116 @@
+"""Segmenter: spans on hand-made sequences, every documented edge case, and incremental == whole == an independent
+forward-scan oracle on random sequences."""
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from zoomr_sgl.segmenter import Segmenter, Thought, segment
+
+OPEN, CLOSE = (1, 2), (7, 8)
+
+
+def T(i, ds, de, se, closed=True):
+    return Thought(i, ds, de, de, se, closed)
+
+
+def test_multi_token_markers_tile_the_sequence_and_markers_belong_to_the_summary():
+    #      0  1  2  3  4  5  6  7  8  9 10 11 12 13
+    ids = [5, 5, 1, 2, 6, 7, 8, 5, 1, 2, 6, 6, 7, 8]
+    assert segment(ids, OPEN, CLOSE) == (T(0, 0, 2, 7), T(1, 7, 8, 14))
+
+
+def test_engine_mode_ignores_markers_in_the_prompt_program_mode_finds_them():
+    prompt = [1, 2, 6, 7, 8]  # a whole summary inside the prompt
+    ids = prompt + [5, 5, 1, 2, 6, 7, 8]
+    assert segment(ids, OPEN, CLOSE, start=len(prompt)) == (T(0, 5, 7, 12),)
+    assert segment(ids, OPEN, CLOSE, start=0) == (T(0, 0, 0, 5), T(1, 5, 7, 12))
+
+
+def test_marker_straddling_start_is_not_a_marker():
+    assert segment([1, 2, 6, 7, 8], OPEN, CLOSE, start=1) == ()
+
+
+def test_closing_marker_without_opening_is_detail_text():
+    ids = [5, 7, 8, 5, 1, 2, 7, 8]
+    assert segment(ids, OPEN, CLOSE) == (T(0, 0, 4, 8),)
+
+
+def test_nested_opening_is_summary_text_and_the_first_close_closes():
+    ids = [5, 1, 2, 6, 1, 2, 6, 7, 8, 5, 7, 8]
+    assert segment(ids, OPEN, CLOSE) == (T(0, 0, 1, 9),)
+
+
+def test_unclosed_summary_is_reported_open_and_closes_later():
+    seg = Segmenter(OPEN, CLOSE)
+    assert seg.extend([5, 5, 1, 2, 6]) == []
+    assert seg.thoughts == (T(0, 0, 2, 5, closed=False),)
+    assert seg.open_summary.summary_end == 5 and seg.closed_thoughts == ()
+    assert seg.extend([7, 8, 5]) == [T(0, 0, 2, 7)]
+    assert seg.open_summary is None and seg.detail_start == 7
+
+
+def test_empty_detail_and_markers_that_share_tokens_do_not_overlap():
+    assert segment([1, 2, 7, 8], OPEN, CLOSE) == (T(0, 0, 0, 4),)
+    # close (2, 3) may not reuse the 2 of open (1, 2)
+    assert segment([1, 2, 3], (1, 2), (2, 3)) == (T(0, 0, 0, 3, closed=False),)
+    assert segment([1, 2, 2, 3], (1, 2), (2, 3)) == (T(0, 0, 0, 4),)
+
+
+@pytest.mark.parametrize("open_ids, close_ids", [((), (1,)), ((1,), ()), ((3, 4), (3, 4))])
+def test_bad_markers_are_rejected(open_ids, close_ids):
+    with pytest.raises(ValueError):
+        Segmenter(open_ids, close_ids)
+
+
+def oracle(ids, o, c, start):
+    """Forward scan, written independently of Segmenter's suffix matching."""
+    out, i, ds, ss = [], start, start, None
+    while i < len(ids):
+        if ss is None and tuple(ids[i:i + len(o)]) == o:
+            ss, i = i, i + len(o)
+        elif ss is not None and tuple(ids[i:i + len(c)]) == c:
+            out.append(Thought(len(out), ds, ss, ss, i + len(c), True))
+            ds, ss, i = i + len(c), None, i + len(c)
+        else:
+            i += 1
+    if ss is not None:
+        out.append(Thought(len(out), ds, ss, ss, len(ids), False))
+    return tuple(out)
+
+
+marker = st.lists(st.integers(0, 3), min_size=1, max_size=3).map(tuple)
+
+
+@st.composite
+def streams(draw):
+    o, c = draw(marker), draw(marker)
+    if o == c:
+        c = c + (4,)
+    pieces = draw(st.lists(st.one_of(st.just(o), st.just(c), st.lists(st.integers(0, 5), max_size=6).map(tuple)),
+                           max_size=14))
+    ids = [t for p in pieces for t in p]
+    start = draw(st.integers(0, len(ids)))
+    cuts = sorted(draw(st.lists(st.integers(0, len(ids)), max_size=5)))
+    return ids, o, c, start, cuts
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams())
+def test_incremental_equals_whole_equals_oracle(case):
+    ids, o, c, start, cuts = case
+    whole = segment(ids, o, c, start)
+    assert whole == oracle(ids, o, c, start)
+    seg, closed, prev = Segmenter(o, c, start), [], 0
+    for cut in cuts + [len(ids)]:  # chunks of any size, checked at every chunk boundary
+        closed += seg.extend(ids[prev:cut])
+        prev = cut
+        assert seg.thoughts == oracle(ids[:cut], o, c, start)
+    assert tuple(closed) == tuple(t for t in whole if t.closed) == seg.closed_thoughts
+    one = Segmenter(o, c, start)
+    assert [t for t in map(one.feed, ids) if t] == closed
+    # details and summaries tile [start, end of last summary) with no gap
+    pos = start
+    for t in whole:
+        assert t.detail_start == pos and t.detail_end == t.summary_start
+        pos = t.summary_end
+    assert pos <= len(ids)

@@ -1,0 +1,219 @@
+"""Host detail store: every layer's K and V of offloaded thoughts, in one preallocated host buffer.
+
+Contract:
+- ``HostDetailStore(num_layers, capacity_tokens, kv_heads, head_dim, dtype, device)`` allocates K and V as
+  ``[num_layers, capacity_tokens, kv_heads, head_dim]`` once, pinned when ``device`` is CUDA (so copies can be
+  asynchronous), plain on CPU. Nothing is allocated afterwards.
+- ``allocate(num_tokens, owner)`` returns a ``HostBlock`` (one or a few contiguous runs of rows, lowest addresses
+  first), or ``None`` when it cannot: with ``host_full_fallback='keep_on_device'`` whenever the free rows do not
+  suffice (the caller keeps the detail on the device; counted in ``refused``); with ``'drop_oldest'`` it first frees
+  the oldest blocks until the request fits, reports each through ``on_drop(block)`` (the block's ``owner`` says whose
+  it was) and counts ``dropped_blocks``/``dropped_tokens``; a request larger than the whole store is refused without
+  dropping anything.
+- ``copy_from_device(block, k_buffers, v_buffers, slots)`` copies rows ``slots`` of every layer's device buffers
+  (``[pool_slots, kv_heads, head_dim]``, SGLang's MHATokenToKVPool layout) into the block; ``copy_to_device`` copies
+  the block back into the given slots (they may differ from the ones it came from). ``len(slots)`` must equal the
+  block's token count. On CPU both are synchronous; on CUDA they run on a side stream after the current stream's
+  pending work, and the returned ``CopyHandle`` says when they landed (``done()``) or waits for them (``wait()``).
+  Consumers on the compute stream must ``wait()`` (or ``handle.event`` must be waited on) before reading.
+- Never silent corruption: block ids are never reused, and any use of a freed or dropped block raises
+  ``StaleBlockError``. ``free`` waits for the block's copies in flight before its rows can be handed out again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from typing import Callable, Hashable, NamedTuple, Sequence
+
+import torch
+
+from zoomr_sgl.config import HOST_FULL_FALLBACKS
+
+
+class StaleBlockError(RuntimeError):
+    """A freed or dropped host block was used."""
+
+
+class HostBlock(NamedTuple):
+    block_id: int
+    runs: tuple[tuple[int, int], ...]  # (first row, row count) in the host buffer
+    num_tokens: int
+    owner: Hashable
+
+
+class HostStoreStats(NamedTuple):
+    capacity_tokens: int
+    used_tokens: int
+    blocks: int
+    dropped_blocks: int
+    dropped_tokens: int
+    refused: int  # allocations answered with None
+
+
+class CopyHandle:
+    """Completion of one copy: ``done()`` asks without blocking, ``wait()`` blocks until it has landed."""
+
+    def __init__(self, event: "torch.cuda.Event | None" = None):
+        self.event = event
+
+    def done(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def wait(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+
+
+class HostDetailStore:
+    """Preallocated host memory for offloaded thought detail (see the module contract)."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        capacity_tokens: int,
+        kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
+        fallback: str = "keep_on_device",
+        on_drop: Callable[[HostBlock], None] | None = None,
+    ):
+        if fallback not in HOST_FULL_FALLBACKS:
+            raise ValueError(f"host store fallback must be one of {HOST_FULL_FALLBACKS}, got {fallback!r}")
+        if min(num_layers, capacity_tokens, kv_heads, head_dim) <= 0:
+            raise ValueError("host store dimensions must be positive")
+        self.device = torch.device(device)
+        self.fallback, self.on_drop = fallback, on_drop
+        self.capacity_tokens = capacity_tokens
+        pin = self.device.type == "cuda"
+        shape = (num_layers, capacity_tokens, kv_heads, head_dim)
+        self.k = torch.empty(shape, dtype=dtype, pin_memory=pin)
+        self.v = torch.empty(shape, dtype=dtype, pin_memory=pin)
+        self._free: list[tuple[int, int]] = [(0, capacity_tokens)]  # sorted, coalesced (start, count) runs
+        self._blocks: dict[int, HostBlock] = {}  # insertion order = age, oldest first
+        self._pending: dict[int, list[CopyHandle]] = {}
+        self._ids = itertools.count()
+        self._dropped_blocks = self._dropped_tokens = self._refused = 0
+        self._stream = torch.cuda.Stream(self.device) if pin else None
+
+    # ------------------------------------------------------------------ allocation
+    def allocate(self, num_tokens: int, owner: Hashable = None) -> HostBlock | None:
+        if num_tokens <= 0:
+            raise ValueError(f"a host block needs at least one token, got {num_tokens}")
+        if num_tokens > self.capacity_tokens:
+            self._refused += 1
+            return None
+        while self._free_tokens() < num_tokens:
+            if self.fallback == "keep_on_device" or not self._blocks:
+                self._refused += 1
+                return None
+            oldest = next(iter(self._blocks.values()))
+            self.free(oldest)
+            self._dropped_blocks += 1
+            self._dropped_tokens += oldest.num_tokens
+            if self.on_drop is not None:
+                self.on_drop(oldest)
+        block = HostBlock(next(self._ids), self._take(num_tokens), num_tokens, owner)
+        self._blocks[block.block_id] = block
+        return block
+
+    def free(self, block: HostBlock) -> None:
+        self._check(block)
+        for handle in self._pending.pop(block.block_id, ()):
+            handle.wait()  # its rows must not be handed out while a copy still touches them
+        del self._blocks[block.block_id]
+        for run in block.runs:
+            self._give_back(run)
+
+    def is_live(self, block: HostBlock) -> bool:
+        return self._blocks.get(block.block_id) == block
+
+    def stats(self) -> HostStoreStats:
+        used = self.capacity_tokens - self._free_tokens()
+        return HostStoreStats(
+            self.capacity_tokens, used, len(self._blocks), self._dropped_blocks, self._dropped_tokens, self._refused
+        )
+
+    # ------------------------------------------------------------------ copies
+    def copy_from_device(self, block: HostBlock, k_buffers: Sequence[torch.Tensor],
+                         v_buffers: Sequence[torch.Tensor], slots: torch.Tensor) -> CopyHandle:
+        """Device slots -> this block, every layer."""
+        return self._copy(block, k_buffers, v_buffers, slots, to_host=True)
+
+    def copy_to_device(self, block: HostBlock, k_buffers: Sequence[torch.Tensor],
+                       v_buffers: Sequence[torch.Tensor], slots: torch.Tensor) -> CopyHandle:
+        """This block -> device slots, every layer."""
+        return self._copy(block, k_buffers, v_buffers, slots, to_host=False)
+
+    def _copy(self, block, k_buffers, v_buffers, slots, to_host: bool) -> CopyHandle:
+        self._check(block)
+        if len(k_buffers) != self.k.shape[0] or len(v_buffers) != self.v.shape[0]:
+            raise ValueError(f"expected {self.k.shape[0]} layers of K and V buffers")
+        if slots.dim() != 1 or slots.numel() != block.num_tokens:
+            raise ValueError(f"{slots.numel()} slots for a block of {block.num_tokens} tokens")
+        for buf in (*k_buffers, *v_buffers):
+            if buf.dtype != self.k.dtype or buf.shape[1:] != self.k.shape[2:]:
+                raise ValueError(f"device buffer {tuple(buf.shape)} {buf.dtype} does not match the host store")
+        if self._stream is None:  # CPU: synchronous
+            self._copy_runs(block, k_buffers, v_buffers, slots, to_host)
+            return CopyHandle()
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)  # the KV to offload, or the freshly allocated slots, are ready
+        with torch.cuda.stream(self._stream):
+            slots = slots.to(self.device, non_blocking=True)
+            self._copy_runs(block, k_buffers, v_buffers, slots, to_host)
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        if slots.is_cuda:
+            slots.record_stream(self._stream)  # the caller's index tensor is read on our stream
+        handle = CopyHandle(event)
+        pending = [h for h in self._pending.get(block.block_id, ()) if not h.done()]
+        self._pending[block.block_id] = pending + [handle]
+        return handle
+
+    def _copy_runs(self, block, k_buffers, v_buffers, slots, to_host: bool) -> None:
+        nb = self._stream is not None
+        offset = 0
+        for start, count in block.runs:
+            idx = slots[offset:offset + count]
+            for host, bufs in ((self.k, k_buffers), (self.v, v_buffers)):
+                for layer, buf in enumerate(bufs):
+                    rows = host[layer, start:start + count]  # contiguous: one copy per layer per run
+                    if to_host:
+                        rows.copy_(buf[idx], non_blocking=nb)
+                    else:
+                        buf[idx] = rows.to(buf.device, non_blocking=nb)
+            offset += count
+
+    # ------------------------------------------------------------------ internals
+    def _check(self, block: HostBlock) -> None:
+        if not self.is_live(block):
+            raise StaleBlockError(f"host block {block.block_id} (owner {block.owner!r}) was freed or dropped")
+
+    def _free_tokens(self) -> int:
+        return sum(count for _, count in self._free)
+
+    def _take(self, n: int) -> tuple[tuple[int, int], ...]:
+        # One run if some free run fits (first fit keeps copies to one per layer); else lowest runs first.
+        for i, (start, count) in enumerate(self._free):
+            if count >= n:
+                self._free[i:i + 1] = [(start + n, count - n)] if count > n else []
+                return ((start, n),)
+        runs = []
+        while n:
+            start, count = self._free[0]
+            use = min(n, count)
+            runs.append((start, use))
+            self._free[0:1] = [(start + use, count - use)] if count > use else []
+            n -= use
+        return tuple(runs)
+
+    def _give_back(self, run: tuple[int, int]) -> None:
+        i = bisect.bisect_left(self._free, run)
+        self._free.insert(i, run)
+        # coalesce with the neighbours so a later block can take one run
+        if i + 1 < len(self._free) and self._free[i][0] + self._free[i][1] == self._free[i + 1][0]:
+            self._free[i:i + 2] = [(self._free[i][0], self._free[i][1] + self._free[i + 1][1])]
+        if i > 0 and self._free[i - 1][0] + self._free[i - 1][1] == self._free[i][0]:
+            self._free[i - 1:i + 1] = [(self._free[i - 1][0], self._free[i - 1][1] + self._free[i][1])]

@@ -1,0 +1,63 @@
+"""Thought scoring, the torch reference the Triton kernel is compared against.
+
+Contract:
+- ``thought_score(query [L, Hq, D], summary_keys [L, n, Hkv, D])``: for every scoring layer ``l`` and query head
+  ``h`` (GQA: head ``h`` reads kv head ``h // (Hq // Hkv)``), the max over the summary's ``n`` tokens of
+  ``q·k / sqrt(D)``; the score is the **mean over heads and layers** of those maxima (a consensus of heads, so one
+  head that happens to fire does not pull in a thought). Computed in float32. ``n`` must be at least 1.
+- ``thought_scores(query, keys [T, L, N, Hkv, D], lengths [T])`` is the same for ``T`` thoughts at once, keys padded
+  to ``N`` tokens (padding is ignored); it equals ``thought_score`` per thought.
+- ``top_within_budget(scores, sizes, topk, budget)``: indices into ``scores`` taken in rank order (higher score first,
+  ties to the lower index), skipping any whose size no longer fits the remaining ``budget``, at most ``topk`` of them.
+  Returned in rank order. Deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _head_maxima(query: torch.Tensor, keys: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    # query [L, Hq, D]; keys [T, L, N, Hkv, D]; valid [T, N] -> per-(thought, layer, head) max logit [T, L, Hq]
+    L, Hq, D = query.shape
+    Hkv = keys.shape[-2]
+    if Hq % Hkv:
+        raise ValueError(f"{Hq} query heads do not group over {Hkv} kv heads")
+    if keys.shape[1] != L or keys.shape[-1] != D:
+        raise ValueError(f"keys {tuple(keys.shape)} do not match queries {tuple(query.shape)}")
+    k = keys.float().repeat_interleave(Hq // Hkv, dim=-2)  # [T, L, N, Hq, D]: q head h reads kv head h // group
+    logits = torch.einsum("lhd,tlnhd->tlhn", query.float(), k) / math.sqrt(D)
+    if valid is not None:
+        logits = logits.masked_fill(~valid[:, None, None, :], float("-inf"))
+    return logits.amax(dim=-1)
+
+
+def thought_score(query: torch.Tensor, summary_keys: torch.Tensor) -> torch.Tensor:
+    """One thought's score (a float32 scalar tensor)."""
+    if summary_keys.shape[1] == 0:
+        raise ValueError("a summary needs at least one token to be scored")
+    return _head_maxima(query, summary_keys[None], None).mean(dim=(1, 2))[0]
+
+
+def thought_scores(query: torch.Tensor, keys: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Scores of ``T`` thoughts whose summary keys are padded to ``N`` tokens: float32 ``[T]``."""
+    if (lengths < 1).any() or (lengths > keys.shape[2]).any():
+        raise ValueError(f"summary lengths must be in [1, {keys.shape[2]}]")
+    valid = torch.arange(keys.shape[2])[None, :] < lengths.to(torch.int64)[:, None]
+    return _head_maxima(query, keys, valid).mean(dim=(1, 2))
+
+
+def top_within_budget(scores: torch.Tensor, sizes: torch.Tensor, topk: int, budget: int) -> tuple[int, ...]:
+    """Greedy top-k under a token budget, in rank order (see the module contract)."""
+    order = torch.sort(-scores.float(), stable=True).indices.tolist()  # stable: equal scores keep index order
+    chosen, left = [], budget
+    for i in order:
+        if len(chosen) == topk:
+            break
+        size = int(sizes[i])
+        if size <= left:
+            chosen.append(i)
+            left -= size
+    return tuple(chosen)

@@ -1,0 +1,80 @@
+"""The one resident-set mechanism every policy shares.
+
+Contract:
+- A policy is a stateless object; ``select(table, inputs)`` reads one request's ``ThoughtTable`` (whose ``config``
+  holds that request's settings) and ``StepInputs`` and returns a ``Selection``. It changes nothing: the caller
+  applies the decision (``ThoughtTable.apply``, the copies). A selection depends only on its own request's table and
+  inputs, so a batch's order never changes it.
+- ``Selection.positions``: the sorted, unique int64 sequence positions this step attends, with ``evict`` already
+  applied and ``recall`` not yet landed (attended from the next step on), unless ``config.wait_for_recall`` is set:
+  then the recalls are included and the caller must wait for them before attention.
+- ``recall``/``evict``/``selected`` are thought indices, decided only on zoom steps (``step % zoom_interval == 0``);
+  ``selected`` are the thoughts the zoom picked this step (the caller stamps them most recently used).
+- ``detail_action`` says what the caller does with a thought's detail when it closes: keep it on the device,
+  offload it to the host store, or drop it.
+- Subclasses say only what differs: ``detail_action``, ``zoom`` (which thoughts to recall and evict) and/or
+  ``positions`` (which positions to attend).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, ClassVar, NamedTuple, Sequence
+
+import torch
+
+from zoomr_sgl.thought_table import ThoughtTable
+
+
+class DetailAction(enum.Enum):
+    KEEP = "keep_on_device"
+    OFFLOAD = "offload_to_host"
+    DROP = "drop"
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What a decode step offers a policy for one request.
+
+    ``query``: the request's query at each scoring layer, ``[L, Hq, D]`` (post-RoPE, like the stored keys).
+    ``keys_at``: sequence positions (int64 ``[n]``) -> keys at the scoring layers ``[L, n, Hkv, D]``; only positions
+    whose KV is on the device are asked for.
+    """
+
+    step: int
+    query: torch.Tensor | None = None
+    keys_at: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+class Selection(NamedTuple):
+    positions: torch.Tensor
+    selected: tuple[int, ...]
+    recall: tuple[int, ...]
+    evict: tuple[int, ...]
+    detail_action: DetailAction
+
+
+class Policy:
+    name: ClassVar[str]
+    detail_action: ClassVar[DetailAction] = DetailAction.KEEP
+
+    def select(self, table: ThoughtTable, inputs: StepInputs) -> Selection:
+        if table.finished:
+            raise ValueError("cannot select for a freed request")
+        zoom_step = inputs.step % table.config.zoom_interval == 0
+        selected, recall, evict = self.zoom(table, inputs) if zoom_step else ((), (), ())
+        waited = recall if table.config.wait_for_recall else ()
+        positions = self.positions(table, inputs, waited, evict)
+        return Selection(positions, tuple(selected), tuple(recall), tuple(evict), self.detail_action)
+
+    def zoom(self, table: ThoughtTable, inputs: StepInputs) -> tuple[Sequence[int], Sequence[int], Sequence[int]]:
+        """(selected, recall, evict) thought indices; by default no zoom."""
+        return (), (), ()
+
+    def positions(
+        self, table: ThoughtTable, inputs: StepInputs, recall: Sequence[int], evict: Sequence[int]
+    ) -> torch.Tensor:
+        """By default everything whose detail is attended (see ``ThoughtTable.attended_positions``)."""
+        return table.attended_positions(add=recall, remove=evict)
+

@@ -1,0 +1,58 @@
+"""``zoomr``: offload each closed thought's detail, and on zoom steps recall the few whose summaries the query
+scores highest.
+
+Contract (on a zoom step): candidates are the closed thoughts with a non-empty detail in ``HOST``, ``RECALLING`` or
+``ZOOM`` (a ``DEVICE`` detail, e.g. kept because the host store was full, is attended anyway). A recall in flight
+stays selected until it lands. The others are scored by ``scoring.thought_scores`` over their summary text keys, and
+``scoring.top_within_budget`` picks up to ``zoom_topk`` of them (fewer by the recalls in flight) within what they
+leave of ``zoom_budget``. ``recall`` = picked thoughts on the host. The zoom buffer is an LRU cache of ``zoom_budget``
+tokens: thoughts recalled earlier stay (and are attended, at no copy cost) until room is needed; ``evict`` = unpicked
+buffer members, least recently selected first (ties to the lower index), just enough to fit the recalls.
+"""
+
+import torch
+
+from zoomr_sgl.scoring import thought_scores, top_within_budget
+from zoomr_sgl.selection.base import DetailAction, Policy
+from zoomr_sgl.thought_table import Location
+
+
+class ZoomRPolicy(Policy):
+    name = "zoomr"
+    detail_action = DetailAction.OFFLOAD
+
+    def zoom(self, table, inputs):
+        cfg = table.config
+        cands = [s for s in table.states()
+                 if s.location in (Location.HOST, Location.RECALLING, Location.ZOOM) and s.thought.detail_len > 0]
+        if not cands:
+            return (), (), ()
+        if inputs.query is None or inputs.keys_at is None:
+            raise ValueError("zoomr needs the step's query and keys on a zoom step")
+        pinned = [s.thought.index for s in cands if s.location is Location.RECALLING]
+        pinned_tokens = sum(table.thoughts[i].detail_len for i in pinned)
+        free = [s for s in cands if s.location is not Location.RECALLING]
+        picked: list[int] = []
+        if free and len(pinned) < cfg.zoom_topk:
+            spans = [table.summary_positions(s.thought.index) for s in free]
+            lengths = torch.tensor([len(p) for p in spans])
+            keys = inputs.keys_at(torch.cat(spans))  # one gather for every summary: [L, total, Hkv, D]
+            padded = torch.zeros(len(spans), keys.shape[0], int(lengths.max()), *keys.shape[2:], dtype=keys.dtype)
+            for t, chunk in enumerate(keys.split(lengths.tolist(), dim=1)):
+                padded[t, :, :chunk.shape[1]] = chunk
+            scores = thought_scores(inputs.query, padded, lengths)
+            sizes = torch.tensor([s.thought.detail_len for s in free])
+            ranks = top_within_budget(scores, sizes, cfg.zoom_topk - len(pinned), cfg.zoom_budget - pinned_tokens)
+            picked = [free[r].thought.index for r in ranks]
+        selected = set(pinned) | set(picked)
+        recall = [i for i in picked if table.location(i) is Location.HOST]
+        buffer = [s for s in cands if s.location is not Location.HOST]
+        tokens = sum(s.thought.detail_len for s in buffer) + sum(table.thoughts[i].detail_len for i in recall)
+        evict = []
+        unpicked = [s for s in buffer if s.thought.index not in selected]
+        for s in sorted(unpicked, key=lambda s: (s.last_used, s.thought.index)):  # least recently selected first
+            if tokens <= cfg.zoom_budget:
+                break
+            evict.append(s.thought.index)
+            tokens -= s.thought.detail_len
+        return pinned + picked, recall, evict

@@ -1,0 +1,304 @@
+"""Per-request ZoomR state: where each closed thought's detail lives, the zoom buffer, and memory accounting.
+
+Contract:
+- ``ThoughtTable`` owns the request's ``Segmenter``; ``append(ids)`` feeds new tokens (the prompt too: positions
+  start at 0) and returns the thoughts they closed. A newly closed thought's detail is ``DEVICE``.
+- Each closed thought's detail is in one ``Location``. Legal moves (anything else raises ``ThoughtStateError``):
+  ``DEVICE -> OFFLOADING -> HOST`` (``begin_offload``/``finish_offload``, or ``mark_offloaded`` in one go),
+  ``HOST -> RECALLING -> ZOOM`` (``begin_recall``/``finish_recall``, or ``mark_recalled``), ``ZOOM -> HOST``
+  (``evict``), and any live location ``-> DROPPED`` (``drop``: summary_only, or the host store dropped its copy).
+  ``free()`` ends the request: every detail and position is released and further moves raise.
+- A thought with an empty detail has nothing to copy: the caller may ``mark_offloaded``/``drop`` it without touching
+  the host store (which refuses empty blocks).
+- Device slots are held by ``DEVICE``, ``OFFLOADING`` (until the copy has landed), ``RECALLING`` and ``ZOOM``.
+  A step attends a detail only when it is ``DEVICE`` or ``ZOOM``: an offload or a recall in flight is not attended,
+  so what a step reads never depends on copy timing.
+- The zoom buffer (``RECALLING`` + ``ZOOM``) never holds more than ``config.zoom_budget`` tokens; a recall that
+  would overflow it raises. LRU: ``apply`` stamps the thoughts a zoom selected; eviction order is by
+  ``(last_used, index)``, oldest first.
+- ``accounting()`` returns ``Accounting``: device KV tokens now and at peak, what full KV would hold, and counters.
+- ``check_invariants()`` raises ``InvariantError`` (an ``AssertionError``) with a message on any inconsistency:
+  tests call it after every operation.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
+
+import torch
+
+from zoomr_sgl.config import ZoomRConfig
+from zoomr_sgl.segmenter import Segmenter, Thought
+
+if TYPE_CHECKING:
+    from zoomr_sgl.selection.base import Selection
+
+
+class Location(enum.Enum):
+    DEVICE = "device"  # in its original device slots
+    OFFLOADING = "offloading"  # device -> host copy in flight; device slots still held
+    HOST = "host"  # host copy only
+    RECALLING = "recalling"  # host -> zoom buffer copy in flight; zoom slots held, not attended yet
+    ZOOM = "zoom"  # recalled into the zoom buffer (host copy kept, so eviction needs no copy)
+    DROPPED = "dropped"  # gone for good
+    FREED = "freed"  # the request ended
+
+
+HOLDS_DEVICE = frozenset({Location.DEVICE, Location.OFFLOADING, Location.RECALLING, Location.ZOOM})
+ATTENDED = frozenset({Location.DEVICE, Location.ZOOM})
+IN_BUFFER = frozenset({Location.RECALLING, Location.ZOOM})
+LIVE = frozenset(Location) - {Location.DROPPED, Location.FREED}
+
+
+class ThoughtStateError(ValueError):
+    """An operation that the detail's current location does not allow."""
+
+
+class InvariantError(AssertionError):
+    """The per-request state is inconsistent; the message says how."""
+
+
+class ThoughtState(NamedTuple):
+    thought: Thought
+    location: Location
+    last_used: int | None  # LRU stamp while in the zoom buffer, else None
+
+
+class Accounting(NamedTuple):
+    full_kv_tokens: int  # what full KV would hold: every token of the sequence
+    device_kv_tokens: int  # tokens whose KV holds device slots now
+    peak_device_kv_tokens: int
+    host_tokens: int  # detail tokens with a complete host copy (HOST, RECALLING, ZOOM)
+    zoom_tokens: int  # zoom buffer (RECALLING + ZOOM)
+    dropped_tokens: int
+    offloads: int
+    recalls: int
+    evictions: int
+    drops: int
+
+
+_MOVES: dict[str, tuple[frozenset[Location], Location]] = {
+    "begin_offload": (frozenset({Location.DEVICE}), Location.OFFLOADING),
+    "finish_offload": (frozenset({Location.OFFLOADING}), Location.HOST),
+    "mark_offloaded": (frozenset({Location.DEVICE, Location.OFFLOADING}), Location.HOST),
+    "begin_recall": (frozenset({Location.HOST}), Location.RECALLING),
+    "finish_recall": (frozenset({Location.RECALLING}), Location.ZOOM),
+    "mark_recalled": (frozenset({Location.HOST, Location.RECALLING}), Location.ZOOM),
+    "evict": (frozenset({Location.ZOOM}), Location.HOST),
+    "drop": (LIVE, Location.DROPPED),
+}
+
+
+class ThoughtTable:
+    """One request's thoughts, detail locations, zoom buffer and accounting (see the module contract)."""
+
+    def __init__(self, config: ZoomRConfig, open_ids: Sequence[int], close_ids: Sequence[int], start: int = 0):
+        self.config = config
+        self.segmenter = Segmenter(open_ids, close_ids, start)
+        self.finished = False
+        self._loc: list[Location] = []
+        self._last_used: dict[int, int] = {}
+        self._clock = 0
+        self._off_device = 0  # detail tokens not holding device slots (HOST, DROPPED)
+        self._peak = 0
+        self._counts = dict(offloads=0, recalls=0, evictions=0, drops=0)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def length(self) -> int:
+        return self.segmenter.length
+
+    @property
+    def thoughts(self) -> tuple[Thought, ...]:
+        return self.segmenter.closed_thoughts
+
+    def location(self, index: int) -> Location:
+        return self._loc[index]
+
+    def states(self) -> list[ThoughtState]:
+        return [ThoughtState(t, self._loc[t.index], self._last_used.get(t.index)) for t in self.thoughts]
+
+    def zoom_tokens(self) -> int:
+        return sum(t.detail_len for t in self.thoughts if self._loc[t.index] in IN_BUFFER)
+
+    def summary_positions(self, index: int) -> torch.Tensor:
+        """Positions of the summary's own text (markers excluded), or the whole summary span when it has none."""
+        t = self.thoughts[index]
+        lo, hi = t.summary_start + len(self.segmenter.open_ids), t.summary_end - len(self.segmenter.close_ids)
+        if lo >= hi:
+            lo, hi = t.summary_start, t.summary_end
+        return torch.arange(lo, hi, dtype=torch.int64)
+
+    def attended_positions(self, add: Iterable[int] = (), remove: Iterable[int] = ()) -> torch.Tensor:
+        """Sorted positions a step attends by default: all but details not ``DEVICE``/``ZOOM``; ``add`` and
+        ``remove`` name thoughts whose detail is attended or not regardless (a recall waited on, an eviction)."""
+        mask = self._detail_mask(lambda i: self._loc[i] in ATTENDED)
+        for i in add:
+            t = self.thoughts[i]
+            mask[t.detail_start:t.detail_end] = True
+        for i in remove:
+            t = self.thoughts[i]
+            mask[t.detail_start:t.detail_end] = False
+        return mask.nonzero().flatten()
+
+    def device_positions(self) -> torch.Tensor:
+        """Sorted positions whose KV holds device slots now."""
+        return self._detail_mask(lambda i: self._loc[i] in HOLDS_DEVICE).nonzero().flatten()
+
+    def accounting(self) -> Accounting:
+        loc_tokens = {loc: 0 for loc in Location}
+        for t in self.thoughts:
+            loc_tokens[self._loc[t.index]] += t.detail_len
+        L = Location
+        return Accounting(
+            full_kv_tokens=self.length,
+            device_kv_tokens=self._device_tokens(),
+            peak_device_kv_tokens=self._peak,
+            host_tokens=loc_tokens[L.HOST] + loc_tokens[L.RECALLING] + loc_tokens[L.ZOOM],
+            zoom_tokens=loc_tokens[L.RECALLING] + loc_tokens[L.ZOOM],
+            dropped_tokens=loc_tokens[L.DROPPED],
+            **self._counts,
+        )
+
+    # ------------------------------------------------------------------ changing
+    def append(self, ids: Iterable[int]) -> list[Thought]:
+        """Feed new tokens; returns the thoughts they closed (their detail is ``DEVICE``)."""
+        self._require_live()
+        closed = self.segmenter.extend(ids)
+        self._loc.extend(Location.DEVICE for _ in closed)
+        self._peak = max(self._peak, self._device_tokens())
+        return closed
+
+    def begin_offload(self, index: int) -> None:
+        self._move("begin_offload", index)
+
+    def finish_offload(self, index: int) -> None:
+        self._move("finish_offload", index)
+
+    def mark_offloaded(self, index: int) -> None:
+        self._move("mark_offloaded", index)
+
+    def begin_recall(self, index: int) -> None:
+        self._move("begin_recall", index)
+
+    def finish_recall(self, index: int) -> None:
+        self._move("finish_recall", index)
+
+    def mark_recalled(self, index: int) -> None:
+        self._move("mark_recalled", index)
+
+    def evict(self, index: int) -> None:
+        self._move("evict", index)
+
+    def drop(self, index: int) -> None:
+        self._move("drop", index)
+
+    def apply(self, selection: "Selection") -> None:
+        """Apply a zoom decision: evict, begin the recalls (``RECALLING``; the caller copies and then calls
+        ``finish_recall``), and stamp the selected thoughts as most recently used."""
+        for i in selection.evict:
+            self.evict(i)
+        for i in selection.recall:
+            self.begin_recall(i)
+        if selection.selected:
+            self._clock += 1
+            for i in selection.selected:
+                self._last_used[i] = self._clock
+
+    def free(self) -> None:
+        """End the request: everything it holds is released."""
+        self._require_live()
+        self.finished = True
+        self._loc = [Location.FREED] * len(self._loc)
+        self._last_used.clear()
+
+    # ------------------------------------------------------------------ checking
+    def check_invariants(self) -> None:
+        def fail(msg: str) -> None:
+            raise InvariantError(msg)
+
+        thoughts = self.thoughts
+        if len(self._loc) != len(thoughts):
+            fail(f"{len(self._loc)} locations for {len(thoughts)} closed thoughts")
+        prev_end = self.segmenter.start
+        for i, t in enumerate(thoughts):
+            if t.index != i or not t.closed:
+                fail(f"thought {i} is {t}")
+            if not (t.detail_start == prev_end and t.detail_end == t.summary_start < t.summary_end <= self.length):
+                fail(f"thought {i} spans {t} do not tile the sequence after {prev_end}")
+            prev_end = t.summary_end
+        if self.finished:
+            if self._device_tokens() or any(loc is not Location.FREED for loc in self._loc) or self._last_used:
+                fail("a freed request still holds something")
+            return
+        if Location.FREED in self._loc:
+            fail("a live request has a freed thought")
+        buffered = {t.index for t in thoughts if self._loc[t.index] in IN_BUFFER}
+        if set(self._last_used) != buffered:
+            fail(f"LRU stamps {sorted(self._last_used)} but zoom buffer holds {sorted(buffered)}")
+        if (zoom := self.zoom_tokens()) > self.config.zoom_budget:
+            fail(f"zoom buffer holds {zoom} tokens, over the budget of {self.config.zoom_budget}")
+        off = sum(t.detail_len for t in thoughts if self._loc[t.index] not in HOLDS_DEVICE)
+        if off != self._off_device:
+            fail(f"off-device tally {self._off_device} != {off}")
+        if not (0 <= self._device_tokens() <= self._peak):
+            fail(f"device tokens {self._device_tokens()} outside [0, peak {self._peak}]")
+        device = self._detail_mask(lambda i: self._loc[i] in HOLDS_DEVICE)
+        attended = self._detail_mask(lambda i: self._loc[i] in ATTENDED)
+        if int(device.sum()) != self._device_tokens():
+            fail("device positions disagree with the device token count")
+        if (attended & ~device).any():
+            fail(f"positions attended but not on the device: {(attended & ~device).nonzero().flatten()[:8].tolist()}")
+        for t in thoughts:
+            if not attended[t.summary_start:t.summary_end].all():
+                fail(f"summary of thought {t.index} is not resident")
+        if not attended[self.segmenter.detail_start:].all() or not attended[:self.segmenter.start].all():
+            fail("the prompt or the open thought is not resident")
+
+    # ------------------------------------------------------------------ internals
+    def _device_tokens(self) -> int:
+        return 0 if self.finished else self.length - self._off_device
+
+    def _detail_mask(self, keep) -> torch.Tensor:
+        mask = torch.ones(self.length, dtype=torch.bool) if not self.finished else torch.zeros(0, dtype=torch.bool)
+        for t in self.thoughts if not self.finished else ():
+            if not keep(t.index):
+                mask[t.detail_start:t.detail_end] = False
+        return mask
+
+    def _require_live(self) -> None:
+        if self.finished:
+            raise ThoughtStateError("the request has been freed")
+
+    def _move(self, op: str, index: int) -> None:
+        self._require_live()
+        if not 0 <= index < len(self._loc):
+            raise ThoughtStateError(f"{op}: no closed thought {index}")
+        allowed, new = _MOVES[op]
+        old = self._loc[index]
+        if old not in allowed:
+            raise ThoughtStateError(f"{op}: thought {index} is {old.value}")
+        n = self.thoughts[index].detail_len
+        if new in IN_BUFFER and old not in IN_BUFFER and self.zoom_tokens() + n > self.config.zoom_budget:
+            raise ThoughtStateError(
+                f"{op}: thought {index} ({n} tokens) does not fit the zoom buffer "
+                f"({self.zoom_tokens()} of {self.config.zoom_budget} used)"
+            )
+        was_on, now_on = old in HOLDS_DEVICE, new in HOLDS_DEVICE
+        self._off_device += (was_on and not now_on) * n - (now_on and not was_on) * n
+        self._loc[index] = new
+        if new not in IN_BUFFER:
+            self._last_used.pop(index, None)
+        elif index not in self._last_used:
+            self._clock += 1
+            self._last_used[index] = self._clock
+        if new is Location.HOST and old in (Location.DEVICE, Location.OFFLOADING):
+            self._counts["offloads"] += 1
+        elif new is Location.ZOOM and old is not Location.RECALLING or new is Location.RECALLING:
+            self._counts["recalls"] += 1
+        elif op == "evict":
+            self._counts["evictions"] += 1
+        elif new is Location.DROPPED:
+            self._counts["drops"] += 1
+        self._peak = max(self._peak, self._device_tokens())
