@@ -13,7 +13,7 @@ from zoomr_sgl.launcher import LaunchError, plan_launch
 def test_cpu_plan_adds_cpu_settings_and_default_model():
     plan = plan_launch(["--enable-zoomr", "--zoomr-zoom-budget", "128"], cuda_available=False, default_model="M")
     argv = plan.sglang_argv
-    assert argv[:2] == ["--model-path", "M"]
+    assert argv[:4] == ["--model-path", "M", "--dtype", "float32"]
     for flag in ("--device", "--attention-backend", "--disable-overlap-schedule", "--max-total-tokens"):
         assert flag in argv
     assert plan.env["SGLANG_USE_CPU_ENGINE"] == "1"

@@ -31,9 +31,8 @@ def zoomr_state(config: ZoomRConfig) -> dict:
 def install(config: ZoomRConfig, role: str) -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    def report_state(result, *args, **kwargs):
-        if isinstance(result, dict):
-            result["zoomr"] = zoomr_state(config)
+    def report_state(result, *args, **kwargs):  # result: GetInternalStateReqOutput
+        result.internal_state["zoomr"] = zoomr_state(config)
         return result
 
     if role == "worker":

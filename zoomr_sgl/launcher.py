@@ -7,7 +7,7 @@ Contract:
 - Picks the platform by itself: without CUDA it sets ``SGLANG_USE_CPU_ENGINE=1`` and passes ``--device cpu
   --attention-backend torch_native --disable-overlap-schedule --max-total-tokens 65536``; with CUDA it passes
   ``--attention-backend flashinfer``. Flags given by the user come later on the command line and win.
-- Without ``--model-path`` it serves the embedded default model (building it if needed).
+- Without ``--model-path`` it serves the embedded default model (building it if needed) in float32.
 - With ``--enable-zoomr`` it exports the config as ``ZOOMR_SGL_CONFIG`` for every SGLang process; without it the
   variable is removed, the plugin stays inert and SGLang behaves as stock.
 """
@@ -78,7 +78,8 @@ def plan_launch(argv: Sequence[str], cuda_available: bool, default_model: str | 
     if not _has_flag(rest, "--model-path", "--model"):
         if default_model is None:
             raise LaunchError("no --model-path given and no embedded default model")
-        defaults = ["--model-path", default_model] + defaults
+        # The embedded model is stored in float32 (fewer greedy near-ties); 'auto' would turn it into float16.
+        defaults = ["--model-path", default_model, "--dtype", "float32"] + defaults
     env: dict[str, str | None] = {ENV_VAR: config.to_env() if ours.enable_zoomr else None}
     if not cuda_available:
         env["SGLANG_USE_CPU_ENGINE"] = "1"
