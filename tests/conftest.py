@@ -8,7 +8,7 @@ import pytest
 
 from tests.server_process import REPO, ServerProcess
 
-ZOOMR_ARGS = ["--enable-zoomr", "--zoomr-zoom-budget", "512", "--zoomr-zoom-topk", "3"]
+ZOOMR_ARGS = ["--enable-zoomr", "--zoomr-zoom-budget", "512", "--zoomr-zoom-topk", "3", "--enable-metrics"]
 _started: list[ServerProcess] = []
 
 

@@ -75,3 +75,22 @@ def test_launch_py_exits_2_with_one_line(flags, message):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("launch.py: error:") and message in lines[0], r.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--enable-mixed-chunk"], "cannot be used with --enable-zoomr"),
+        (["--speculative-algorithm", "EAGLE"], "cannot be used with --enable-zoomr"),
+        (["--page-size", "16"], "needs --page-size 1"),
+        (["--zoomr-policy", "quest"], "not served yet"),
+    ],
+)
+def test_zoomr_rejects_incompatible_sglang_settings(flags, message):
+    with pytest.raises(LaunchError, match=message):
+        plan_launch(["--enable-zoomr", *flags], cuda_available=True, default_model="M")
+
+
+def test_zoomr_on_cuda_turns_the_overlap_scheduler_off():
+    argv = plan_launch(["--enable-zoomr"], cuda_available=True, default_model="M").sglang_argv
+    assert "--disable-overlap-schedule" in argv and argv[argv.index("--page-size") + 1] == "1"

@@ -10,17 +10,52 @@ Hooks now:
   that the plugin runs inside the scheduler, not only in the HTTP process.
 - ``http_server.launch_server`` (BEFORE, main process): adds ``GET /zoomr/config`` to SGLang's FastAPI app
   before it starts serving.
+- ``ATTENTION_BACKENDS["torch_native"]`` (registry re-registration under the same name, scheduler processes): the
+  factory returns ``ZoomRTorchNativeAttnBackend`` (``zoomr_sgl.resident_attention``), which attends each request's
+  resident set (``req_to_token != 0``). Same name, so SGLang's name checks (Triton off on CPU, no CUDA graphs) hold.
+  The internal state's ``zoomr.attention_backend`` names the class the model runner built.
+  TODO(flashinfer issue): ``"flashinfer"`` goes through the same loop once ``RESIDENT_BACKENDS`` lists it.
+- ``TokenToKVPoolAllocator.free`` (AROUND, scheduler processes): drops holes (slot 0) before the stock free, so no
+  stock release path (tree, chunk cache, retract, over-allocation) puts slot 0 on the free list. ``free_segment``,
+  ``free_segments`` and ``free_group_end`` all end in ``free``.
+- ``Scheduler.__init__`` (AFTER, scheduler processes): builds the process's ``ZoomRManager`` once the scheduler has
+  its allocator, pools and model runner, and hands it to the attention backend (query capture at scoring layers).
+- ``SchedulerBatchResultProcessor.process_batch_result_prefill`` / ``process_batch_result_decode`` (AFTER): the
+  step's sampled tokens are in ``req.output_ids``; the manager segments, offloads, forces markers and zooms there,
+  with no forward in flight (the launcher turns the overlap scheduler off).
+- ``Scheduler.run_batch`` (BEFORE, decode batches): lands host copies that finished since the last step.
+- ``ModelRunner.sample`` (AROUND): replaces the sampled id of rows with a forced engine-mode marker token, before
+  SGLang stashes it as the next step's input, so text, stop checks and KV agree.
+- ``mem_cache.common.release_kv_cache`` (BEFORE): the one path of finish, abort and retraction; the manager frees
+  what it holds beyond the request's row and publishes final stats.
+- ``SamplingParams.verify`` (AFTER, main process): validates ``zoomr_*`` keys of ``custom_params`` for
+  ``/generate``, ``/v1/completions`` and ``/v1/chat/completions``; a ``ValueError`` there is SGLang's HTTP 400.
+- ``TokenizerManager._wait_one_response`` (AROUND, main process): per-token ``customized_info['zoomr']`` lists
+  become one ``meta_info['zoomr']`` dict (the latest stats).
 """
 
 from __future__ import annotations
 
 import os
 
+import torch
+
 from zoomr_sgl.config import ZoomRConfig
 
 SCHEDULER_STATE = "sglang.srt.managers.scheduler.Scheduler.get_internal_state"
 HTTP_LAUNCH = "sglang.srt.entrypoints.http_server.launch_server"
+ALLOCATOR_FREE = "sglang.srt.mem_cache.allocator.token.TokenToKVPoolAllocator.free"
 CONFIG_ROUTE = "/zoomr/config"
+SCHEDULER_INIT = "sglang.srt.managers.scheduler.Scheduler.__init__"
+RUN_BATCH = "sglang.srt.managers.scheduler.Scheduler.run_batch"
+RESULT_PROCESSOR = "sglang.srt.managers.scheduler_components.batch_result_processor.SchedulerBatchResultProcessor"
+SAMPLE = "sglang.srt.model_executor.model_runner.ModelRunner.sample"
+RELEASE_KV = "sglang.srt.mem_cache.common.release_kv_cache"
+VERIFY_PARAMS = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
+WAIT_RESPONSE = "sglang.srt.managers.tokenizer_manager.TokenizerManager._wait_one_response"
+
+# The scheduler process's manager (one scheduler per process); None until Scheduler.__init__ ran.
+MANAGER = None
 
 
 def zoomr_state(config: ZoomRConfig) -> dict:
@@ -28,15 +63,126 @@ def zoomr_state(config: ZoomRConfig) -> dict:
     return {"active": True, "pid": os.getpid(), "config": config.to_dict()}
 
 
+def attention_backend_name(scheduler) -> str:
+    """The class name of the attention backend the scheduler's model runner built."""
+    return type(scheduler.tp_worker.model_runner.attn_backend).__name__
+
+
+def register_resident_attention() -> None:
+    """Re-register each name in ``RESIDENT_BACKENDS`` with a factory building the ZoomR subclass; idempotent."""
+    from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS, register_attention_backend
+
+    from zoomr_sgl.resident_attention import RESIDENT_BACKENDS
+
+    for name, backend_cls in RESIDENT_BACKENDS.items():
+        stock = ATTENTION_BACKENDS.get(name)
+        if stock is None or getattr(stock, "zoomr_resident", False):
+            continue
+
+        def factory(runner, backend_cls=backend_cls):
+            return backend_cls(runner)
+
+        factory.zoomr_resident = True
+        factory.zoomr_stock_factory = stock
+        register_attention_backend(name)(factory)
+
+
+def free_without_holes(original, allocator, free_index):
+    """AROUND ``TokenToKVPoolAllocator.free``: a hole (0) in a freed ``req_to_token`` span is not a slot."""
+    if free_index.numel() and not bool((free_index != 0).all()):
+        free_index = free_index[free_index != 0]
+    return original(allocator, free_index)
+
+
+def install_manager_hooks(config: ZoomRConfig) -> None:
+    """Scheduler-process hooks that drive ``ZoomRManager`` (see the module docstring for each target)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    def build_manager(result, scheduler, *args, **kwargs):
+        global MANAGER
+        from zoomr_sgl.manager import ZoomRManager
+
+        MANAGER = ZoomRManager(config, scheduler)
+        backend = scheduler.tp_worker.model_runner.attn_backend
+        if hasattr(backend, "query_sink"):
+            backend.query_sink = MANAGER
+        return result
+
+    def after_prefill(result, processor, batch, *args, **kwargs):
+        if MANAGER is not None:
+            MANAGER.after_prefill(batch)
+        return result
+
+    def after_decode(result, processor, batch, *args, **kwargs):
+        if MANAGER is not None:
+            MANAGER.after_decode(batch)
+        return result
+
+    def before_run_batch(scheduler, batch, *args, **kwargs):
+        if MANAGER is not None and batch is not None and batch.forward_mode.is_decode():
+            MANAGER.before_forward(batch)
+        return None
+
+    def force_sampled(original, runner, logits_output, forward_batch, *args, **kwargs):
+        ids = original(runner, logits_output, forward_batch, *args, **kwargs)
+        if MANAGER is not None and MANAGER.requests and forward_batch.forward_mode.is_decode():
+            forced = MANAGER.forced_ids(forward_batch.req_pool_indices).to(ids.device)
+            ids = torch.where(forced >= 0, forced.to(ids.dtype), ids)
+        return ids
+
+    def before_release(req, *args, **kwargs):
+        if MANAGER is not None:
+            MANAGER.release(req)
+        return None
+
+    HookRegistry.register(SCHEDULER_INIT, build_manager, HookType.AFTER)
+    HookRegistry.register(RESULT_PROCESSOR + ".process_batch_result_prefill", after_prefill, HookType.AFTER)
+    HookRegistry.register(RESULT_PROCESSOR + ".process_batch_result_decode", after_decode, HookType.AFTER)
+    HookRegistry.register(RUN_BATCH, before_run_batch, HookType.BEFORE)
+    HookRegistry.register(SAMPLE, force_sampled, HookType.AROUND)
+    HookRegistry.register(RELEASE_KV, before_release, HookType.BEFORE)
+
+
+def install_http_hooks(config: ZoomRConfig) -> None:
+    """Main-process hooks: request validation (HTTP 400) and ``meta_info['zoomr']``."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    from zoomr_sgl.request_params import check_custom_params
+
+    def verify_zoomr_params(result, params, *args, **kwargs):
+        check_custom_params(config, params.custom_params)
+        return result
+
+    async def latest_zoomr_stats(original, *args, **kwargs):
+        async for out in original(*args, **kwargs):
+            meta = out.get("meta_info") if isinstance(out, dict) else None
+            if meta is not None and isinstance(meta.get("zoomr"), list):
+                stats = [s for s in meta["zoomr"] if s is not None]
+                if stats:
+                    meta["zoomr"] = stats[-1]
+                else:
+                    del meta["zoomr"]
+            yield out
+
+    HookRegistry.register(VERIFY_PARAMS, verify_zoomr_params, HookType.AFTER)
+    HookRegistry.register(WAIT_RESPONSE, latest_zoomr_stats, HookType.AROUND)
+
+
 def install(config: ZoomRConfig, role: str) -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    def report_state(result, *args, **kwargs):  # result: GetInternalStateReqOutput
-        result.internal_state["zoomr"] = zoomr_state(config)
+    def report_state(result, scheduler, *args, **kwargs):  # result: GetInternalStateReqOutput
+        state = {**zoomr_state(config), "attention_backend": attention_backend_name(scheduler)}
+        if MANAGER is not None:
+            state["manager"] = MANAGER.state()
+        result.internal_state["zoomr"] = state
         return result
 
     if role == "worker":
         HookRegistry.register(SCHEDULER_STATE, report_state, HookType.AFTER)
+        register_resident_attention()
+        HookRegistry.register(ALLOCATOR_FREE, free_without_holes, HookType.AROUND)
+        install_manager_hooks(config)
     else:
         def add_routes(*args, **kwargs):
             from sglang.srt.entrypoints.http_server import app
@@ -46,3 +192,4 @@ def install(config: ZoomRConfig, role: str) -> None:
             return None
 
         HookRegistry.register(HTTP_LAUNCH, add_routes, HookType.BEFORE)
+        install_http_hooks(config)

@@ -5,8 +5,8 @@ Contract:
   ``ZoomRConfig``. A bad ZoomR flag prints one line ``launch.py: error: ...`` on stderr and exits with status 2,
   before anything heavy is imported.
 - Picks the platform by itself: without CUDA it sets ``SGLANG_USE_CPU_ENGINE=1`` and passes ``--device cpu
-  --attention-backend torch_native --disable-overlap-schedule --max-total-tokens 65536``; with CUDA it passes
-  ``--attention-backend flashinfer``. Flags given by the user come later on the command line and win.
+  --attention-backend torch_native --disable-overlap-schedule --max-total-tokens 65536 --sleep-on-idle``; with
+  CUDA it passes ``--attention-backend flashinfer``. Flags given by the user come later on the command line and win.
 - Without ``--model-path`` it serves the embedded default model (building it if needed) in float32.
 - With ``--enable-zoomr`` it exports the config as ``ZOOMR_SGL_CONFIG`` for every SGLang process; without it the
   variable is removed, the plugin stays inert and SGLang behaves as stock.
@@ -27,8 +27,17 @@ CPU_DEFAULTS = [
     "--attention-backend", "torch_native",
     "--disable-overlap-schedule",
     "--max-total-tokens", "65536",
+    "--sleep-on-idle",  # an idle scheduler otherwise spins a core; two servers on 2 cores then crawl (~50x)
 ]
 CUDA_DEFAULTS = ["--attention-backend", "flashinfer"]
+# ZoomR edits req_to_token between steps: one forward in flight at a time, token-granular pages.
+ZOOMR_DEFAULTS = ["--page-size", "1"]
+ZOOMR_INCOMPATIBLE = {
+    "--enable-mixed-chunk": "mixed chunks send decode tokens through prefill attention",
+    "--speculative-algorithm": "speculative decoding is not supported",
+    "--enable-hierarchical-cache": "ZoomR keeps its own host tier",
+    "--enable-hisparse": "ZoomR keeps its own host tier",
+}
 
 
 class LaunchError(Exception):
@@ -73,8 +82,21 @@ def plan_launch(argv: Sequence[str], cuda_available: bool, default_model: str | 
     zoomr_given = [a for a in argv if a.startswith("--zoomr-")]
     if zoomr_given and not ours.enable_zoomr:
         raise LaunchError(f"{zoomr_given[0].split('=')[0]} needs --enable-zoomr")
+    if ours.enable_zoomr:
+        from zoomr_sgl.request_params import SERVED_POLICIES
+
+        if config.policy not in SERVED_POLICIES:
+            raise LaunchError(f"--zoomr-policy {config.policy} is not served yet (served: {', '.join(SERVED_POLICIES)})")
+        for flag, why in ZOOMR_INCOMPATIBLE.items():
+            if _has_flag(rest, flag):
+                raise LaunchError(f"{flag} cannot be used with --enable-zoomr: {why}")
+        page = [rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--page-size"]
+        if page and page[-1] != "1":
+            raise LaunchError("--enable-zoomr needs --page-size 1 (holes are token-granular)")
 
     defaults = list(CUDA_DEFAULTS if cuda_available else CPU_DEFAULTS)
+    if ours.enable_zoomr:
+        defaults += ZOOMR_DEFAULTS + ([] if "--disable-overlap-schedule" in defaults else ["--disable-overlap-schedule"])
     if not _has_flag(rest, "--model-path", "--model"):
         if default_model is None:
             raise LaunchError("no --model-path given and no embedded default model")

@@ -1,0 +1,198 @@
+"""ZoomR live in the real SGLang server on the embedded model (CPU): engine-mode thoughts leave the device,
+memory stays bounded at every step, nothing leaks, and bad per-request settings are HTTP 400s."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import random
+import time
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.server
+
+QUESTION = "Question: Tom has 12 apples and buys 7 more. How many apples now?\n<think>\n"
+ENGINE = {  # small thoughts so a short generation has many of them
+    "zoomr_summary_mode": "engine",
+    "zoomr_min_thought_tokens": 24,
+    "zoomr_max_thought_tokens": 64,
+    "zoomr_max_summary_tokens": 8,
+    "zoomr_zoom_interval": 4,
+    "zoomr_zoom_budget": 128,
+    "zoomr_zoom_topk": 2,
+}
+
+
+def zoomr_manager_state(server) -> dict:
+    return server.get("/server_info").json()["internal_states"][0]["zoomr"]["manager"]
+
+
+def wait_idle(server, timeout: float = 60) -> dict:
+    """The manager's state once no request runs (the scheduler answers between steps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = zoomr_manager_state(server)
+        if state["running_requests"] == 0 or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
+
+
+def stream_generate(server, text: str, custom_params: dict, max_new_tokens: int):
+    """Yields each streamed chunk's meta_info, then the last chunk's text."""
+    payload = {
+        "text": text, "stream": True,
+        "sampling_params": {"max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": True,
+                            "custom_params": custom_params},
+    }
+    with requests.post(server.url + "/generate", json=payload, stream=True, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line or not line.startswith(b"data:") or line.strip() == b"data: [DONE]":
+                continue
+            yield json.loads(line[5:])
+
+
+def test_long_engine_mode_generation_keeps_device_kv_bounded_at_every_step(zoomr_server):
+    server = zoomr_server
+    server.post("/flush_cache", {})
+    start = wait_idle(server)
+    budget = ENGINE["zoomr_zoom_budget"]
+    chunks = list(stream_generate(server, QUESTION, ENGINE, max_new_tokens=2000))
+    steps = [c["meta_info"]["zoomr"] for c in chunks if "zoomr" in c["meta_info"]]
+    assert len(steps) >= 1000, "every streamed step carries ZoomR stats"
+    for s in steps:
+        open_thought = s["full_kv_tokens"] - s["prompt_tokens"] - s["summary_tokens"] - s["detail_tokens"]
+        bound = s["prompt_tokens"] + s["summary_tokens"] + open_thought + budget
+        assert s["device_kv_tokens"] <= bound, s
+    final = steps[-1]
+    assert chunks[-1]["meta_info"]["completion_tokens"] == 2000
+    assert final["thoughts"] >= 20 and final["forced_markers"] >= 2 * final["thoughts"] - 1
+    assert final["offloaded_tokens"] > 1000
+    assert final["device_kv_tokens"] < final["full_kv_tokens"] / 2
+    assert final["zoom_recalls"] > 0
+    text = chunks[-1]["text"]
+    assert text.count("<summary>") >= 20 and text.count("</summary>") >= 20
+    # After the request: flush the radix tree; every slot and host block is back.
+    server.post("/flush_cache", {})
+    end = wait_idle(server)
+    assert end["allocator_available"] == start["allocator_available"]
+    assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0
+
+
+def test_meta_info_reports_zoomr_stats(zoomr_server):
+    out = zoomr_server.post(
+        "/generate",
+        {"text": QUESTION, "sampling_params": {"max_new_tokens": 300, "temperature": 0, "ignore_eos": True,
+                                                "custom_params": ENGINE}},
+    ).json()
+    stats = out["meta_info"]["zoomr"]
+    for key in ("thoughts", "offloaded_tokens", "device_kv_tokens", "peak_device_kv_tokens", "full_kv_tokens",
+                "zoom_recalls"):
+        assert key in stats
+    assert stats["thoughts"] >= 3 and stats["offloaded_tokens"] > 0
+    assert stats["full_kv_tokens"] == out["meta_info"]["prompt_tokens"] + 300 - 1
+    opted_out = zoomr_server.post(
+        "/generate",
+        {"text": QUESTION, "sampling_params": {"max_new_tokens": 8, "temperature": 0,
+                                                "custom_params": {"zoomr_enable": False}}},
+    ).json()
+    assert "zoomr" not in opted_out["meta_info"]
+
+
+def test_summary_only_drops_details_and_never_recalls(zoomr_server):
+    params = {**ENGINE, "zoomr_policy": "summary_only"}
+    out = zoomr_server.post(
+        "/generate",
+        {"text": QUESTION, "sampling_params": {"max_new_tokens": 300, "temperature": 0, "ignore_eos": True,
+                                                "custom_params": params}},
+    ).json()
+    stats = out["meta_info"]["zoomr"]
+    assert stats["dropped_tokens"] > 0 and stats["zoom_recalls"] == 0 and stats["offloaded_tokens"] == 0
+
+
+BAD_PARAMS = [
+    ({"zoomr_zoom_budget": -1}, "zoomr_zoom_budget"),
+    ({"zoomr_zoom_budget": "lots"}, "zoomr_zoom_budget"),
+    ({"zoomr_policy": "oracle"}, "zoomr_policy"),
+    ({"zoomr_policy": "quest"}, "not served yet"),
+    ({"zoomr_what": 1}, "zoomr_what"),
+    ({"zoomr_host_store_tokens": 10}, "server-wide"),
+    ({"zoomr_enable": "yes"}, "zoomr_enable"),
+    ({"zoomr_min_thought_tokens": 900}, "zoomr_min_thought_tokens"),
+    ({"zoomr_summary_open": ""}, "markers"),
+]
+
+
+@pytest.mark.parametrize("params, needle", BAD_PARAMS)
+def test_bad_custom_params_are_400_on_every_endpoint(zoomr_server, params, needle):
+    s = zoomr_server
+    r = s.post("/generate", {"text": "hi", "sampling_params": {"max_new_tokens": 2, "custom_params": params}})
+    assert r.status_code == 400 and needle in r.text, r.text
+    r = s.post("/v1/completions", {"model": "default", "prompt": "hi", "max_tokens": 2, "custom_params": params})
+    assert r.status_code == 400 and needle in r.text, r.text
+    r = s.post("/v1/chat/completions", {"model": "default", "messages": [{"role": "user", "content": "hi"}],
+                                        "max_tokens": 2, "custom_params": params})
+    assert r.status_code == 400 and needle in r.text, r.text
+    assert s.get("/health").status_code == 200
+    assert s.generate("still fine?", max_new_tokens=3)["meta_info"]["completion_tokens"] >= 1
+
+
+def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(zoomr_server):
+    server = zoomr_server
+    server.post("/flush_cache", {})
+    start = wait_idle(server)
+    rng = random.Random(7)
+
+    def one(i: int):
+        params = dict(ENGINE) if i % 3 else {"zoomr_enable": False}
+        if i % 5 == 0:
+            params = {**ENGINE, "zoomr_policy": rng.choice(["full", "summary_only"])}
+        rid = f"mix-{i}-{rng.random()}"
+        body = {"text": f"Case {i}: " + QUESTION, "rid": rid,
+                "sampling_params": {"max_new_tokens": rng.randint(20, 160), "temperature": 0.7, "ignore_eos": True,
+                                    "custom_params": params}}
+        mode = i % 4
+        if mode == 0:  # abort through the API while it runs
+            with cf.ThreadPoolExecutor(1) as ex:
+                fut = ex.submit(requests.post, server.url + "/generate", json=body, timeout=600)
+                time.sleep(rng.uniform(0.05, 1.5))
+                requests.post(server.url + "/abort_request", json={"rid": rid}, timeout=30)
+                return fut.result().status_code
+        if mode == 1:  # the client goes away
+            try:
+                requests.post(server.url + "/generate", json=body, timeout=rng.uniform(0.2, 1.5))
+            except requests.RequestException:
+                return "disconnected"
+            return 200
+        return requests.post(server.url + "/generate", json=body, timeout=600).status_code
+
+    with cf.ThreadPoolExecutor(64) as ex:
+        results = list(ex.map(one, range(200)))
+    assert all(r in (200, "disconnected") or r >= 400 for r in results)
+    assert sum(r == 200 for r in results) >= 50
+    server.post("/flush_cache", {})
+    end = wait_idle(server, timeout=120)
+    assert end["running_requests"] == 0
+    assert end["allocator_available"] == start["allocator_available"]
+    assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0
+    assert server.generate("alive?", max_new_tokens=4)["meta_info"]["completion_tokens"] >= 1
+
+
+def test_prometheus_metrics_aggregate_zoomr(zoomr_server):
+    zoomr_server.post(
+        "/generate",
+        {"text": QUESTION, "sampling_params": {"max_new_tokens": 200, "temperature": 0, "ignore_eos": True,
+                                                "custom_params": ENGINE}},
+    ).raise_for_status()
+    text = zoomr_server.get("/metrics").text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("zoomr:") and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name.split("{")[0]] = float(value)
+    for name in ("zoomr:offloaded_tokens_total", "zoomr:forced_markers_total", "zoomr:device_kv_tokens",
+                 "zoomr:host_store_used_tokens"):
+        assert name in values, sorted(values)
+    assert values["zoomr:offloaded_tokens_total"] > 0 and values["zoomr:forced_markers_total"] > 0

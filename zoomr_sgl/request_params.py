@@ -1,0 +1,30 @@
+"""Per-request ZoomR settings as a client sends them: flat ``zoomr_*`` keys in ``sampling_params.custom_params``.
+
+Contract: ``check_custom_params(config, custom_params)`` returns the request's effective ``ZoomRConfig`` (or None
+when the request opts out with ``zoomr_enable: false``) and raises ``ZoomRConfigError`` (a ``ValueError``, which
+SGLang answers with HTTP 400) with a one-line message naming the key for anything it cannot accept: an unknown
+``zoomr_`` key, a wrong type, an invalid value, a server-wide setting, or a policy the server does not run yet.
+Keys without the ``zoomr_`` prefix belong to others and are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError, request_enables_zoomr
+
+# The core implements every policy; the server attends what req_to_token holds, which serves these three.
+SERVED_POLICIES = ("zoomr", "full", "summary_only")
+
+
+def check_custom_params(config: ZoomRConfig, custom_params: Mapping[str, Any] | None) -> ZoomRConfig | None:
+    if custom_params is not None and not isinstance(custom_params, Mapping):
+        raise ZoomRConfigError("custom_params must be a JSON object")
+    if not request_enables_zoomr(custom_params):
+        return None
+    effective = config.with_request_overrides(custom_params)
+    if effective.policy not in SERVED_POLICIES:
+        raise ZoomRConfigError(
+            f"zoomr policy {effective.policy!r} is not served yet (served: {', '.join(SERVED_POLICIES)})"
+        )
+    return effective

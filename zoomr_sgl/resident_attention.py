@@ -1,0 +1,158 @@
+"""Resident-set attention: SGLang's attention backends, attending only the KV a request holds on the device.
+
+Contract:
+- A hole in a request's ``req_to_token`` row is the slot id 0 (the allocator never hands out slot 0; row 0 of
+  ``req_to_token`` is padding). A request's **resident set** is exactly the positions ``p < seq_len`` with
+  ``req_to_token[row, p] != 0``. Keys are stored after RoPE at their original positions, so attention over a
+  subset of slots is exact attention over that subset; no position fix-up is needed.
+- ``resident_slot_table(req_to_token, req_pool_indices, seq_lens) -> ResidentTable(table, lens)``: row ``i`` of
+  ``table[:, :lens[i]]`` holds request ``i``'s resident slots in position order; entries at or past ``lens[i]`` are
+  unspecified. ``table`` has ``req_to_token``'s dtype, ``lens`` has ``seq_lens``' dtype. Without holes,
+  ``table[i, :lens[i]] == req_to_token[row_i, :seq_lens[i]]`` and ``lens == seq_lens``.
+- ``ZoomRTorchNativeAttnBackend`` (CPU, ``--attention-backend torch_native``): the stock backend with the slot table
+  swapped. ``init_forward_metadata`` builds the table once per forward; the stock ``forward_decode`` /
+  ``forward_extend`` then run unchanged (KV write, reshapes) and reach ``_run_sdpa_forward_decode`` /
+  ``_run_sdpa_forward_extend``, which this class overrides only to hand the parent the compacted table.
+  - decode: always through the compacted table. Without holes it is the same slots in the same order through the
+    same ops, so the output is bit-identical to stock.
+  - extend / prefill: stock unless some request's prefix ``req_to_token[row, :prefix_len]`` has a hole; then the key
+    and value side is the compacted resident prefix followed by the extend tokens (never holes: freshly allocated),
+    with the causal mask over that sequence, so each new token attends the resident prefix and the new tokens up to
+    itself.
+  - Cross-attention, encoder lengths and sliding-window layers run stock; with a hole there they raise
+    ``NotImplementedError`` rather than read slot 0 (ZoomR refuses such models at launch).
+- ``query_sink`` (set by ``zoomr_sgl.hooks`` to the scheduler's ``ZoomRManager``): at each decode layer for which
+  ``query_sink.wants_queries(layer_id)``, the backend hands it the post-RoPE queries ``[bs, Hq, D]`` through
+  ``capture_query(layer_id, q, req_pool_indices)`` before attending; it does not change the attention.
+- ``RESIDENT_BACKENDS`` maps a stock backend name to its ZoomR subclass; ``zoomr_sgl.hooks`` re-registers those
+  names in SGLang's attention registry, so every name-based check in SGLang keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+
+
+class ResidentTable(NamedTuple):
+    table: torch.Tensor  # [bs, max(lens)] resident slots per request, position order
+    lens: torch.Tensor  # [bs] resident count per request
+
+
+def resident_slot_table(
+    req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor
+) -> ResidentTable:
+    bs = seq_lens.shape[0]
+    width = int(seq_lens.max()) if bs else 0
+    rows = req_to_token[req_pool_indices.long(), :width]  # a copy: later edits of req_to_token don't reach it
+    resident = (torch.arange(width, device=rows.device) < seq_lens[:, None]) & (rows != 0)
+    lens = resident.sum(dim=1).to(seq_lens.dtype)
+    if torch.equal(lens, seq_lens):  # no holes: the rows are already the table
+        return ResidentTable(rows, lens)
+    table = rows.new_zeros((bs, int(lens.max()) if bs else 0))
+    request, _ = resident.nonzero(as_tuple=True)
+    table[request, resident.cumsum(dim=1)[resident] - 1] = rows[resident]
+    return ResidentTable(table, lens)
+
+
+class _Plan(NamedTuple):
+    """The per-forward substitution; ``seq_lens`` is the batch's own tensor, identifying the forward it is for."""
+
+    seq_lens: torch.Tensor
+    table: torch.Tensor
+    rows: torch.Tensor  # arange(bs): request i reads table row i
+    lens: torch.Tensor
+    prefix_lens: Optional[torch.Tensor]  # extend only: resident prefix length per request
+    has_holes: bool
+
+
+class ZoomRTorchNativeAttnBackend(TorchNativeAttnBackend):
+    """``TorchNativeAttnBackend`` attending each request's resident set only (see the module contract)."""
+
+    def __init__(self, model_runner):
+        super().__init__(model_runner)
+        self._plan: Optional[_Plan] = None
+        self.query_sink = None  # the ZoomRManager, set by zoomr_sgl.hooks once the scheduler is built
+
+    def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):
+        sink = self.query_sink
+        if sink is not None and sink.wants_queries(layer.layer_id):  # post-RoPE queries of a scoring layer
+            query = q.reshape(-1, layer.tp_q_head_num, layer.qk_head_dim)
+            sink.capture_query(layer.layer_id, query, forward_batch.req_pool_indices)
+        return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
+
+    def init_forward_metadata(self, forward_batch):
+        super().init_forward_metadata(forward_batch)
+        self._plan = None
+        mode = forward_batch.forward_mode
+        if mode.is_decode():
+            extend_seq_lens = None
+        elif mode.is_extend() and forward_batch.extend_seq_lens is not None:
+            extend_seq_lens = forward_batch.extend_seq_lens
+        else:
+            return
+        self._plan = self._make_plan(
+            self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens,
+            extend_seq_lens,
+        )
+
+    @staticmethod
+    def _make_plan(req_to_token, req_pool_indices, seq_lens, extend_seq_lens) -> _Plan:
+        table, lens = resident_slot_table(req_to_token, req_pool_indices, seq_lens)
+        rows = torch.arange(seq_lens.shape[0], device=seq_lens.device)
+        prefix_lens = None if extend_seq_lens is None else lens - extend_seq_lens.to(lens.device, lens.dtype)
+        return _Plan(seq_lens, table, rows, lens, prefix_lens, not torch.equal(lens, seq_lens))
+
+    def _plan_for(self, req_to_token, req_pool_indices, seq_lens, extend_seq_lens) -> _Plan:
+        plan = self._plan
+        if plan is not None and plan.seq_lens is seq_lens and req_to_token is self.req_to_token_pool.req_to_token:
+            return plan
+        # Called outside the forward that init_forward_metadata planned (a direct call): plan for these arguments.
+        return self._make_plan(req_to_token, req_pool_indices, seq_lens, extend_seq_lens)
+
+    @staticmethod
+    def _stock_only(encoder_lens, is_cross_attn, sliding_window_size) -> bool:
+        return encoder_lens is not None or is_cross_attn or (
+            sliding_window_size is not None and sliding_window_size > -1
+        )
+
+    def _run_sdpa_forward_decode(
+        self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, encoder_lens=None,
+        scaling=None, enable_gqa=False, causal=False, is_cross_attn=False, sliding_window_size=None,
+    ):
+        plan = self._plan_for(req_to_token, req_pool_indices, seq_lens, None)
+        if self._stock_only(encoder_lens, is_cross_attn, sliding_window_size):
+            if plan.has_holes:
+                raise NotImplementedError("ZoomR: holes with cross-attention or sliding-window layers")
+        else:  # always the compacted table: without holes it is the same slots, so the result is bit-identical
+            req_to_token, req_pool_indices, seq_lens = plan.table, plan.rows, plan.lens
+        return super()._run_sdpa_forward_decode(
+            query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, encoder_lens,
+            scaling=scaling, enable_gqa=enable_gqa, causal=causal, is_cross_attn=is_cross_attn,
+            sliding_window_size=sliding_window_size,
+        )
+
+    def _run_sdpa_forward_extend(
+        self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, extend_prefix_lens,
+        extend_seq_lens, encoder_lens=None, scaling=None, enable_gqa=False, causal=False, is_cross_attn=False,
+        sliding_window_size=None,
+    ):
+        plan = self._plan_for(req_to_token, req_pool_indices, seq_lens, extend_seq_lens)
+        if plan.has_holes:
+            if self._stock_only(encoder_lens, is_cross_attn, sliding_window_size):
+                raise NotImplementedError("ZoomR: holes with cross-attention or sliding-window layers")
+            req_to_token, req_pool_indices, seq_lens = plan.table, plan.rows, plan.lens
+            extend_prefix_lens = plan.prefix_lens
+        return super()._run_sdpa_forward_extend(
+            query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, extend_prefix_lens,
+            extend_seq_lens, encoder_lens, scaling=scaling, enable_gqa=enable_gqa, causal=causal,
+            is_cross_attn=is_cross_attn, sliding_window_size=sliding_window_size,
+        )
+
+
+# Stock backend name -> ZoomR subclass, re-registered under the same name by zoomr_sgl.hooks.
+# TODO(flashinfer issue): add "flashinfer": ZoomRFlashInferAttnBackend (CUDA; a FlashInferAttnBackend subclass whose
+# decode indices updater plans kv_indptr/kv_indices over the resident table, internals §1.4). Not implemented here.
+RESIDENT_BACKENDS = {"torch_native": ZoomRTorchNativeAttnBackend}
