@@ -148,8 +148,10 @@ def test_free_drops_holes():
 
 # ------------------------------------------------------------------ end to end: the real server against stock
 WORDS = "the a farmer sheep buys reads pages apples river count total more less each day step so answer is".split()
-# Fewer new tokens than min_thought_tokens (64): no thought closes, nothing is offloaded, so ZoomR must be exact.
-NEW_TOKENS = 40
+# Engine-mode summaries off and budgets covering everything: ZoomR must be exact (test_zoomr_serving.py covers
+# offload + recall exactness with engine mode on).
+NEW_TOKENS = 48
+EXACT = {"zoomr_summary_mode": "trained", "zoomr_zoom_budget": 100_000, "zoomr_zoom_topk": 1000}
 
 
 def random_prompts(n: int, seed: int = 1234) -> list[str]:
@@ -162,7 +164,7 @@ def random_prompts(n: int, seed: int = 1234) -> list[str]:
 
 
 def greedy(server, text):
-    params = {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
+    params = {"temperature": 0, "max_new_tokens": NEW_TOKENS, "ignore_eos": True, "custom_params": EXACT}
     r = server.post("/generate", {"text": text, "sampling_params": params})
     r.raise_for_status()
     return r.json()

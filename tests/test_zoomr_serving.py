@@ -101,6 +101,27 @@ def test_meta_info_reports_zoomr_stats(zoomr_server):
     assert "zoomr" not in opted_out["meta_info"]
 
 
+def test_recalled_detail_attends_exactly_like_detail_that_never_left(zoomr_server):
+    """Every closed thought goes to the host and, in the same step, is zoomed back (budget covers everything,
+    zoom every step, wait for the copy): attention then reads recalled KV in fresh slots where "full" reads the
+    original slots. Greedy tokens must match exactly, engine-mode markers included."""
+    recall_all = {**ENGINE, "zoomr_zoom_interval": 1, "zoomr_wait_for_recall": True, "zoomr_zoom_budget": 100_000,
+                  "zoomr_zoom_topk": 1000}
+    for i, question in enumerate([QUESTION, "Anna reads 15 pages a day for 4 days.\n<think>\n", "Count: 1 2 3"]):
+        outs = {}
+        for policy in ("zoomr", "full"):
+            outs[policy] = zoomr_server.post(
+                "/generate",
+                {"text": question, "sampling_params": {"max_new_tokens": 200, "temperature": 0, "ignore_eos": True,
+                                                        "custom_params": {**recall_all, "zoomr_policy": policy}}},
+            ).json()
+        zoomed, full = outs["zoomr"], outs["full"]
+        assert zoomed["output_ids"] == full["output_ids"], question
+        stats = zoomed["meta_info"]["zoomr"]
+        assert stats["offloaded_tokens"] > 0 and stats["zoom_recalls"] > 0 and stats["thoughts"] >= 2
+        assert full["meta_info"]["zoomr"]["offloaded_tokens"] == 0
+
+
 def test_summary_only_drops_details_and_never_recalls(zoomr_server):
     params = {**ENGINE, "zoomr_policy": "summary_only"}
     out = zoomr_server.post(
