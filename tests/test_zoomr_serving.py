@@ -39,6 +39,12 @@ def wait_idle(server, timeout: float = 60) -> dict:
         time.sleep(0.2)
 
 
+def generate(server, text: str, custom_params: dict, max_new_tokens: int, **sampling) -> dict:
+    """Greedy /generate with ZoomR settings; sampling defaults to ignore_eos so lengths are exact."""
+    sampling = {"ignore_eos": True, **sampling}
+    return server.generate(text, max_new_tokens=max_new_tokens, custom_params=custom_params, **sampling)
+
+
 def stream_generate(server, text: str, custom_params: dict, max_new_tokens: int):
     """Yields each streamed chunk's meta_info, then the last chunk's text."""
     payload = {
@@ -82,22 +88,14 @@ def test_long_engine_mode_generation_keeps_device_kv_bounded_at_every_step(zoomr
 
 
 def test_meta_info_reports_zoomr_stats(zoomr_server):
-    out = zoomr_server.post(
-        "/generate",
-        {"text": QUESTION, "sampling_params": {"max_new_tokens": 300, "temperature": 0, "ignore_eos": True,
-                                                "custom_params": ENGINE}},
-    ).json()
+    out = generate(zoomr_server, QUESTION, ENGINE, 300)
     stats = out["meta_info"]["zoomr"]
     for key in ("thoughts", "offloaded_tokens", "device_kv_tokens", "peak_device_kv_tokens", "full_kv_tokens",
                 "zoom_recalls"):
         assert key in stats
     assert stats["thoughts"] >= 3 and stats["offloaded_tokens"] > 0
     assert stats["full_kv_tokens"] == out["meta_info"]["prompt_tokens"] + 300 - 1
-    opted_out = zoomr_server.post(
-        "/generate",
-        {"text": QUESTION, "sampling_params": {"max_new_tokens": 8, "temperature": 0,
-                                                "custom_params": {"zoomr_enable": False}}},
-    ).json()
+    opted_out = generate(zoomr_server, QUESTION, {"zoomr_enable": False}, 8, ignore_eos=False)
     assert "zoomr" not in opted_out["meta_info"]
 
 
@@ -107,15 +105,8 @@ def test_recalled_detail_attends_exactly_like_detail_that_never_left(zoomr_serve
     original slots. Greedy tokens must match exactly, engine-mode markers included."""
     recall_all = {**ENGINE, "zoomr_zoom_interval": 1, "zoomr_wait_for_recall": True, "zoomr_zoom_budget": 100_000,
                   "zoomr_zoom_topk": 1000}
-    for i, question in enumerate([QUESTION, "Anna reads 15 pages a day for 4 days.\n<think>\n", "Count: 1 2 3"]):
-        outs = {}
-        for policy in ("zoomr", "full"):
-            outs[policy] = zoomr_server.post(
-                "/generate",
-                {"text": question, "sampling_params": {"max_new_tokens": 200, "temperature": 0, "ignore_eos": True,
-                                                        "custom_params": {**recall_all, "zoomr_policy": policy}}},
-            ).json()
-        zoomed, full = outs["zoomr"], outs["full"]
+    for question in [QUESTION, "Anna reads 15 pages a day for 4 days.\n<think>\n", "Count: 1 2 3"]:
+        zoomed, full = (generate(zoomr_server, question, {**recall_all, "zoomr_policy": p}, 200) for p in ("zoomr", "full"))
         assert zoomed["output_ids"] == full["output_ids"], question
         stats = zoomed["meta_info"]["zoomr"]
         assert stats["offloaded_tokens"] > 0 and stats["zoom_recalls"] > 0 and stats["thoughts"] >= 2
@@ -123,12 +114,7 @@ def test_recalled_detail_attends_exactly_like_detail_that_never_left(zoomr_serve
 
 
 def test_summary_only_drops_details_and_never_recalls(zoomr_server):
-    params = {**ENGINE, "zoomr_policy": "summary_only"}
-    out = zoomr_server.post(
-        "/generate",
-        {"text": QUESTION, "sampling_params": {"max_new_tokens": 300, "temperature": 0, "ignore_eos": True,
-                                                "custom_params": params}},
-    ).json()
+    out = generate(zoomr_server, QUESTION, {**ENGINE, "zoomr_policy": "summary_only"}, 300)
     stats = out["meta_info"]["zoomr"]
     assert stats["dropped_tokens"] > 0 and stats["zoom_recalls"] == 0 and stats["offloaded_tokens"] == 0
 
@@ -202,11 +188,7 @@ def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(zoomr_server
 
 
 def test_prometheus_metrics_aggregate_zoomr(zoomr_server):
-    zoomr_server.post(
-        "/generate",
-        {"text": QUESTION, "sampling_params": {"max_new_tokens": 200, "temperature": 0, "ignore_eos": True,
-                                                "custom_params": ENGINE}},
-    ).raise_for_status()
+    generate(zoomr_server, QUESTION, ENGINE, 200)
     text = zoomr_server.get("/metrics").text
     values = {}
     for line in text.splitlines():

@@ -20,20 +20,47 @@ Contract:
     with the causal mask over that sequence, so each new token attends the resident prefix and the new tokens up to
     itself.
   - Cross-attention, encoder lengths and sliding-window layers run stock; with a hole there they raise
-    ``NotImplementedError`` rather than read slot 0 (ZoomR refuses such models at launch).
+    ``NotImplementedError`` rather than read slot 0 (sliding-window and encoder-decoder models are not supported).
 - ``query_sink`` (set by ``zoomr_sgl.hooks`` to the scheduler's ``ZoomRManager``): at each decode layer for which
   ``query_sink.wants_queries(layer_id)``, the backend hands it the post-RoPE queries ``[bs, Hq, D]`` through
   ``capture_query(layer_id, q, req_pool_indices)`` before attending; it does not change the attention.
+- ``ZoomRFlashInferAttnBackend`` (CUDA, ``--attention-backend flashinfer``; defined only where ``flashinfer`` imports):
+  the stock backend with its decode indices updater swapped for ``ZoomRFlashInferIndicesUpdaterDecode``, whose
+  ``call_begin_forward`` builds ``kv_indptr`` / ``kv_indices`` over the resident set with the Triton kernels of
+  ``kernels.resident_indices`` (once per forward; every layer's ``decode_wrapper.forward`` reads that plan) and hands
+  them to the stock ``call_begin_forward`` as precomputed indices, with the resident lengths on the host as
+  ``seq_lens_cpu`` so FlashInfer's host-side indptr agrees with the device one. The last position of a row is always
+  kept (the token being decoded), so a CUDA-graph padding row (``req_pool_idx`` 0, ``seq_len`` 1) plans one entry,
+  slot 0, as stock does.
+  - CUDA graphs: planning runs outside the graph (``init_forward_metadata_out_graph``), the indices go into the
+    wrapper's ``_paged_kv_indices_buf``, the indptr into SGLang's ``kv_indptr`` buffer the wrapper was built over; the
+    captured kernels only read those buffers, so a resident set that changes every step replays correctly.
+  - Cost per step: two small Triton launches, a cumsum, and one device-to-host read of ``bs`` int32 lengths
+    (FlashInfer's plan needs the indptr on the host; stock avoids that read only because it knows ``seq_lens_cpu``).
+  - Stock, unchanged: extend / prefill (TODO: holed prefixes through ``custom_kv_indices``), speculative decoding,
+    the sliding-window wrapper and cross-attention (``kv_start_idx`` set); ZoomR refuses such models at launch.
+  - Query tap: eager decode calls ``query_sink.capture_query`` like the CPU class. A Python call does not replay in a
+    CUDA graph, so the backend also copies the queries of the configured scoring layers into persistent
+    ``query_buffers[layer_id]`` ``[max_bs, Hq, D]`` inside ``forward_decode`` (recorded into the graph); after a
+    replayed step the first ``bs`` rows hold that step's queries, in batch order.
 - ``RESIDENT_BACKENDS`` maps a stock backend name to its ZoomR subclass; ``zoomr_sgl.hooks`` re-registers those
-  names in SGLang's attention registry, so every name-based check in SGLang keeps working.
+  names in SGLang's attention registry, so every name-based check in SGLang keeps working. ``"flashinfer"`` is
+  listed only where ``flashinfer`` imports.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 import torch
 from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
+
+try:  # CUDA hosts only; CPU hosts have no flashinfer and import this module all the same
+    import flashinfer  # noqa: F401
+    from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend, FlashInferIndicesUpdaterDecode
+except ImportError:
+    FlashInferAttnBackend = FlashInferIndicesUpdaterDecode = None
 
 
 class ResidentTable(NamedTuple):
@@ -152,7 +179,78 @@ class ZoomRTorchNativeAttnBackend(TorchNativeAttnBackend):
         )
 
 
+if FlashInferAttnBackend is not None:
+
+    class ZoomRFlashInferIndicesUpdaterDecode(FlashInferIndicesUpdaterDecode):
+        """Plans FlashInfer decode over each request's resident set (see the module contract)."""
+
+        def call_begin_forward(
+            self, wrapper, req_pool_indices, paged_kernel_lens, paged_kernel_lens_sum, kv_indptr, kv_start_idx,
+            spec_info, seq_lens_cpu, use_sliding_window_kv_pool=False, fixed_split_size=None, disable_split_kv=None,
+        ):
+            if spec_info is not None or kv_start_idx is not None or use_sliding_window_kv_pool:
+                return super().call_begin_forward(  # stock layouts ZoomR does not plan (see the module contract)
+                    wrapper, req_pool_indices, paged_kernel_lens, paged_kernel_lens_sum, kv_indptr, kv_start_idx,
+                    spec_info, seq_lens_cpu, use_sliding_window_kv_pool=use_sliding_window_kv_pool,
+                    fixed_split_size=fixed_split_size, disable_split_kv=disable_split_kv,
+                )
+            from kernels.resident_indices import resident_indices
+
+            bs = len(req_pool_indices)
+            if wrapper.is_cuda_graph_enabled:
+                kv_indices = wrapper._paged_kv_indices_buf  # the captured kernels read this buffer
+            else:  # the full lengths bound the resident total, known on the host without a sync
+                kv_indices = torch.empty(max(int(paged_kernel_lens_sum), 1), dtype=torch.int32, device=kv_indptr.device)
+            max_len = int(seq_lens_cpu[:bs].max()) if seq_lens_cpu is not None and bs else None
+            built = resident_indices(
+                self.req_to_token, req_pool_indices, paged_kernel_lens, kv_indptr_out=kv_indptr,
+                kv_indices_out=kv_indices, max_len=max_len,
+            )
+            lens_cpu = built.lens.cpu()  # the step's one device->host read: FlashInfer plans on the host
+            self.resident_lens_cpu = lens_cpu
+            precomputed = SimpleNamespace(kv_indptr=built.kv_indptr, kv_indices=built.kv_indices)
+            return super().call_begin_forward(
+                wrapper, req_pool_indices, built.lens, int(lens_cpu.sum()), kv_indptr, None, precomputed, lens_cpu,
+                use_sliding_window_kv_pool=False, fixed_split_size=fixed_split_size,
+                disable_split_kv=disable_split_kv,
+            )
+
+    class ZoomRFlashInferAttnBackend(FlashInferAttnBackend):
+        """``FlashInferAttnBackend`` whose decode attends each request's resident set only (see the module contract)."""
+
+        def __init__(self, model_runner, *args, **kwargs):
+            if not args and "init_new_workspace" not in kwargs:  # what the stock registry factory passes
+                kwargs["init_new_workspace"] = getattr(model_runner, "init_new_workspace", False)
+            super().__init__(model_runner, *args, **kwargs)
+            self.indices_updater_decode = ZoomRFlashInferIndicesUpdaterDecode(model_runner, self)
+            self.query_sink = None  # the ZoomRManager, set by zoomr_sgl.hooks once the scheduler is built
+            self.query_buffers: dict[int, torch.Tensor] = {}
+            from zoomr_sgl.config import ZoomRConfig
+
+            config = ZoomRConfig.from_env()
+            if config is not None:  # before graph capture: the tap must exist when the decode graphs are recorded
+                updater = self.indices_updater_decode
+                max_bs = self.kv_indptr[0].shape[0] - 1
+                for layer_id in config.scoring_layer_ids(model_runner.model_config.num_hidden_layers):
+                    self.query_buffers[layer_id] = torch.zeros(
+                        (max_bs, updater.num_qo_heads, updater.head_dim), dtype=model_runner.dtype,
+                        device=model_runner.device,
+                    )
+
+        def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):
+            buf = self.query_buffers.get(layer.layer_id)
+            sink = self.query_sink
+            if buf is not None or sink is not None:
+                query = q.reshape(-1, layer.tp_q_head_num, layer.head_dim)  # post-RoPE queries
+                if buf is not None:  # a device copy: recorded into the decode CUDA graph, replayed every step
+                    buf[: query.shape[0], : query.shape[1]].copy_(query)
+                if (sink is not None and not torch.cuda.is_current_stream_capturing()
+                        and sink.wants_queries(layer.layer_id)):
+                    sink.capture_query(layer.layer_id, query, forward_batch.req_pool_indices)
+            return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
+
+
 # Stock backend name -> ZoomR subclass, re-registered under the same name by zoomr_sgl.hooks.
-# TODO(flashinfer issue): add "flashinfer": ZoomRFlashInferAttnBackend (CUDA; a FlashInferAttnBackend subclass whose
-# decode indices updater plans kv_indptr/kv_indices over the resident table, internals §1.4). Not implemented here.
 RESIDENT_BACKENDS = {"torch_native": ZoomRTorchNativeAttnBackend}
+if FlashInferAttnBackend is not None:
+    RESIDENT_BACKENDS["flashinfer"] = ZoomRFlashInferAttnBackend

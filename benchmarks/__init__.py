@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table and writes JSON, markdown and a PNG under benchmarks/results/."""

@@ -1,0 +1,167 @@
+"""The Triton kernels against their pure-torch references on fresh random inputs: resident-set index building
+(exact) and thought scoring (1e-3 relative; top-k sets equal where scores are separated).
+
+On a CPU-only host the kernels run through Triton's interpreter on CPU tensors in float32 (the module decorates
+them under ``TRITON_INTERPRET=1``); on a CUDA host they are compiled and run on the GPU with bf16 inputs, and the
+interpreter variants are skipped (one process decorates a kernel one way). Outputs are poisoned before each run."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:  # decorate the kernels for the interpreter, then leave the environment as it was (the fixture
+    # below sets it again around each test, so server processes started by other modules never inherit it)
+    _previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    import kernels.resident_indices as ri
+    import kernels.thought_scoring as ts
+
+    for _module in (ri, ts):  # an earlier import in this process decorated them for a GPU: decorate again
+        if type(_module._thought_score_kernel if _module is ts else ri._count_kernel).__name__ != "InterpretedFunction":
+            importlib.reload(_module)
+    if _previous is None:
+        del os.environ["TRITON_INTERPRET"]
+    else:
+        os.environ["TRITON_INTERPRET"] = _previous
+else:
+    import kernels.resident_indices as ri
+    import kernels.thought_scoring as ts
+
+from zoomr_sgl.resident_attention import resident_slot_table
+from zoomr_sgl.scoring import top_within_budget
+
+
+
+@pytest.fixture(autouse=True)
+def _interpreter_env(monkeypatch):
+    """Triton's interpreter also reads TRITON_INTERPRET while a kernel runs (its lazy imports check it)."""
+    if not HAS_CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+DEVICES = [
+    pytest.param("cpu", id="cpu-interpreter", marks=pytest.mark.skipif(
+        HAS_CUDA, reason="CUDA present: the kernels are compiled for the GPU here; the interpreter runs on CPU hosts")),
+    pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]),
+]
+SENTINEL = -7
+
+
+# ------------------------------------------------------------------ resident indices
+def random_batch(gen: torch.Generator, bs: int, width: int, hole_p: float, device: str):
+    """A req_to_token pool with stale data everywhere, ``bs`` requests on distinct rows (never row 0) with holes,
+    plus a CUDA-graph padding row (req_pool_idx 0, seq_len 1) and a zero-length row."""
+    pool_rows = bs + 4
+    rtt = torch.randint(1, 1 << 20, (pool_rows, width), generator=gen, dtype=torch.int32)
+    rtt[0] = 0  # SGLang's padding row
+    rows = (torch.randperm(pool_rows - 1, generator=gen)[:bs] + 1).tolist()
+    lens = torch.randint(1, width + 1, (bs,), generator=gen).tolist()
+    for row, n in zip(rows, lens):
+        holes = torch.rand(n, generator=gen) < hole_p
+        holes[n - 1] = False  # the token being decoded
+        rtt[row, :n][holes] = 0
+    rows += [0, rows[0]]
+    lens += [1, 0]
+    as_t = lambda xs, dt: torch.tensor(xs, dtype=dt, device=device)  # noqa: E731
+    return rtt.to(device), as_t(rows, torch.int64), as_t(lens, torch.int32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed,bs,width,hole_p", [(0, 3, 200, 0.5), (1, 5, 97, 0.0), (2, 2, 300, 0.97), (3, 4, 64, 1.0)])
+def test_resident_indices_match_reference(device, seed, bs, width, hole_p):
+    gen = torch.Generator().manual_seed(seed)
+    rtt, rows, lens = random_batch(gen, bs, width, hole_p, device)
+    ref = ri.resident_indices_reference(rtt.cpu(), rows.cpu(), lens.cpu())
+    n = rows.shape[0]
+    total = int(ref.kv_indptr[-1])
+    for chunk, block in ((64, 16), (128, 128)) if device == "cpu" else ((64, 16), (ri.CHUNK, ri.BLOCK)):
+        indptr = torch.full((n + 3,), SENTINEL, dtype=torch.int32, device=device)
+        indices = torch.full((total + 5,), SENTINEL, dtype=torch.int32, device=device)
+        out = ri.resident_indices(rtt, rows, lens, kv_indptr_out=indptr, kv_indices_out=indices, chunk=chunk,
+                                  block=block, max_len=width)
+        assert out.kv_indptr.data_ptr() == indptr.data_ptr() and out.kv_indices.data_ptr() == indices.data_ptr()
+        assert torch.equal(indptr[: n + 1].cpu(), ref.kv_indptr)
+        assert torch.equal(indices[:total].cpu(), ref.kv_indices)  # every element written: the reference has no -7
+        assert (indptr[n + 1 :] == SENTINEL).all() and (indices[total:] == SENTINEL).all()  # nothing past the end
+        assert torch.equal(out.lens.cpu(), ref.lens)
+        assert torch.equal(ri.resident_lengths(rtt, rows, lens, chunk=chunk, block=block).cpu(), ref.lens)
+    assert int(ref.lens[-2]) == 1 and int(ref.kv_indices[ref.kv_indptr[-3]]) == 0  # padding row: one entry, slot 0
+    assert int(ref.lens[-1]) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_resident_indices_defaults_and_agreement_with_cpu_table(device):
+    """Allocated outputs, default grid; the same slots the CPU backend's table attends (rows end in a real token)."""
+    gen = torch.Generator().manual_seed(11)
+    rtt, rows, lens = random_batch(gen, 4, 150, 0.6, device)
+    rows, lens = rows[:4], lens[:4]  # real requests only
+    out = ri.resident_indices(rtt, rows, lens)
+    table, tlens = resident_slot_table(rtt.cpu(), rows.cpu(), lens.cpu())
+    assert torch.equal(out.lens.cpu(), tlens)
+    for i in range(4):
+        a, b = int(out.kv_indptr[i]), int(out.kv_indptr[i + 1])
+        assert torch.equal(out.kv_indices[a:b].cpu(), table[i, : tlens[i]])
+
+
+# ------------------------------------------------------------------ thought scoring
+def random_scoring_inputs(gen, B, L, Hq, Hkv, D, max_summary, device, dtype):
+    pool = 1 + 2 * B * 6 * max_summary
+    queries = torch.randn(B, L, Hq, D, generator=gen).to(device, dtype)
+    k_all = torch.randn(L + 1, pool, Hkv, D, generator=gen).to(device, dtype)
+    k_buffers = [k_all[i] for i in torch.randperm(L + 1, generator=gen)[:L].tolist()]  # any layer order in memory
+    per_req = torch.randint(1, 7, (B,), generator=gen)
+    thought_req = torch.repeat_interleave(torch.arange(B), per_req)
+    thought_req = thought_req[torch.randperm(len(thought_req), generator=gen)]  # thoughts of requests interleaved
+    sizes = torch.randint(1, max_summary + 1, (len(thought_req),), generator=gen)
+    indptr = torch.zeros(len(sizes) + 1, dtype=torch.int32)
+    indptr[1:] = sizes.cumsum(0)
+    slots = torch.randperm(pool - 1, generator=gen)[: int(sizes.sum())] + 1
+    put = lambda x: x.to(device)  # noqa: E731
+    return queries, k_buffers, put(thought_req), put(indptr), put(slots.to(torch.int32))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("seed,B,L,Hq,Hkv,D,max_summary", [
+    (0, 2, 2, 4, 1, 16, 9),
+    (1, 3, 1, 8, 2, 32, 70),  # summaries longer than one block of 64 tokens
+    (2, 2, 3, 4, 4, 16, 40),
+])
+def test_thought_scores_match_reference(device, seed, B, L, Hq, Hkv, D, max_summary):
+    gen = torch.Generator().manual_seed(seed)
+    if device == "cuda":
+        Hq, Hkv, D = Hq * 4, Hkv * 2 if Hkv < 4 else Hkv, 128  # GPU: heads like Qwen3-8B in scale, bf16
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    inputs = random_scoring_inputs(gen, B, L, Hq, Hkv, D, max_summary, device, dtype)
+    out = torch.full((inputs[2].shape[0],), float("nan"), dtype=torch.float32, device=device)
+    got = ts.thought_scores_triton(*inputs, out=out)
+    ref = ts.thought_scores_reference(*inputs)
+    assert got.data_ptr() == out.data_ptr() and torch.isfinite(out).all()  # every element written
+    rel = ((got.cpu() - ref).abs() / ref.abs().clamp_min(1e-6)).max().item()
+    assert rel < 1e-3, f"relative error {rel:.2e}"
+
+    # top-k within a budget, per request, where the reference ranks are separated
+    thought_req, sizes = inputs[2].cpu(), torch.diff(inputs[3].cpu())
+    checked = 0
+    for b in range(B):
+        ts_b = (thought_req == b).nonzero().flatten()
+        r = ref[ts_b].sort(descending=True).values
+        if len(r) > 1 and (r[:-1] - r[1:]).min() < 2e-3 * r.abs().max():
+            continue  # within twice the 1e-3 tolerance two scores may swap
+        checked += 1
+        budget = int(sizes[ts_b].sum()) // 2 + 1
+        assert top_within_budget(got.cpu()[ts_b], sizes[ts_b], 3, budget) == top_within_budget(
+            ref[ts_b], sizes[ts_b], 3, budget)
+    assert checked, "no request had separated scores: change the seed"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_thought_scores_empty_batch(device):
+    gen = torch.Generator().manual_seed(5)
+    q, kb, _, _, slots = random_scoring_inputs(gen, 1, 1, 4, 1, 16, 4, device, torch.float32)
+    empty = torch.zeros(0, dtype=torch.int32, device=device)
+    assert ts.thought_scores_triton(q, kb, empty, torch.zeros(1, dtype=torch.int32, device=device), slots).numel() == 0
