@@ -120,6 +120,12 @@ class ServerProcess:
     def post(self, path: str, payload: dict, **kw) -> requests.Response:
         return requests.post(self.url + path, json=payload, timeout=kw.pop("timeout", 300), **kw)
 
+    def flush_cache(self, timeout: float = 30) -> None:
+        """Flush the radix tree. SGLang refuses while a request is still in the running batch (a finished one stays
+        there until the scheduler's next iteration), so it is asked to wait for idle."""
+        r = self.post(f"/flush_cache?timeout={timeout}", {}, timeout=timeout + 30)
+        assert r.status_code == 200, r.text
+
     def generate(self, text: str, **sampling) -> dict:
         params = {"temperature": 0, **sampling}
         r = self.post("/generate", {"text": text, "sampling_params": params})

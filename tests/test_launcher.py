@@ -94,3 +94,12 @@ def test_zoomr_rejects_incompatible_sglang_settings(flags, message):
 def test_zoomr_on_cuda_turns_the_overlap_scheduler_off():
     argv = plan_launch(["--enable-zoomr"], cuda_available=True, default_model="M").sglang_argv
     assert "--disable-overlap-schedule" in argv and argv[argv.index("--page-size") + 1] == "1"
+
+
+def test_zoomr_selects_the_zoomr_radix_tree_unless_the_user_names_one():
+    argv = plan_launch(["--enable-zoomr"], cuda_available=False, default_model="M").sglang_argv
+    assert argv[argv.index("--radix-cache-backend") + 1] == "zoomr"
+    argv = plan_launch(["--enable-zoomr", "--radix-cache-backend", "other"], cuda_available=False,
+                       default_model="M").sglang_argv
+    assert argv.count("--radix-cache-backend") == 1 and argv[argv.index("--radix-cache-backend") + 1] == "other"
+    assert "--radix-cache-backend" not in plan_launch([], cuda_available=False, default_model="M").sglang_argv

@@ -62,7 +62,7 @@ def stream_generate(server, text: str, custom_params: dict, max_new_tokens: int)
 
 def test_long_engine_mode_generation_keeps_device_kv_bounded_at_every_step(zoomr_server):
     server = zoomr_server
-    server.post("/flush_cache", {})
+    server.flush_cache()
     start = wait_idle(server)
     budget = ENGINE["zoomr_zoom_budget"]
     chunks = list(stream_generate(server, QUESTION, ENGINE, max_new_tokens=2000))
@@ -81,7 +81,7 @@ def test_long_engine_mode_generation_keeps_device_kv_bounded_at_every_step(zoomr
     text = chunks[-1]["text"]
     assert text.count("<summary>") >= 20 and text.count("</summary>") >= 20
     # After the request: flush the radix tree; every slot and host block is back.
-    server.post("/flush_cache", {})
+    server.flush_cache()
     end = wait_idle(server)
     assert end["allocator_available"] == start["allocator_available"]
     assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0
@@ -148,7 +148,7 @@ def test_bad_custom_params_are_400_on_every_endpoint(zoomr_server, params, needl
 
 def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(zoomr_server):
     server = zoomr_server
-    server.post("/flush_cache", {})
+    server.flush_cache()
     start = wait_idle(server)
     rng = random.Random(7)
 
@@ -179,7 +179,7 @@ def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(zoomr_server
         results = list(ex.map(one, range(200)))
     assert all(r in (200, "disconnected") or r >= 400 for r in results)
     assert sum(r == 200 for r in results) >= 50
-    server.post("/flush_cache", {})
+    server.flush_cache()
     end = wait_idle(server, timeout=120)
     assert end["running_requests"] == 0
     assert end["allocator_available"] == start["allocator_available"]

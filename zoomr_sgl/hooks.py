@@ -27,7 +27,13 @@ Hooks now:
 - ``ModelRunner.sample`` (AROUND): replaces the sampled id of rows with a forced engine-mode marker token, before
   SGLang stashes it as the next step's input, so text, stop checks and KV agree.
 - ``mem_cache.common.release_kv_cache`` (BEFORE): the one path of finish, abort and retraction; the manager frees
-  what it holds beyond the request's row and publishes final stats.
+  what it holds beyond the request's row, publishes final stats and, with the ZoomR tree and ``is_insert``, hands
+  its host blocks to the tree (``req.zoomr_host_spans``) before SGLang calls the tree's ``cache_finished_req``.
+- ``register_radix_cache_backend("zoomr", ...)`` (radix-cache registry, scheduler processes, which build the tree in
+  ``create_tree_cache``; guarded because the registry raises on a duplicate name): ``ZoomRRadixCache``
+  (``zoomr_sgl.radix_tree``), a ``RadixCache`` whose finished thoughts are host-backed detail nodes and device
+  summary nodes, with device-only accounting. Selected by ``--radix-cache-backend zoomr``, which the launcher adds
+  with ``--enable-zoomr``; the factory falls back to SGLang's own choice with ``--disable-radix-cache``.
 - ``SamplingParams.verify`` (AFTER, main process): validates ``zoomr_*`` keys of ``custom_params`` for
   ``/generate``, ``/v1/completions`` and ``/v1/chat/completions``; a ``ValueError`` there is SGLang's HTTP 400.
 - ``TokenizerManager._wait_one_response`` (AROUND, main process): per-token ``customized_info['zoomr']`` lists
@@ -87,6 +93,13 @@ def register_resident_attention() -> None:
         register_attention_backend(name)(factory)
 
 
+def register_radix_tree() -> None:
+    """Register the ``zoomr`` radix-cache backend once per process."""
+    from zoomr_sgl.radix_tree import register_backend
+
+    register_backend()
+
+
 def free_without_holes(original, allocator, free_index):
     """AROUND ``TokenToKVPoolAllocator.free``: a hole (0) in a freed ``req_to_token`` span is not a slot."""
     if free_index.numel() and not bool((free_index != 0).all()):
@@ -130,9 +143,9 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
             ids = torch.where(forced >= 0, forced.to(ids.dtype), ids)
         return ids
 
-    def before_release(req, *args, **kwargs):
+    def before_release(req, tree_cache=None, is_insert=True, *args, **kwargs):
         if MANAGER is not None:
-            MANAGER.release(req)
+            MANAGER.release(req, is_insert=is_insert)
         return None
 
     HookRegistry.register(SCHEDULER_INIT, build_manager, HookType.AFTER)
@@ -181,6 +194,7 @@ def install(config: ZoomRConfig, role: str) -> None:
     if role == "worker":
         HookRegistry.register(SCHEDULER_STATE, report_state, HookType.AFTER)
         register_resident_attention()
+        register_radix_tree()
         HookRegistry.register(ALLOCATOR_FREE, free_without_holes, HookType.AROUND)
         install_manager_hooks(config)
     else:

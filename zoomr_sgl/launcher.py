@@ -8,6 +8,8 @@ Contract:
   --attention-backend torch_native --disable-overlap-schedule --max-total-tokens 65536 --sleep-on-idle``; with
   CUDA it passes ``--attention-backend flashinfer``. Flags given by the user come later on the command line and win.
 - Without ``--model-path`` it serves the embedded default model (building it if needed) in float32.
+- With ``--enable-zoomr`` it also passes ``--page-size 1``, ``--disable-overlap-schedule`` and, unless the user
+  gave ``--radix-cache-backend``, ``--radix-cache-backend zoomr`` (the ZoomR radix tree).
 - With ``--enable-zoomr`` it exports the config as ``ZOOMR_SGL_CONFIG`` for every SGLang process; without it the
   variable is removed, the plugin stays inert and SGLang behaves as stock.
 """
@@ -32,6 +34,8 @@ CPU_DEFAULTS = [
 CUDA_DEFAULTS = ["--attention-backend", "flashinfer"]
 # ZoomR edits req_to_token between steps: one forward in flight at a time, token-granular pages.
 ZOOMR_DEFAULTS = ["--page-size", "1"]
+# Finished thoughts are cached as host-backed detail nodes (zoomr_sgl.radix_tree), unless the user names a tree.
+ZOOMR_TREE = ["--radix-cache-backend", "zoomr"]
 ZOOMR_INCOMPATIBLE = {
     "--enable-mixed-chunk": "mixed chunks send decode tokens through prefill attention",
     "--speculative-algorithm": "speculative decoding is not supported",
@@ -97,6 +101,8 @@ def plan_launch(argv: Sequence[str], cuda_available: bool, default_model: str | 
     defaults = list(CUDA_DEFAULTS if cuda_available else CPU_DEFAULTS)
     if ours.enable_zoomr:
         defaults += ZOOMR_DEFAULTS + ([] if "--disable-overlap-schedule" in defaults else ["--disable-overlap-schedule"])
+        if not _has_flag(rest, "--radix-cache-backend"):
+            defaults += ZOOMR_TREE
     if not _has_flag(rest, "--model-path", "--model"):
         if default_model is None:
             raise LaunchError("no --model-path given and no embedded default model")

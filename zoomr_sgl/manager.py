@@ -15,12 +15,25 @@ Contract (``--disable-overlap-schedule``: one forward in flight, results process
   slots from the allocator only when it has enough free (else the recall waits for a later zoom), and they are
   written into ``req_to_token`` once the copy has landed (from the next step on, or at once with
   ``wait_for_recall``).
-- Slots owned by the radix tree (the matched or inserted prefix, positions below ``len(req.prefix_indices)``) are
-  never freed here: such detail stays on the device.
-- ``release(req)`` runs on finish, abort and retraction (SGLang's ``release_kv_cache``): it frees exactly what the
-  manager holds for the request beyond its ``req_to_token`` row (slots of copies in flight, host blocks), clears its
-  forced tokens, publishes final stats, and marks a row with holes as not insertable into the stock radix tree (whose
-  nodes cannot point at host memory). SGLang then frees the row as usual (holes are filtered out of frees).
+- Slots owned by the radix tree (the matched or inserted prefix, positions below ``protected_len``) are never freed
+  here: a prompt thought whose detail is on the device stays there.
+- With the ZoomR radix tree (``zoomr_sgl.radix_tree``), a prefix may come with holes backed by tree-owned host
+  blocks. At admission the manager reads them (``tree.host_spans(req.last_node)``); with segmentation from position
+  0 (program/trained mode) a prompt thought whose detail's holes are exactly one run backed by one whole tree block
+  starts ``HOST`` with that block *borrowed*: a zoom recalls it into fresh request slots written over that run
+  (``st.spans``; the rest of such a detail, e.g. prompt text before the first thought, stays device and tree-owned),
+  an eviction frees only those slots, and the block is never freed by the request (its lock on ``last_node`` keeps
+  the node, so the block, alive). A prompt thought whose holes are anything else (several runs, a partial block, a
+  dropped block) is ``DROPPED``: its holes are not attended and cannot be zoomed. In engine mode the prompt is not
+  segmented, so its holes are simply not attended (counted in ``reused_host_tokens``).
+- ``release(req, is_insert)`` runs on finish, abort and retraction (SGLang's ``release_kv_cache``, before the tree's
+  ``cache_finished_req``): it frees the slots of copies in flight, clears forced tokens and publishes final stats.
+  With the ZoomR tree it also evicts the zoom buffer (frees those slots, writes 0), so every offloaded detail is a
+  hole backed by its block, and, when the request will be inserted, hands its own blocks to the tree as
+  ``req.zoomr_host_spans = [(start, end, block)]`` (the tree adopts or frees them); otherwise it frees them.
+  Borrowed blocks are the tree's and never appear there. With the stock tree a row with holes is marked not
+  insertable (``req.skip_radix_cache_insert``: stock nodes cannot point at host memory). SGLang then frees the
+  row as usual (holes are filtered out of frees).
 - ``forced_ids(req_pool_indices)`` gives the token each row must emit this step (-1: none), for the sampler hook.
 - Stats per request (``RequestStats``) travel in ``req.customized_info['zoomr']`` and reach ``meta_info['zoomr']``.
 """
@@ -37,6 +50,7 @@ import torch
 from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError
 from zoomr_sgl.request_params import check_custom_params
 from zoomr_sgl.host_store import CopyHandle, HostBlock, HostDetailStore
+from zoomr_sgl.radix_tree import hole_runs
 from zoomr_sgl.selection import policy_for
 from zoomr_sgl.selection.base import DetailAction, Policy, StepInputs
 from zoomr_sgl.thought_table import Location, ThoughtTable
@@ -61,6 +75,8 @@ class RequestStats(NamedTuple):
     forced_markers: int
     summary_tokens: int
     prompt_tokens: int
+    reused_host_tokens: int  # prefix positions the radix tree gave as host-backed holes (not recomputed, not loaded)
+    thoughts_from_tree: int  # prompt thoughts that start HOST with a tree-owned block (zoomable)
 
 
 class LatestStats(list):
@@ -103,6 +119,10 @@ class RequestZoom:
     forced: deque = field(default_factory=deque)
     forced_markers: int = 0
     peak_device: int = 0
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # thought -> host-backed run, when not its detail
+    borrowed: set[int] = field(default_factory=set)  # thoughts whose block belongs to the radix tree
+    tree_spans: list = field(default_factory=list)  # radix_tree.HostSpan of the matched prefix
+    reused_host_tokens: int = 0
 
 
 class ZoomRManager:
@@ -123,6 +143,12 @@ class ZoomRManager:
             on_drop=self._on_host_drop,
         )
         self.device = k0.device
+        from zoomr_sgl.radix_tree import ZoomRRadixCache
+
+        self.tree = scheduler.tree_cache if isinstance(scheduler.tree_cache, ZoomRRadixCache) else None
+        if self.tree is not None:
+            self.tree.attach_host_store(self.host)
+        self._borrowers: dict[int, set[tuple[str, int]]] = {}  # tree block id -> (rid, thought) borrowing it
         self.force_next = torch.full((self.req_to_token.shape[0],), -1, dtype=torch.int64, device=self.device)
         self.requests: dict[str, RequestZoom] = {}
         self._queries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -179,26 +205,49 @@ class ZoomRManager:
     def forced_ids(self, req_pool_indices: torch.Tensor) -> torch.Tensor:
         return self.force_next[req_pool_indices.to(self.force_next.device)]
 
-    def release(self, req) -> None:
+    def release(self, req, is_insert: bool = True) -> None:
         st = self.requests.pop(req.rid, None)
         if st is None:
             return
         for c in st.offloading + st.recalling:
             c.handle.wait()
             self.allocator.free(c.slots)
+        for c in st.offloading:
+            st.table.finish_offload(c.thought)  # the copy has landed: the block is complete
         st.offloading.clear()
         st.recalling.clear()
         st.table.append((req.origin_input_ids + req.output_ids)[st.table.length:])  # the final token, for the stats
-        row_has_holes = bool((self.req_to_token[st.row, : st.table.length - 1] == 0).any())
         stats = self._stats(st)
-        for block in st.blocks.values():
-            if self.host.is_live(block):
+        if self.tree is not None:
+            # Every offloaded detail becomes a hole backed by its block; borrowed runs get the tree's zeros back.
+            for i in list(st.blocks):
+                if st.table.location(i) is Location.ZOOM:
+                    lo, hi = self._span(st, i)
+                    slots = self.req_to_token[st.row, lo:hi].to(torch.int64).clone()
+                    self._unmap(st, lo, hi)
+                    self.allocator.free(slots)
+        row_has_holes = bool((self.req_to_token[st.row, : st.table.length - 1] == 0).any())
+        insert = is_insert and not getattr(req, "skip_radix_cache_insert", False)
+        handed = []
+        for i, block in st.blocks.items():
+            if i in st.borrowed:
+                self._borrowers.get(block.block_id, set()).discard((st.rid, i))
+                continue
+            if not self.host.is_live(block):
+                continue
+            if self.tree is not None and insert:
+                handed.append((*self._span(st, i), block))
+            else:
                 self.host.free(block)
+        for block_id in [b for b, who in self._borrowers.items() if not who]:
+            del self._borrowers[block_id]
         st.blocks.clear()
+        if handed:
+            req.zoomr_host_spans = handed  # the tree adopts them or frees them (radix_tree contract)
         self.force_next[st.row] = -1
         st.table.free()
         req.customized_info = {"zoomr": LatestStats(stats._asdict())}
-        if row_has_holes:
+        if row_has_holes and self.tree is None:
             # The stock radix tree cannot hold host-backed positions: insert nothing rather than holes.
             req.skip_radix_cache_insert = True
 
@@ -225,6 +274,7 @@ class ZoomRManager:
             "host_store": hs._asdict(),
             "scoring_layers": list(self.scoring_layers),
             "totals": dict(self.totals),
+            **({"tree": self.tree.state()} if self.tree is not None else {}),
         }
 
     def _admit(self, req) -> RequestZoom | None:
@@ -248,6 +298,11 @@ class ZoomRManager:
             engine=engine, open_ids=open_ids, close_ids=close_ids,
         )
         st.protected_len = max(st.protected_len, prompt_len)  # the prefill inserted the prompt into the tree
+        if self.tree is not None and req.last_node is not None:
+            prefix = self.req_to_token[st.row, :st.protected_len]
+            st.reused_host_tokens = int((prefix == 0).sum())
+            if st.reused_host_tokens:
+                st.tree_spans = self.tree.host_spans(req.last_node)
         self.force_next[st.row] = -1
         self.requests[req.rid] = st
         self.totals["requests"] += 1
@@ -278,7 +333,10 @@ class ZoomRManager:
     def _close_thought(self, st: RequestZoom, index: int) -> None:
         t = st.table.thoughts[index]
         action = st.policy.detail_action
-        if action is DetailAction.KEEP or t.detail_start < st.protected_len:
+        if t.detail_start < st.protected_len:
+            self._close_tree_thought(st, index)
+            return
+        if action is DetailAction.KEEP:
             return
         if t.detail_len == 0:
             (st.table.mark_offloaded if action is DetailAction.OFFLOAD else st.table.drop)(index)
@@ -290,6 +348,8 @@ class ZoomRManager:
             st.table.drop(index)
             return
         block = self.host.allocate(t.detail_len, owner=(st.rid, index))
+        if block is None and self.tree is not None and self.tree.evict_host(t.detail_len):
+            block = self.host.allocate(t.detail_len, owner=(st.rid, index))  # the tree gave host rows back
         if block is None:  # store full under keep_on_device: the detail stays where it is
             return
         handle = self.host.copy_from_device(block, self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots)
@@ -299,6 +359,39 @@ class ZoomRManager:
         st.offloading.append(_Copy(index, slots, handle))
         self.totals["offloaded_tokens"] += t.detail_len
         self._land(st, wait=False)
+
+    def _close_tree_thought(self, st: RequestZoom, index: int) -> None:
+        """A thought that starts in the tree-owned prefix: device detail stays; holes backed by exactly one whole
+        tree block start HOST with that block borrowed; any other holes make it DROPPED (module contract)."""
+        t = st.table.thoughts[index]
+        if t.detail_len == 0:
+            return
+        runs = hole_runs(self.req_to_token[st.row, t.detail_start:t.detail_end])
+        if not runs:
+            return
+        span = None
+        if len(runs) == 1:
+            lo, hi = t.detail_start + runs[0][0], t.detail_start + runs[0][1]
+            span = next((s for s in st.tree_spans if s.start == lo and s.end == hi and s.offset == 0
+                         and s.block is not None and s.block.num_tokens == hi - lo
+                         and self.host.is_live(s.block)), None)
+        if span is None:
+            st.table.drop(index)
+            return
+        st.table.mark_offloaded(index)
+        st.blocks[index] = span.block
+        st.borrowed.add(index)
+        if (span.start, span.end) != (t.detail_start, t.detail_end):
+            st.spans[index] = (span.start, span.end)
+        self._borrowers.setdefault(span.block.block_id, set()).add((st.rid, index))
+
+    def _span(self, st: RequestZoom, index: int) -> tuple[int, int]:
+        """Positions a thought's host block backs: its detail, or the hole run of a borrowed partial detail."""
+        span = st.spans.get(index)
+        if span is not None:
+            return span
+        t = st.table.thoughts[index]
+        return t.detail_start, t.detail_end
 
     def _land(self, st: RequestZoom, wait: bool) -> None:
         still = []
@@ -314,8 +407,8 @@ class ZoomRManager:
             if wait:
                 c.handle.wait()
             if c.handle.done():
-                t = st.table.thoughts[c.thought]
-                self.req_to_token[st.row, t.detail_start:t.detail_end] = c.slots.to(self.req_to_token.dtype)
+                lo, hi = self._span(st, c.thought)
+                self.req_to_token[st.row, lo:hi] = c.slots.to(self.req_to_token.dtype)
                 st.table.finish_recall(c.thought)
             else:
                 still.append(c)
@@ -371,11 +464,12 @@ class ZoomRManager:
                 st.table.apply(selection)
             return
         # Slots for the recalls must exist now: trim the recalls to what the allocator can give.
-        freed = sum(st.table.thoughts[i].detail_len for i in selection.evict)
+        width = lambda i: (lambda lo, hi: hi - lo)(*self._span(st, i))  # noqa: E731
+        freed = sum(width(i) for i in selection.evict)
         room = int(self.allocator.available_size()) + freed
         recall = []
         for i in selection.recall:
-            n = st.table.thoughts[i].detail_len
+            n = width(i)
             if n <= room:
                 recall.append(i)
                 room -= n
@@ -384,19 +478,19 @@ class ZoomRManager:
             recall=tuple(recall), selected=tuple(i for i in selection.selected if i not in dropped)
         )
         for i in selection.evict:
-            t = st.table.thoughts[i]
-            slots = self.req_to_token[row, t.detail_start:t.detail_end].to(torch.int64).clone()
-            self._unmap(st, t.detail_start, t.detail_end)
+            lo, hi = self._span(st, i)
+            slots = self.req_to_token[row, lo:hi].to(torch.int64).clone()
+            self._unmap(st, lo, hi)
             self.allocator.free(slots)
             self.totals["evictions"] += 1
         st.table.apply(selection)
         for i in selection.recall:
-            t = st.table.thoughts[i]
-            slots = self.allocator.alloc(t.detail_len)
+            n = width(i)
+            slots = self.allocator.alloc(n)
             handle = self.host.copy_to_device(st.blocks[i], self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots)
             st.recalling.append(_Copy(i, slots, handle))
             self.totals["recalls"] += 1
-            self.totals["recalled_tokens"] += t.detail_len
+            self.totals["recalled_tokens"] += n
         self._land(st, wait=st.config.wait_for_recall)
 
     def _query_for(self, batch_index: int) -> torch.Tensor | None:
@@ -422,23 +516,33 @@ class ZoomRManager:
             full_kv_tokens=max(st.table.length - 1, 0),
             detail_tokens=sum(t.detail_len for t in st.table.thoughts), zoom_tokens=acc.zoom_tokens, zoom_recalls=acc.recalls,
             zoom_evictions=acc.evictions, dropped_tokens=acc.dropped_tokens, forced_markers=st.forced_markers,
-            summary_tokens=summary_tokens, prompt_tokens=st.prompt_len,
+            summary_tokens=summary_tokens, prompt_tokens=st.prompt_len, reused_host_tokens=st.reused_host_tokens,
+            thoughts_from_tree=len(st.borrowed),
         )
 
     def _on_host_drop(self, block: HostBlock) -> None:
         """``drop_oldest`` took a host block back: its thought's detail is gone for good (counted by the store).
-        The store waited for the block's copies, so the slots of a copy in flight can be freed now."""
-        rid, index = block.owner
-        st = self.requests.get(rid)
-        if st is None or st.blocks.pop(index, None) is None:
-            return
+        The store waited for the block's copies, so the slots of a copy in flight can be freed now. A tree block
+        may be borrowed by several running requests: each loses that thought."""
+        owners = list(self._borrowers.pop(block.block_id, ()))
+        if isinstance(block.owner, tuple) and len(block.owner) == 2:
+            owners.append(block.owner)
+        for rid, index in owners:
+            st = self.requests.get(rid)
+            if st is None or st.blocks.get(index) != block:
+                continue
+            self._lose_thought(st, index)
+
+    def _lose_thought(self, st: RequestZoom, index: int) -> None:
+        del st.blocks[index]
+        st.borrowed.discard(index)
         for copies in (st.offloading, st.recalling):
             for c in [c for c in copies if c.thought == index]:
                 copies.remove(c)
                 self.allocator.free(c.slots)
         if st.table.location(index) is Location.ZOOM:
-            t = st.table.thoughts[index]
-            slots = self.req_to_token[st.row, t.detail_start:t.detail_end].to(torch.int64).clone()
-            self._unmap(st, t.detail_start, t.detail_end)
+            lo, hi = self._span(st, index)
+            slots = self.req_to_token[st.row, lo:hi].to(torch.int64).clone()
+            self._unmap(st, lo, hi)
             self.allocator.free(slots)
         st.table.drop(index)

@@ -1,0 +1,280 @@
+"""The ZoomR radix tree: unit level on real SGLang pools (ReqToTokenPool, TokenToKVPoolAllocator) and a real
+HostDetailStore, then live in the server (program-mode reuse of an engine-mode request's thoughts; flush returns
+every slot and host block)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from zoomr_sgl.host_store import HostDetailStore
+
+SIZE = 64  # device slots
+
+
+@pytest.fixture
+def world():
+    from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
+    from sglang.srt.mem_cache.cache_init_params import CacheInitParams
+    from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
+
+    from zoomr_sgl.hooks import free_without_holes
+    from zoomr_sgl.radix_tree import ZoomRRadixCache
+
+    r2t = ReqToTokenPool(size=4, max_context_len=64, device="cpu", enable_memory_saver=False)
+    alloc = TokenToKVPoolAllocator(size=SIZE, dtype=torch.float32, device="cpu", kvcache=None, need_sort=False)
+    stock_free = type(alloc).free
+    alloc.free = lambda idx: free_without_holes(stock_free, alloc, idx)  # what hooks.py installs in the server
+    tree = ZoomRRadixCache(CacheInitParams(disable=False, req_to_token_pool=r2t, token_to_kv_pool_allocator=alloc,
+                                           page_size=1))
+    host = HostDetailStore(num_layers=2, capacity_tokens=64, kv_heads=1, head_dim=4, dtype=torch.float32)
+    tree.attach_host_store(host)
+    return SimpleNamespace(r2t=r2t, alloc=alloc, tree=tree, host=host)
+
+
+def key(ids):
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    return RadixKey(token_ids=list(ids), extra_key=None)  # the type cache_finished_req builds from a Req
+
+
+def check_accounting(w, held=0, host_held=0):
+    """SGLang's idle invariant in device slots (``held``: slots running requests own outside the tree); the host
+    store holds exactly the tree's blocks (plus ``host_held`` rows of running requests)."""
+    t = w.tree
+    assert w.alloc.available_size() + t.evictable_size() + t.protected_size() + held == SIZE
+    assert w.host.stats().used_tokens == t.host_tokens() + host_held
+    free = w.alloc.free_pages
+    assert torch.unique(free).numel() == free.numel() and not bool((free == 0).any())
+
+
+def run_request(w, ids, holes=(), protected=0, prefix_node=None, drop=()):
+    """A request over ``ids``: its row gets fresh slots past the tree's prefix, then the detail runs in ``holes``
+    are offloaded (copied to a host block, slots freed, row zeroed) and those in ``drop`` dropped (no block)."""
+    from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams
+
+    req = SimpleNamespace(origin_input_ids=list(ids), output_ids=[], extra_key=None, priority=0,
+                          zoomr_host_spans=None, req_pool_idx=None)
+    w.r2t.alloc([req])
+    m = w.tree.match_prefix(MatchPrefixParams(key=key(ids)))
+    protected = len(m.device_indices)
+    row = w.r2t.req_to_token[req.req_pool_idx]
+    row[:protected] = m.device_indices.to(torch.int32)
+    row[protected:len(ids)] = w.alloc.alloc(len(ids) - protected).to(torch.int32)
+    req.cache_protected_len, req.last_node = protected, m.last_device_node
+    w.tree.inc_lock_ref(req.last_node)
+    spans = []
+    for lo, hi in holes:
+        slots = row[lo:hi].to(torch.int64).clone()
+        block = w.host.allocate(hi - lo, owner=("r", lo))
+        spans.append((lo, hi, block))
+        row[lo:hi] = 0
+        w.alloc.free(slots)
+    for lo, hi in drop:
+        slots = row[lo:hi].to(torch.int64).clone()
+        row[lo:hi] = 0
+        w.alloc.free(slots)
+    req.zoomr_host_spans = spans
+    return req, m
+
+
+def finish(w, req, is_insert=True):
+    w.tree.cache_finished_req(req, is_insert, kv_len_to_handle=len(req.origin_input_ids))
+    w.r2t.free(req)
+
+
+IDS = list(range(100, 120))
+
+
+def test_finished_request_becomes_device_and_host_nodes(world):
+    w = world
+    req, _ = run_request(w, IDS, holes=[(6, 10), (13, 16)])
+    check_accounting(w, held=13, host_held=7)
+    finish(w, req)
+    check_accounting(w)
+    assert w.tree.evictable_size() == 20 - 7 and w.tree.protected_size() == 0
+    assert w.host.stats().used_tokens == 7 and w.tree.host_tokens() == 7
+    # A later request over the same text gets holes where the details were, backed by the tree's blocks.
+    req2, m = run_request(w, IDS + [7, 8])
+    assert m.device_indices[6:10].eq(0).all() and m.device_indices[13:16].eq(0).all()
+    assert int((m.device_indices != 0).sum()) == 13 and len(m.device_indices) == 20
+    spans = w.tree.host_spans(req2.last_node)
+    assert [(s.start, s.end, s.offset, s.block.num_tokens) for s in spans] == [(6, 10, 0, 4), (13, 16, 0, 3)]
+    assert w.tree.protected_size() == 13
+    check_accounting(w, held=2)
+    # Pressure: the locked chain (holes and their blocks included) survives a full eviction.
+    w.tree.evict(_evict(SIZE))
+    check_accounting(w, held=2)
+    assert w.host.stats().used_tokens == 7 and all(w.host.is_live(s.block) for s in spans)
+    finish(w, req2)
+    check_accounting(w)
+    w.tree.evict(_evict(SIZE))
+    check_accounting(w)
+    assert w.alloc.available_size() == SIZE and w.host.stats().used_tokens == 0 and w.host.stats().blocks == 0
+
+
+def _evict(n):
+    from sglang.srt.mem_cache.base_prefix_cache import EvictParams
+
+    return EvictParams(num_tokens=n)
+
+
+def test_split_inside_a_host_node_shares_the_block(world):
+    w = world
+    req, _ = run_request(w, IDS, holes=[(6, 10)])
+    finish(w, req)
+    # Diverge at position 8, inside the host run [6, 10): the node splits, both halves point into one block.
+    req2, m = run_request(w, IDS[:8] + [1, 2, 3])
+    assert m.device_indices[6:8].eq(0).all() and len(m.device_indices) == 8
+    spans = w.tree.host_spans(req2.last_node)
+    assert [(s.start, s.end, s.offset) for s in spans] == [(6, 8, 0)]
+    finish(w, req2)
+    check_accounting(w)
+    req3, m = run_request(w, IDS)
+    spans = w.tree.host_spans(req3.last_node)
+    assert [(s.start, s.end, s.offset, s.block.num_tokens) for s in spans] == [(6, 10, 0, 4)]  # pieces merged
+    finish(w, req3)
+    # Evicting one half keeps the block for the other; the last piece frees it.
+    w.tree.evict(_evict(SIZE))
+    check_accounting(w)
+    assert w.host.stats().used_tokens == 0 and w.alloc.available_size() == SIZE
+
+
+def test_duplicates_unbacked_holes_and_retract_free_everything(world):
+    w = world
+    # Two requests over the same text run side by side and both offload [6, 10): the second finds it cached.
+    a, _ = run_request(w, IDS, holes=[(6, 10)])
+    b, _ = run_request(w, IDS, holes=[(6, 10)])
+    finish(w, a)
+    finish(w, b)
+    check_accounting(w)
+    assert w.tree.host_tokens() == 4 and w.tree.evictable_size() == 16
+    # A longer continuation adds its own host node past the matched prefix.
+    c, _ = run_request(w, IDS + [1, 2, 3, 4, 5, 6, 7], holes=[(22, 25)])
+    finish(w, c)
+    check_accounting(w)
+    assert w.tree.host_tokens() == 4 + 3
+    # A dropped detail (a hole with no block) past the prefix: the insert stops there, the rest is freed.
+    d, _ = run_request(w, [5] * 4 + list(range(200, 216)), holes=[(12, 14)], drop=[(6, 9)])
+    finish(w, d)
+    check_accounting(w)
+    e, m = run_request(w, [5] * 4 + list(range(200, 216)))
+    assert len(m.device_indices) == 6
+    finish(w, e, is_insert=False)  # retract/abort: nothing inserted, everything freed
+    check_accounting(w)
+    f, _ = run_request(w, [9] * 12, holes=[(3, 6)])
+    finish(w, f, is_insert=False)
+    check_accounting(w)
+    assert w.tree.host_tokens() == 7
+    w.tree.reset()  # /flush_cache
+    w.alloc.clear()
+    assert w.host.stats().used_tokens == 0 and w.host.stats().blocks == 0
+
+
+# ---------------------------------------------------------------------------------------------- live server
+QUESTION = "Question: Tom has 12 apples and buys 7 more. How many apples now?\n<think>\n"
+ENGINE = {
+    "zoomr_summary_mode": "engine",
+    "zoomr_min_thought_tokens": 24,
+    "zoomr_max_thought_tokens": 64,
+    "zoomr_max_summary_tokens": 8,
+    "zoomr_zoom_interval": 4,
+    "zoomr_zoom_budget": 128,
+    "zoomr_zoom_topk": 2,
+}
+
+
+def manager_state(server) -> dict:
+    deadline = time.monotonic() + 60
+    while True:
+        state = server.get("/server_info").json()["internal_states"][0]["zoomr"]["manager"]
+        if state["running_requests"] == 0 or time.monotonic() > deadline:
+            return state
+        time.sleep(0.2)
+
+
+def generate(server, prompt, max_new_tokens, params):
+    """``prompt``: text, or token ids (program mode passes the earlier request's ids: re-tokenizing generated text
+    need not give the same ids, e.g. around forced markers, and then the prefix match stops there)."""
+    body = {"input_ids": prompt} if isinstance(prompt, list) else {"text": prompt}
+    r = server.post("/generate", {**body, "sampling_params": {
+        "max_new_tokens": max_new_tokens, "temperature": 0, "ignore_eos": True, "custom_params": params}})
+    r.raise_for_status()
+    return r.json()
+
+
+def tokens(server, text, special=True):
+    r = server.post("/tokenize", {"prompt": text, "add_special_tokens": special})
+    r.raise_for_status()
+    return r.json()["tokens"]
+
+
+PROGRAM = {**ENGINE, "zoomr_summary_mode": "program"}
+
+
+@pytest.fixture(scope="module")
+def small_pool_server():
+    """The ZoomR server (``--radix-cache-backend zoomr`` by the launcher) with a small KV pool, so the tree must
+    evict while requests read its host nodes. Module scope: it is stopped before other files start theirs."""
+    from tests.conftest import ZOOMR_ARGS, _serve
+
+    yield from _serve(ZOOMR_ARGS + ["--max-total-tokens", "1536"])
+
+
+@pytest.mark.server
+def test_program_mode_reuses_host_backed_thoughts_from_the_tree(small_pool_server):
+    s = small_pool_server
+    s.flush_cache()
+    start = manager_state(s)
+    first = generate(s, QUESTION, 240, ENGINE)
+    st1 = first["meta_info"]["zoomr"]
+    assert st1["thoughts"] >= 3 and st1["offloaded_tokens"] > 0
+    after_first = manager_state(s)
+    assert after_first["host_store"]["used_tokens"] == st1["offloaded_tokens"]  # the tree kept every detail
+    earlier = tokens(s, QUESTION) + first["output_ids"]
+    second = generate(s, earlier + tokens(s, " So the answer is", special=False), 200, PROGRAM)
+    meta, st2 = second["meta_info"], second["meta_info"]["zoomr"]
+    assert meta["cached_tokens"] >= len(earlier) - 1, meta  # the earlier text is not recomputed
+    assert st2["reused_host_tokens"] == st1["offloaded_tokens"], st2  # its details came as host-backed holes
+    assert st2["thoughts_from_tree"] == st1["thoughts"], st2  # every earlier thought is zoomable
+    # ... and not loaded back: on the device is everything but the host details outside the zoom buffer.
+    assert st2["device_kv_tokens"] <= st2["full_kv_tokens"] - st2["reused_host_tokens"] + st2["zoom_tokens"], st2
+    assert st2["zoom_tokens"] <= PROGRAM["zoomr_zoom_budget"] < st2["reused_host_tokens"]
+    assert st2["zoom_recalls"] > 0, st2
+    s.flush_cache()
+    end = manager_state(s)
+    assert end["allocator_available"] == start["allocator_available"]
+    assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0
+
+
+@pytest.mark.server
+def test_tree_eviction_under_pressure_spares_what_requests_read(small_pool_server):
+    import concurrent.futures as cf
+
+    s = small_pool_server
+    s.flush_cache()
+    start = manager_state(s)
+    base = generate(s, QUESTION, 160, ENGINE)
+    earlier = tokens(s, QUESTION) + base["output_ids"]
+
+    def one(i):
+        if i % 2:  # filler: unrelated text that fills the tree with evictable nodes
+            return generate(s, f"Filler {i}: " + QUESTION * 3, 100, ENGINE)
+        return generate(s, earlier + tokens(s, f" Case {i}.", special=False), 150, PROGRAM)
+
+    with cf.ThreadPoolExecutor(8) as ex:
+        outs = list(ex.map(one, range(16)))
+    readers = [o["meta_info"]["zoomr"] for i, o in enumerate(outs) if i % 2 == 0]
+    assert all(r["reused_host_tokens"] > 0 for r in readers), readers
+    assert sum(r["zoom_recalls"] for r in readers) > 0
+    mid = manager_state(s)  # the idle leak check ran between these requests, with evictions, and passed
+    assert mid["running_requests"] == 0
+    assert mid["tree"]["evicted_device_tokens"] > 0 and mid["tree"]["evicted_host_tokens"] > 0, mid["tree"]
+    s.flush_cache()
+    end = manager_state(s)
+    assert end["allocator_available"] == start["allocator_available"]
+    assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0
+    assert s.generate("alive?", max_new_tokens=4)["meta_info"]["completion_tokens"] >= 1
