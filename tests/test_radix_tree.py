@@ -4,12 +4,12 @@ every slot and host block)."""
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+from tests.test_zoomr_serving import ENGINE, QUESTION, check_all_returned, empty_tree_state, wait_idle
 from zoomr_sgl.host_store import HostDetailStore
 
 SIZE = 64  # device slots
@@ -174,28 +174,51 @@ def test_duplicates_unbacked_holes_and_retract_free_everything(world):
     assert w.host.stats().used_tokens == 0 and w.host.stats().blocks == 0
 
 
+def test_demote_moves_a_locked_device_span_to_a_host_node(world):
+    w = world
+    k = [torch.randn(SIZE + 1, 1, 4) for _ in range(2)]  # the device KV buffers (2 layers, slot 0 unused)
+    v = [torch.randn(SIZE + 1, 1, 4) for _ in range(2)]
+    a, _ = run_request(w, IDS)
+    finish(w, a)  # IDS is one device node now
+    b, m = run_request(w, IDS + [7, 8])  # reads it (lock_ref 1 along the chain)
+    c, _ = run_request(w, IDS + [9])  # a second reader of the same prefix
+    check_accounting(w, held=3)
+    assert w.tree.protected_size() == 20
+    # Shared: refused, nothing changes.
+    assert not w.tree.can_demote(b.last_node, 6, 10)
+    assert w.tree.demote(b.last_node, 6, 10, k, v) is None
+    check_accounting(w, held=3)
+    assert w.tree.protected_size() == 20 and w.host.stats().used_tokens == 0
+    finish(w, c)
+    assert not w.tree.can_demote(b.last_node, 6, 30)  # past the chain
+    # Only b reads it now: [6, 10) becomes a host node backed by one block holding its KV.
+    row = w.r2t.req_to_token[b.req_pool_idx]
+    slots = row[6:10].to(torch.int64).clone()
+    available = w.alloc.available_size()
+    block = w.tree.demote(b.last_node, 6, 10, k, v, owner=("t", "b", 0))
+    assert block is not None and block.num_tokens == 4
+    row[6:10] = 0  # what the manager does to the request's row
+    (start, count), = block.runs
+    for layer in range(2):
+        assert torch.equal(w.host.k[layer, start:start + 4], k[layer][slots])
+        assert torch.equal(w.host.v[layer, start:start + 4], v[layer][slots])
+    assert w.alloc.available_size() == available + 4 and w.tree.protected_size() == 16
+    check_accounting(w, held=2)
+    assert [(s.start, s.end, s.offset, s.block) for s in w.tree.host_spans(b.last_node)] == [(6, 10, 0, block)]
+    assert not w.tree.can_demote(b.last_node, 8, 12)  # holes now
+    assert w.tree.state()["demoted_tokens"] == 4
+    finish(w, b)  # the hole run is below its protected prefix: the tree's own
+    check_accounting(w)
+    assert w.tree.evictable_size() == 16 + 1 + 2 and w.tree.host_tokens() == 4  # c left [9], b [7, 8]
+    d, m = run_request(w, IDS)  # a later reader gets the detail as holes backed by the block
+    assert m.device_indices[6:10].eq(0).all() and int((m.device_indices != 0).sum()) == 16
+    finish(w, d)
+    w.tree.evict(_evict(SIZE))
+    check_accounting(w)
+    assert w.alloc.available_size() == SIZE and w.host.stats().used_tokens == 0
+
+
 # ---------------------------------------------------------------------------------------------- live server
-QUESTION = "Question: Tom has 12 apples and buys 7 more. How many apples now?\n<think>\n"
-ENGINE = {
-    "zoomr_summary_mode": "engine",
-    "zoomr_min_thought_tokens": 24,
-    "zoomr_max_thought_tokens": 64,
-    "zoomr_max_summary_tokens": 8,
-    "zoomr_zoom_interval": 4,
-    "zoomr_zoom_budget": 128,
-    "zoomr_zoom_topk": 2,
-}
-
-
-def manager_state(server) -> dict:
-    deadline = time.monotonic() + 60
-    while True:
-        state = server.get("/server_info").json()["internal_states"][0]["zoomr"]["manager"]
-        if state["running_requests"] == 0 or time.monotonic() > deadline:
-            return state
-        time.sleep(0.2)
-
-
 def generate(server, prompt, max_new_tokens, params):
     """``prompt``: text, or token ids (program mode passes the earlier request's ids: re-tokenizing generated text
     need not give the same ids, e.g. around forced markers, and then the prefix match stops there)."""
@@ -215,6 +238,14 @@ def tokens(server, text, special=True):
 PROGRAM = {**ENGINE, "zoomr_summary_mode": "program"}
 
 
+def engine_request_on_empty_tree(s, max_new_tokens: int) -> tuple[dict, dict, list[int]]:
+    """Flush, then one engine-mode request over QUESTION, which leaves its thoughts in the tree (details on the
+    host). Returns the idle baseline for ``check_all_returned``, the response, and its prompt and output ids."""
+    start = empty_tree_state(s)
+    out = generate(s, QUESTION, max_new_tokens, ENGINE)
+    return start, out, tokens(s, QUESTION) + out["output_ids"]
+
+
 @pytest.fixture(scope="module")
 def small_pool_server():
     """The ZoomR server (``--radix-cache-backend zoomr`` by the launcher) with a small KV pool, so the tree must
@@ -225,29 +256,33 @@ def small_pool_server():
 
 
 @pytest.mark.server
-def test_program_mode_reuses_host_backed_thoughts_from_the_tree(small_pool_server):
+@pytest.mark.parametrize("params", [PROGRAM, ENGINE], ids=["program", "engine"])
+def test_later_request_reuses_host_backed_thoughts_from_the_tree(small_pool_server, params):
+    """A request whose prompt holds an earlier engine-mode request's text, in program mode (segmented from 0) or in
+    engine mode (the prompt's closed thoughts segmented too, its own output from the prompt's end)."""
+    from zoomr_sgl.segmenter import segment
+
     s = small_pool_server
-    s.flush_cache()
-    start = manager_state(s)
-    first = generate(s, QUESTION, 240, ENGINE)
+    start, first, earlier = engine_request_on_empty_tree(s, 240)
     st1 = first["meta_info"]["zoomr"]
     assert st1["thoughts"] >= 3 and st1["offloaded_tokens"] > 0
-    after_first = manager_state(s)
+    after_first = wait_idle(s)
     assert after_first["host_store"]["used_tokens"] == st1["offloaded_tokens"]  # the tree kept every detail
-    earlier = tokens(s, QUESTION) + first["output_ids"]
-    second = generate(s, earlier + tokens(s, " So the answer is", special=False), 200, PROGRAM)
+    prompt = earlier + tokens(s, " So the answer is", special=False)
+    second = generate(s, prompt, 200, params)
     meta, st2 = second["meta_info"], second["meta_info"]["zoomr"]
     assert meta["cached_tokens"] >= len(earlier) - 1, meta  # the earlier text is not recomputed
     assert st2["reused_host_tokens"] == st1["offloaded_tokens"], st2  # its details came as host-backed holes
     assert st2["thoughts_from_tree"] == st1["thoughts"], st2  # every earlier thought is zoomable
     # ... and not loaded back: on the device is everything but the host details outside the zoom buffer.
     assert st2["device_kv_tokens"] <= st2["full_kv_tokens"] - st2["reused_host_tokens"] + st2["zoom_tokens"], st2
-    assert st2["zoom_tokens"] <= PROGRAM["zoomr_zoom_budget"] < st2["reused_host_tokens"]
+    assert st2["zoom_tokens"] <= params["zoomr_zoom_budget"] < st2["reused_host_tokens"]
     assert st2["zoom_recalls"] > 0, st2
-    s.flush_cache()
-    end = manager_state(s)
-    assert end["allocator_available"] == start["allocator_available"]
-    assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0
+    if params is ENGINE:  # the second request's own thoughts: its output segmented from the end of its prompt
+        markers = tokens(s, "<summary>", special=False), tokens(s, "</summary>", special=False)
+        own = [t for t in segment(prompt + second["output_ids"], *markers, start=len(prompt)) if t.closed]
+        assert own and st2["thoughts"] == st1["thoughts"] + len(own), (st2, own)
+    check_all_returned(s, start)
 
 
 @pytest.mark.server
@@ -255,10 +290,7 @@ def test_tree_eviction_under_pressure_spares_what_requests_read(small_pool_serve
     import concurrent.futures as cf
 
     s = small_pool_server
-    s.flush_cache()
-    start = manager_state(s)
-    base = generate(s, QUESTION, 160, ENGINE)
-    earlier = tokens(s, QUESTION) + base["output_ids"]
+    start, _, earlier = engine_request_on_empty_tree(s, 160)
 
     def one(i):
         if i % 2:  # filler: unrelated text that fills the tree with evictable nodes
@@ -270,11 +302,36 @@ def test_tree_eviction_under_pressure_spares_what_requests_read(small_pool_serve
     readers = [o["meta_info"]["zoomr"] for i, o in enumerate(outs) if i % 2 == 0]
     assert all(r["reused_host_tokens"] > 0 for r in readers), readers
     assert sum(r["zoom_recalls"] for r in readers) > 0
-    mid = manager_state(s)  # the idle leak check ran between these requests, with evictions, and passed
+    mid = wait_idle(s)  # the idle leak check ran between these requests, with evictions, and passed
     assert mid["running_requests"] == 0
     assert mid["tree"]["evicted_device_tokens"] > 0 and mid["tree"]["evicted_host_tokens"] > 0, mid["tree"]
-    s.flush_cache()
-    end = manager_state(s)
-    assert end["allocator_available"] == start["allocator_available"]
-    assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0
+    check_all_returned(s, start)
     assert s.generate("alive?", max_new_tokens=4)["meta_info"]["completion_tokens"] >= 1
+
+
+@pytest.mark.server
+def test_program_mode_demotes_a_thought_closed_in_a_later_prompt(small_pool_server):
+    """Program mode: request 1 writes a thought, request 2 its summary, request 3's prompt closes it. The detail was
+    tree-owned device KV; request 3 (its only reader) demotes it to a host node, borrows it, and can zoom it."""
+    s = small_pool_server
+    start = empty_tree_state(s)
+    params = {**PROGRAM, "zoomr_zoom_interval": 2}
+    ids1 = tokens(s, QUESTION) + generate(s, QUESTION, 40, params)["output_ids"]
+    ids2 = ids1 + tokens(s, "<summary>", special=False)
+    ids2 += generate(s, ids2, 6, params)["output_ids"]
+    ids3 = ids2 + tokens(s, "</summary>", special=False) + tokens(s, "\n", special=False)
+    third = generate(s, ids3, 24, params)
+    meta, st3 = third["meta_info"], third["meta_info"]["zoomr"]
+    assert meta["cached_tokens"] >= len(ids2) - 1, meta  # the earlier text came from the tree
+    detail = len(ids1)  # program mode segments from 0: thought 0's detail is everything before "<summary>"
+    assert st3["demoted_tokens"] == detail and st3["kept_shared_tokens"] == 0, st3
+    assert st3["thoughts_from_tree"] == 1 and st3["offloaded_tokens"] == detail, st3
+    assert st3["device_kv_tokens"] <= st3["full_kv_tokens"] - detail + st3["zoom_tokens"], st3
+    assert st3["zoom_recalls"] > 0, st3  # the demoted detail is zoomable
+    mid = wait_idle(s)
+    assert mid["host_store"]["used_tokens"] >= detail and mid["tree"]["demoted_tokens"] >= detail, mid
+    # A later request over the same text gets the detail as host-backed holes (not demoted again).
+    fourth = generate(s, ids3, 4, params)["meta_info"]["zoomr"]
+    assert fourth["reused_host_tokens"] == detail and fourth["thoughts_from_tree"] == 1, fourth
+    assert fourth["demoted_tokens"] == 0, fourth
+    check_all_returned(s, start)

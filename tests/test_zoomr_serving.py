@@ -39,6 +39,22 @@ def wait_idle(server, timeout: float = 60) -> dict:
         time.sleep(0.2)
 
 
+def empty_tree_state(server) -> dict:
+    """Flush the radix tree; the manager's idle state then is the baseline for ``check_all_returned``."""
+    server.flush_cache()
+    return wait_idle(server)
+
+
+def check_all_returned(server, start: dict, timeout: float = 60) -> dict:
+    """Flush the radix tree: every device slot is back in the allocator (as at ``start``), no host block is left."""
+    server.flush_cache()
+    end = wait_idle(server, timeout)
+    assert end["running_requests"] == 0, end
+    assert end["allocator_available"] == start["allocator_available"], (start, end)
+    assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0, end
+    return end
+
+
 def generate(server, text: str, custom_params: dict, max_new_tokens: int, **sampling) -> dict:
     """Greedy /generate with ZoomR settings; sampling defaults to ignore_eos so lengths are exact."""
     sampling = {"ignore_eos": True, **sampling}
@@ -62,8 +78,7 @@ def stream_generate(server, text: str, custom_params: dict, max_new_tokens: int)
 
 def test_long_engine_mode_generation_keeps_device_kv_bounded_at_every_step(zoomr_server):
     server = zoomr_server
-    server.flush_cache()
-    start = wait_idle(server)
+    start = empty_tree_state(server)
     budget = ENGINE["zoomr_zoom_budget"]
     chunks = list(stream_generate(server, QUESTION, ENGINE, max_new_tokens=2000))
     steps = [c["meta_info"]["zoomr"] for c in chunks if "zoomr" in c["meta_info"]]
@@ -80,11 +95,7 @@ def test_long_engine_mode_generation_keeps_device_kv_bounded_at_every_step(zoomr
     assert final["zoom_recalls"] > 0
     text = chunks[-1]["text"]
     assert text.count("<summary>") >= 20 and text.count("</summary>") >= 20
-    # After the request: flush the radix tree; every slot and host block is back.
-    server.flush_cache()
-    end = wait_idle(server)
-    assert end["allocator_available"] == start["allocator_available"]
-    assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0
+    check_all_returned(server, start)  # after the request
 
 
 def test_meta_info_reports_zoomr_stats(zoomr_server):
@@ -148,8 +159,7 @@ def test_bad_custom_params_are_400_on_every_endpoint(zoomr_server, params, needl
 
 def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(zoomr_server):
     server = zoomr_server
-    server.flush_cache()
-    start = wait_idle(server)
+    start = empty_tree_state(server)
     rng = random.Random(7)
 
     def one(i: int):
@@ -179,11 +189,7 @@ def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(zoomr_server
         results = list(ex.map(one, range(200)))
     assert all(r in (200, "disconnected") or r >= 400 for r in results)
     assert sum(r == 200 for r in results) >= 50
-    server.flush_cache()
-    end = wait_idle(server, timeout=120)
-    assert end["running_requests"] == 0
-    assert end["allocator_available"] == start["allocator_available"]
-    assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0
+    check_all_returned(server, start, timeout=120)
     assert server.generate("alive?", max_new_tokens=4)["meta_info"]["completion_tokens"] >= 1
 
 

@@ -4,6 +4,12 @@ Contract:
 - Positions are sequence positions: the first token fed is position 0. Tokens before ``start`` are counted but
   never segmented: in engine mode the server passes ``start=len(prompt)`` (the prompt is not a thought); in
   program mode ``start=0`` and thoughts written into the prompt by earlier ``gen`` calls are found like any other.
+- ``restart_at`` (optional, > ``start``): when the stream reaches that position, whatever is open (the open thought's
+  detail, an open summary) is dropped and segmentation restarts there exactly as with ``start=restart_at``; closed
+  thoughts before it stay. Engine mode uses ``start=0, restart_at=len(prompt)`` when the prompt holds closed thoughts
+  of earlier turns: they are the request's thoughts, the prompt's tail after them is never detail, and what the
+  request generates is segmented as with ``start=len(prompt)``. The tiling below then holds from ``start`` up to
+  the last thought closed before ``restart_at`` and again from ``restart_at``.
 - A thought's detail runs from ``start`` (or from the end of the previous summary) up to the first token of the
   opening marker; its summary runs from the first token of the opening marker through the last token of the closing
   marker. So details and summaries tile the sequence from ``start`` with no gap, and the marker tokens, which stay on
@@ -49,7 +55,8 @@ class Thought(NamedTuple):
 class Segmenter:
     """Incremental segmentation of one request's token stream (see the module contract)."""
 
-    def __init__(self, open_ids: Sequence[int], close_ids: Sequence[int], start: int = 0):
+    def __init__(self, open_ids: Sequence[int], close_ids: Sequence[int], start: int = 0,
+                 restart_at: int | None = None):
         self.open_ids, self.close_ids = tuple(open_ids), tuple(close_ids)
         if not self.open_ids or not self.close_ids:
             raise ValueError("summary marker ids must not be empty")
@@ -57,7 +64,9 @@ class Segmenter:
             raise ValueError(f"opening and closing marker ids must differ; both are {self.open_ids}")
         if start < 0:
             raise ValueError(f"segmentation start must be >= 0, got {start}")
-        self.start = start
+        if restart_at is not None and restart_at <= start:
+            raise ValueError(f"restart_at must be after start {start}, got {restart_at}")
+        self.start, self.restart_at = start, restart_at
         self.length = 0
         self._tail: deque[int] = deque(maxlen=max(len(self.open_ids), len(self.close_ids)))
         self._closed: list[Thought] = []
@@ -95,6 +104,9 @@ class Segmenter:
         self._tail.append(int(token_id))
         if pos < self.start:
             return None
+        if pos == self.restart_at:  # drop what is open; segment on as if started here
+            self._summary_start = None
+            self._detail_start = self._scan_from = pos
         if self._summary_start is None:
             if self._ends_with(self.open_ids):
                 self._summary_start = pos + 1 - len(self.open_ids)

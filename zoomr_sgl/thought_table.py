@@ -93,9 +93,10 @@ _MOVES: dict[str, tuple[frozenset[Location], Location]] = {
 class ThoughtTable:
     """One request's thoughts, detail locations, zoom buffer and accounting (see the module contract)."""
 
-    def __init__(self, config: ZoomRConfig, open_ids: Sequence[int], close_ids: Sequence[int], start: int = 0):
+    def __init__(self, config: ZoomRConfig, open_ids: Sequence[int], close_ids: Sequence[int], start: int = 0,
+                 restart_at: int | None = None):
         self.config = config
-        self.segmenter = Segmenter(open_ids, close_ids, start)
+        self.segmenter = Segmenter(open_ids, close_ids, start, restart_at)
         self.finished = False
         self._loc: list[Location] = []
         self._last_used: dict[int, int] = {}
@@ -221,10 +222,12 @@ class ThoughtTable:
         thoughts = self.thoughts
         if len(self._loc) != len(thoughts):
             fail(f"{len(self._loc)} locations for {len(thoughts)} closed thoughts")
-        prev_end = self.segmenter.start
+        prev_end, restart = self.segmenter.start, self.segmenter.restart_at
         for i, t in enumerate(thoughts):
             if t.index != i or not t.closed:
                 fail(f"thought {i} is {t}")
+            if restart is not None and t.detail_start >= restart > prev_end:  # the gap the restart leaves
+                prev_end = restart
             if not (t.detail_start == prev_end and t.detail_end == t.summary_start < t.summary_end <= self.length):
                 fail(f"thought {i} spans {t} do not tile the sequence after {prev_end}")
             prev_end = t.summary_end

@@ -2,7 +2,7 @@
 forward-scan oracle on random sequences."""
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from zoomr_sgl.segmenter import Segmenter, Thought, segment
 
@@ -114,3 +114,30 @@ def test_incremental_equals_whole_equals_oracle(case):
         assert t.detail_start == pos and t.detail_end == t.summary_start
         pos = t.summary_end
     assert pos <= len(ids)
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams())
+def test_restart_keeps_earlier_closed_thoughts_then_segments_as_if_started_there(case):
+    """``restart_at=P``: the thoughts closed before P (segmenting from 0), then exactly what ``start=P`` gives."""
+    ids, o, c, restart, _ = case
+    if restart == 0:
+        with pytest.raises(ValueError):
+            Segmenter(o, c, 0, restart_at=0)
+        return
+    assume(restart < len(ids))  # the restart happens when position ``restart`` is fed
+    seg = Segmenter(o, c, 0, restart_at=restart)
+    seg.extend(ids)
+    before = [t for t in segment(ids[:restart], o, c, 0) if t.closed]
+    after = segment(ids, o, c, restart)
+    expected = tuple(before) + tuple(t._replace(index=t.index + len(before)) for t in after)
+    assert seg.thoughts == expected
+
+
+def test_restart_drops_an_open_summary_in_the_prompt():
+    #      0  1  2  3  4  5  6 | 7  8  9 10 11 12
+    ids = [5, 1, 2, 6, 7, 8, 1, 2, 6, 6, 1, 2, 5]  # prompt ids[:7]: a closed thought, then an opening marker
+    seg = Segmenter(OPEN, CLOSE, 0, restart_at=7)
+    seg.extend(ids)
+    assert seg.closed_thoughts == (T(0, 0, 1, 6),)
+    assert seg.open_summary == Thought(1, 7, 10, 10, 13, False)  # the prompt's open summary is gone; from 7 on
