@@ -6,7 +6,8 @@ Contract:
   position is the token being decoded (a fresh slot, never a hole), so the rule changes nothing for a real request;
   it gives a CUDA-graph padding row (``req_pool_idx`` 0, ``seq_len`` 1, ``req_to_token[0, 0] == 0``) one entry,
   slot 0 (valid memory, as stock SGLang attends it), so **every row with ``seq_len >= 1`` has length >= 1** and
-  FlashInfer never plans an empty request. A row with ``seq_len == 0`` has length 0.
+  FlashInfer never plans an empty request. A row with ``seq_len == 0`` has length 0. ``keep_last=False`` drops that
+  rule (the prefix part of an extend, whose last position may be a hole): then only non-zero slots count.
 - ``resident_lengths(req_to_token, req_pool_indices, seq_lens)`` -> int32 ``[bs]``: the resident count per row
   (the host needs it for FlashInfer's plan).
 - ``resident_indices(req_to_token, req_pool_indices, seq_lens, kv_indptr_out=None, kv_indices_out=None, max_len=None)``
@@ -44,31 +45,34 @@ class ResidentIndices(NamedTuple):
 
 
 @triton.jit
-def _resident_mask(req_to_token, row_stride, req_pool_indices, seq_lens, row, pos):
+def _resident_mask(req_to_token, row_stride, req_pool_indices, seq_lens, row, pos, KEEP_LAST: tl.constexpr):
     pool_row = tl.load(req_pool_indices + row).to(tl.int64)
     n = tl.load(seq_lens + row).to(tl.int64)
     inside = pos < n
     slot = tl.load(req_to_token + pool_row * row_stride + pos, mask=inside, other=0)
-    keep = inside & ((slot != 0) | (pos == n - 1))  # the last position always: see the module contract
+    if KEEP_LAST:  # the last position always: see the module contract
+        keep = inside & ((slot != 0) | (pos == n - 1))
+    else:
+        keep = inside & (slot != 0)
     return slot, keep
 
 
 @triton.jit
 def _count_kernel(req_to_token, row_stride, req_pool_indices, seq_lens, counts, n_chunks,
-                  CHUNK: tl.constexpr, BLOCK: tl.constexpr):
+                  CHUNK: tl.constexpr, BLOCK: tl.constexpr, KEEP_LAST: tl.constexpr):
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     kept = tl.zeros((BLOCK,), dtype=tl.int32)
     for b in tl.static_range(0, CHUNK, BLOCK):
         pos = chunk.to(tl.int64) * CHUNK + b + tl.arange(0, BLOCK)
-        _, keep = _resident_mask(req_to_token, row_stride, req_pool_indices, seq_lens, row, pos)
+        _, keep = _resident_mask(req_to_token, row_stride, req_pool_indices, seq_lens, row, pos, KEEP_LAST)
         kept += keep.to(tl.int32)
     tl.store(counts + row * n_chunks + chunk, tl.sum(kept, axis=0))
 
 
 @triton.jit
 def _write_kernel(req_to_token, row_stride, req_pool_indices, seq_lens, counts, n_chunks, kv_indptr, kv_indices,
-                  CHUNK: tl.constexpr, BLOCK: tl.constexpr, MAX_CHUNKS: tl.constexpr):
+                  CHUNK: tl.constexpr, BLOCK: tl.constexpr, MAX_CHUNKS: tl.constexpr, KEEP_LAST: tl.constexpr):
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     earlier = tl.arange(0, MAX_CHUNKS)
@@ -76,7 +80,7 @@ def _write_kernel(req_to_token, row_stride, req_pool_indices, seq_lens, counts, 
     out = tl.load(kv_indptr + row).to(tl.int64) + tl.sum(before, axis=0).to(tl.int64)
     for b in tl.static_range(0, CHUNK, BLOCK):
         pos = chunk.to(tl.int64) * CHUNK + b + tl.arange(0, BLOCK)
-        slot, keep = _resident_mask(req_to_token, row_stride, req_pool_indices, seq_lens, row, pos)
+        slot, keep = _resident_mask(req_to_token, row_stride, req_pool_indices, seq_lens, row, pos, KEEP_LAST)
         k = keep.to(tl.int32)
         at = out + tl.cumsum(k, axis=0).to(tl.int64) - 1  # inclusive prefix sum -> this entry's place
         tl.store(kv_indices + at, slot.to(kv_indices.dtype.element_ty), mask=keep)
@@ -89,7 +93,7 @@ def _grid_len(req_to_token, seq_lens, max_len) -> int:
     return max(1, max_len)
 
 
-def _counts(req_to_token, req_pool_indices, seq_lens, max_len, chunk, block) -> torch.Tensor:
+def _counts(req_to_token, req_pool_indices, seq_lens, max_len, chunk, block, keep_last) -> torch.Tensor:
     if chunk % block:
         raise ValueError(f"chunk {chunk} must be a multiple of block {block}")
     if req_to_token.stride(1) != 1:
@@ -99,26 +103,29 @@ def _counts(req_to_token, req_pool_indices, seq_lens, max_len, chunk, block) -> 
     counts = torch.empty((bs, n_chunks), dtype=torch.int32, device=req_to_token.device)
     if bs:
         _count_kernel[(bs, n_chunks)](
-            req_to_token, req_to_token.stride(0), req_pool_indices, seq_lens, counts, n_chunks, CHUNK=chunk, BLOCK=block
+            req_to_token, req_to_token.stride(0), req_pool_indices, seq_lens, counts, n_chunks, CHUNK=chunk, BLOCK=block,
+            KEEP_LAST=keep_last,
         )
     return counts
 
 
 def resident_lengths(req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
-                     max_len: Optional[int] = None, chunk: int = CHUNK, block: int = BLOCK) -> torch.Tensor:
+                     max_len: Optional[int] = None, chunk: int = CHUNK, block: int = BLOCK,
+                     keep_last: bool = True) -> torch.Tensor:
     """Resident entries per row, int32 ``[bs]`` (see the module contract)."""
-    return _counts(req_to_token, req_pool_indices, seq_lens, max_len, chunk, block).sum(dim=1, dtype=torch.int32)
+    counts = _counts(req_to_token, req_pool_indices, seq_lens, max_len, chunk, block, keep_last)
+    return counts.sum(dim=1, dtype=torch.int32)
 
 
 def resident_indices(
     req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor,
     kv_indptr_out: Optional[torch.Tensor] = None, kv_indices_out: Optional[torch.Tensor] = None,
-    max_len: Optional[int] = None, chunk: int = CHUNK, block: int = BLOCK,
+    max_len: Optional[int] = None, chunk: int = CHUNK, block: int = BLOCK, keep_last: bool = True,
 ) -> ResidentIndices:
     """FlashInfer's ``kv_indptr`` / ``kv_indices`` over the resident entries (see the module contract)."""
     bs = seq_lens.shape[0]
     device = req_to_token.device
-    counts = _counts(req_to_token, req_pool_indices, seq_lens, max_len, chunk, block)
+    counts = _counts(req_to_token, req_pool_indices, seq_lens, max_len, chunk, block, keep_last)
     lens = counts.sum(dim=1, dtype=torch.int32)
     if kv_indptr_out is None:
         kv_indptr = torch.empty(bs + 1, dtype=torch.int32, device=device)
@@ -135,19 +142,20 @@ def resident_indices(
         _write_kernel[(bs, n_chunks)](
             req_to_token, req_to_token.stride(0), req_pool_indices, seq_lens, counts, n_chunks, kv_indptr,
             kv_indices_out, CHUNK=chunk, BLOCK=block, MAX_CHUNKS=max(16, triton.next_power_of_2(n_chunks)),
+            KEEP_LAST=keep_last,
         )
     return ResidentIndices(kv_indptr, kv_indices_out, lens)
 
 
 def resident_indices_reference(
-    req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor
+    req_to_token: torch.Tensor, req_pool_indices: torch.Tensor, seq_lens: torch.Tensor, keep_last: bool = True
 ) -> ResidentIndices:
     """The contract in plain torch, one row at a time: exact ``kv_indices`` of length ``kv_indptr[bs]``."""
     rows = []
     for pool_row, n in zip(req_pool_indices.tolist(), seq_lens.tolist()):
         slots = req_to_token[pool_row, :n]
         keep = slots != 0
-        if n:
+        if n and keep_last:
             keep[n - 1] = True
         rows.append(slots[keep])
     lens = torch.tensor([len(r) for r in rows], dtype=torch.int32, device=req_to_token.device)

@@ -3,7 +3,8 @@
 # launch.py --enable-zoomr on the embedded model (time to ready + one /generate), everything logged under $OUT.
 #
 #   here (CPU host), once:  scripts/gpu_run.sh --prepare     # fills .gpu/ (runtime archive, pure-python test deps)
-#   on the device:          bash scripts/gpu_run.sh [tests] [bench] [serve]   (default: all three)
+#   on the device:          bash scripts/gpu_run.sh [tests] [bench] [serve] [e2e]   (default: all four)
+#                           writes $OUT/results/{kernels,serve_long}.{json,md,png}, $OUT/gpu_run.log, $OUT/logs.tgz
 #                           with carry [".gpu", ".models"]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ ARCHIVE=sglang-0.5.17-py312-cu130-site.tar.xz
 if [[ "${1:-}" == "--prepare" ]]; then
   mkdir -p .gpu/pylib
   cp -n "../shared/gpu-runtime/$ARCHIVE" .gpu/
+  cp -r ../shared/gpu-runtime/configs .gpu/  # model configs for --load-format dummy
   site=.venv/lib/python3.11/site-packages  # pure-python packages (psutil's extension is abi3) the archive lacks
   for p in pytest _pytest pluggy iniconfig py.py pytest_timeout.py psutil requests urllib3 idna certifi \
            charset_normalizer; do
@@ -24,7 +26,7 @@ fi
 
 OUT=${OUT:-/tmp/zoomr-gpu-out}
 mkdir -p "$OUT"
-PHASES=("$@"); [[ ${#PHASES[@]} -eq 0 ]] && PHASES=(tests bench serve)
+PHASES=("$@"); [[ ${#PHASES[@]} -eq 0 ]] && PHASES=(tests bench serve e2e)
 exec > >(tee -a "$OUT/gpu_run.log") 2>&1
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 
@@ -37,6 +39,7 @@ mkdir -p /tmp/site/zoomr_sgl-0.1.0.dist-info
 printf 'Metadata-Version: 2.1\nName: zoomr-sgl\nVersion: 0.1.0\n' > /tmp/site/zoomr_sgl-0.1.0.dist-info/METADATA
 printf '[sglang.srt.plugins]\nzoomr = zoomr_sgl.plugin:register\n' > /tmp/site/zoomr_sgl-0.1.0.dist-info/entry_points.txt
 export PYTHONPATH="/tmp/site:$PWD"
+export FLASHINFER_WORKSPACE_BASE=/tmp/fi PYTHONUNBUFFERED=1  # JIT-compiled kernels stay in /tmp on a warm machine
 # test-only packages the device may lack: link just the missing ones, so the device's own copies win
 mkdir -p /tmp/pylib
 for mod in pytest pluggy iniconfig pytest_timeout psutil requests urllib3 idna certifi charset_normalizer; do
@@ -70,7 +73,7 @@ for phase in "${PHASES[@]}"; do
       python3 launch.py --enable-zoomr --port 30000 > "$OUT/server.log" 2>&1 &
       pid=$!
       ready=""
-      for _ in $(seq 1 240); do
+      for _ in $(seq 1 480); do
         if python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:30000/health_generate', timeout=5)" \
             2>/dev/null; then ready=$(python3 -c "print(round($(date +%s.%N) - $start, 1))"); break; fi
         kill -0 $pid 2>/dev/null || break
@@ -92,7 +95,43 @@ PY
       kill $pid 2>/dev/null; wait $pid 2>/dev/null
       tail -20 "$OUT/server.log"
       ;;
+    e2e)
+      # Side by side on the one GPU: the embedded model with ZoomR, default flags (time to ready, one /generate),
+      # and Qwen3-8B (random weights) for long engine-mode generations, ZoomR and full KV on the same server.
+      stamp "e2e: embedded model ready + Qwen3-8B long generations"
+      mkdir -p /tmp/qwen3-8b && cp .gpu/configs/qwen3-8b/config.json .gpu/configs/tiny-tokenizer/* /tmp/qwen3-8b/
+      timeout ${LONG_S:-500} python3 benchmarks/serve_long.py --model-path /tmp/qwen3-8b --load-format dummy \
+        --batch 8 --tokens ${LONG_TOKENS:-2048} --policies zoomr,full --out "$OUT/results" -- \
+        --max-total-tokens 120000 --cuda-graph-max-bs 16 --disable-prefill-cuda-graph > "$OUT/serve_long.log" 2>&1 &
+      long=$!
+      start=$(date +%s.%N)
+      python3 launch.py --enable-zoomr --max-total-tokens 200000 --host 127.0.0.1 --port 30001 \
+        > "$OUT/server_zoomr.log" 2>&1 &
+      z=$!
+      for _ in $(seq 1 420); do
+        python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:30001/health_generate', timeout=5)" \
+          2>/dev/null && break
+        kill -0 $z 2>/dev/null || break
+        sleep 1
+      done
+      echo "zoomr embedded: time_to_ready_s=$(python3 -c "print(round($(date +%s.%N) - $start, 1))")" | tee "$OUT/e2e.txt"
+      python3 - >> "$OUT/e2e.txt" 2>&1 <<'PY'
+import json, urllib.request as u
+body = json.dumps({"text": "Let me think step by step.", "sampling_params": {"max_new_tokens": 32, "temperature": 0}})
+r = u.urlopen(u.Request("http://127.0.0.1:30001/generate", body.encode(), {"Content-Type": "application/json"}), timeout=120)
+print(r.read().decode())
+info = json.loads(u.urlopen("http://127.0.0.1:30001/server_info", timeout=30).read())
+print("zoomr state:", json.dumps(info["internal_states"][0].get("zoomr"))[:400])
+PY
+      cat "$OUT/e2e.txt"
+      kill $z 2>/dev/null; wait $z 2>/dev/null
+      wait $long; echo "serve_long rc=$?" | tee -a "$OUT/e2e.txt"; tail -12 "$OUT/serve_long.log"
+      ;;
     *) stamp "unknown phase $phase"; exit 2 ;;
   esac
 done
 stamp "done"
+# The device returns at most 8 files: keep the results and this log loose, bundle every other log.
+cd "$OUT" && mv results/*.log . 2>/dev/null
+tar czf logs.tgz --exclude=./results --exclude=./gpu_run.log --exclude=./logs.tgz . \
+  && find . -maxdepth 1 -type f ! -name logs.tgz ! -name gpu_run.log -delete

@@ -3,6 +3,8 @@ configuration), and a session-end check that no server process outlives the test
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.server_process import ServerProcess
@@ -19,14 +21,23 @@ def _serve(args: list[str]):
     assert not survivors, f"server processes still running after stop: {[p.pid for p in survivors]}"
 
 
+def _serve_or_attach(url_var: str, args: list[str]):
+    """``$url_var`` set: the server already running there (started with ``args`` by the GPU run script)."""
+    url = os.environ.get(url_var)
+    if url:
+        yield ServerProcess.attach(url)
+    else:
+        yield from _serve(args)
+
+
 @pytest.fixture(scope="session")
 def zoomr_server():
-    yield from _serve(ZOOMR_ARGS)
+    yield from _serve_or_attach("ZOOMR_TEST_ZOOMR_URL", ZOOMR_ARGS)
 
 
 @pytest.fixture(scope="session")
 def stock_server():
-    yield from _serve([])
+    yield from _serve_or_attach("ZOOMR_TEST_STOCK_URL", [])
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -1,7 +1,7 @@
 """A real SGLang server started through ``launch.py`` for end-to-end tests, and stopped without leftovers.
 
 Contract: ``ServerProcess.start(args)`` runs ``python launch.py ARGS --host 127.0.0.1 --port P`` in its own
-process group, waits until ``/health`` answers 200 and a first ``/generate`` succeeds, and raises with the log's
+process group (``$ZOOMR_TEST_SERVER_ARGS`` appended), waits until ``/health`` answers 200 and a first ``/generate`` succeeds, and raises with the log's
 tail if the server dies or takes longer than ``timeout``. ``stop()`` ends the whole group (SIGTERM, then SIGKILL)
 and returns the processes that survived, which callers assert to be none.
 """
@@ -21,6 +21,8 @@ import psutil
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
+EXTRA_ARGS_VAR = "ZOOMR_TEST_SERVER_ARGS"  # appended to every test server's flags (the GPU run trims graph capture)
+TIMEOUT_VAR = "ZOOMR_TEST_SERVER_TIMEOUT"  # seconds to ready (default 240; the GPU's first start compiles kernels)
 
 
 def free_port() -> int:
@@ -41,8 +43,9 @@ class ServerProcess:
         self.ready_seconds: float | None = None
 
     @classmethod
-    def start(cls, args: list[str], timeout: float = 240, env: dict[str, str] | None = None) -> "ServerProcess":
-        server = cls(args, env)
+    def start(cls, args: list[str], timeout: float | None = None, env: dict[str, str] | None = None) -> "ServerProcess":
+        server = cls(args + os.environ.get(EXTRA_ARGS_VAR, "").split(), env)
+        timeout = timeout if timeout is not None else float(os.environ.get(TIMEOUT_VAR, 240))
         t0 = time.monotonic()
         server.proc = subprocess.Popen(
             [sys.executable, str(REPO / "launch.py"), *server.args, "--host", "127.0.0.1", "--port", str(server.port)],
@@ -54,6 +57,13 @@ class ServerProcess:
             server.stop()
             raise
         server.ready_seconds = time.monotonic() - t0
+        return server
+
+    @classmethod
+    def attach(cls, url: str) -> "ServerProcess":
+        """A server started elsewhere (e.g. by the GPU run script): requests only; ``stop()`` leaves it running."""
+        server = cls([])
+        server.url = url.rstrip("/")
         return server
 
     def _wait_ready(self, deadline: float) -> None:

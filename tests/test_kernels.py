@@ -72,25 +72,32 @@ def random_batch(gen: torch.Generator, bs: int, width: int, hole_p: float, devic
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("keep_last", [True, False], ids=["keep_last", "prefix"])
 @pytest.mark.parametrize("seed,bs,width,hole_p", [(0, 3, 200, 0.5), (1, 5, 97, 0.0), (2, 2, 300, 0.97), (3, 4, 64, 1.0)])
-def test_resident_indices_match_reference(device, seed, bs, width, hole_p):
+def test_resident_indices_match_reference(device, keep_last, seed, bs, width, hole_p):
     gen = torch.Generator().manual_seed(seed)
     rtt, rows, lens = random_batch(gen, bs, width, hole_p, device)
-    ref = ri.resident_indices_reference(rtt.cpu(), rows.cpu(), lens.cpu())
+    if not keep_last:  # an extend's prefix may end in a hole
+        rtt[rows[0], lens[0] - 1] = 0
+    ref = ri.resident_indices_reference(rtt.cpu(), rows.cpu(), lens.cpu(), keep_last=keep_last)
     n = rows.shape[0]
     total = int(ref.kv_indptr[-1])
     for chunk, block in ((64, 16), (128, 128)) if device == "cpu" else ((64, 16), (ri.CHUNK, ri.BLOCK)):
         indptr = torch.full((n + 3,), SENTINEL, dtype=torch.int32, device=device)
         indices = torch.full((total + 5,), SENTINEL, dtype=torch.int32, device=device)
         out = ri.resident_indices(rtt, rows, lens, kv_indptr_out=indptr, kv_indices_out=indices, chunk=chunk,
-                                  block=block, max_len=width)
+                                  block=block, max_len=width, keep_last=keep_last)
         assert out.kv_indptr.data_ptr() == indptr.data_ptr() and out.kv_indices.data_ptr() == indices.data_ptr()
         assert torch.equal(indptr[: n + 1].cpu(), ref.kv_indptr)
         assert torch.equal(indices[:total].cpu(), ref.kv_indices)  # every element written: the reference has no -7
         assert (indptr[n + 1 :] == SENTINEL).all() and (indices[total:] == SENTINEL).all()  # nothing past the end
         assert torch.equal(out.lens.cpu(), ref.lens)
-        assert torch.equal(ri.resident_lengths(rtt, rows, lens, chunk=chunk, block=block).cpu(), ref.lens)
-    assert int(ref.lens[-2]) == 1 and int(ref.kv_indices[ref.kv_indptr[-3]]) == 0  # padding row: one entry, slot 0
+        lengths = ri.resident_lengths(rtt, rows, lens, chunk=chunk, block=block, keep_last=keep_last)
+        assert torch.equal(lengths.cpu(), ref.lens)
+    if keep_last:
+        assert int(ref.lens[-2]) == 1 and int(ref.kv_indices[ref.kv_indptr[-3]]) == 0  # padding row: slot 0
+    else:
+        assert int(ref.lens[-2]) == 0 and (ref.kv_indices != 0).all()  # nothing but real slots
     assert int(ref.lens[-1]) == 0
 
 

@@ -31,6 +31,8 @@ def test_cuda_plan_uses_flashinfer_and_no_cpu_engine():
     plan = plan_launch(["--model-path", "X"], cuda_available=True, default_model=None)
     assert plan.sglang_argv[:2] == ["--attention-backend", "flashinfer"]
     assert "SGLANG_USE_CPU_ENGINE" not in plan.env
+    embedded = plan_launch(["--enable-zoomr"], cuda_available=True, default_model="M").sglang_argv
+    assert embedded[:4] == ["--model-path", "M", "--dtype", "bfloat16"]  # FlashInfer takes 16-bit inputs
 
 
 def test_without_enable_zoomr_the_plugin_gets_no_config():

@@ -119,6 +119,7 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
         backend = scheduler.tp_worker.model_runner.attn_backend
         if hasattr(backend, "query_sink"):
             backend.query_sink = MANAGER
+        MANAGER.query_buffers = dict(getattr(backend, "query_buffers", {}))
         return result
 
     def after_prefill(result, processor, batch, *args, **kwargs):

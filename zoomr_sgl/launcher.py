@@ -7,7 +7,8 @@ Contract:
 - Picks the platform by itself: without CUDA it sets ``SGLANG_USE_CPU_ENGINE=1`` and passes ``--device cpu
   --attention-backend torch_native --disable-overlap-schedule --max-total-tokens 65536 --sleep-on-idle``; with
   CUDA it passes ``--attention-backend flashinfer``. Flags given by the user come later on the command line and win.
-- Without ``--model-path`` it serves the embedded default model (building it if needed) in float32.
+- Without ``--model-path`` it serves the embedded default model (building it if needed): in float32 on CPU (fewer
+  greedy near-ties), in bfloat16 on CUDA (FlashInfer's kernels take 16-bit inputs).
 - With ``--enable-zoomr`` it also passes ``--page-size 1``, ``--disable-overlap-schedule`` and, unless the user
   gave ``--radix-cache-backend``, ``--radix-cache-backend zoomr`` (the ZoomR radix tree).
 - With ``--enable-zoomr`` it exports the config as ``ZOOMR_SGL_CONFIG`` for every SGLang process; without it the
@@ -106,8 +107,9 @@ def plan_launch(argv: Sequence[str], cuda_available: bool, default_model: str | 
     if not _has_flag(rest, "--model-path", "--model"):
         if default_model is None:
             raise LaunchError("no --model-path given and no embedded default model")
-        # The embedded model is stored in float32 (fewer greedy near-ties); 'auto' would turn it into float16.
-        defaults = ["--model-path", default_model, "--dtype", "float32"] + defaults
+        # The embedded model is stored in float32; 'auto' would turn it into float16.
+        dtype = "bfloat16" if cuda_available else "float32"
+        defaults = ["--model-path", default_model, "--dtype", dtype] + defaults
     env: dict[str, str | None] = {ENV_VAR: config.to_env() if ours.enable_zoomr else None}
     if not cuda_available:
         env["SGLANG_USE_CPU_ENGINE"] = "1"

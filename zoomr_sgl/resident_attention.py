@@ -37,12 +37,18 @@ Contract:
     captured kernels only read those buffers, so a resident set that changes every step replays correctly.
   - Cost per step: two small Triton launches, a cumsum, and one device-to-host read of ``bs`` int32 lengths
     (FlashInfer's plan needs the indptr on the host; stock avoids that read only because it knows ``seq_lens_cpu``).
-  - Stock, unchanged: extend / prefill (TODO: holed prefixes through ``custom_kv_indices``), speculative decoding,
-    the sliding-window wrapper and cross-attention (``kv_start_idx`` set); ZoomR refuses such models at launch.
-  - Query tap: eager decode calls ``query_sink.capture_query`` like the CPU class. A Python call does not replay in a
-    CUDA graph, so the backend also copies the queries of the configured scoring layers into persistent
-    ``query_buffers[layer_id]`` ``[max_bs, Hq, D]`` inside ``forward_decode`` (recorded into the graph); after a
-    replayed step the first ``bs`` rows hold that step's queries, in batch order.
+  - Extend / prefill: ``ZoomRFlashInferIndicesUpdaterPrefill`` builds the paged part's indices with the same kernel
+    (without the keep-last rule when the paged part is the prefix alone, ``use_ragged``: a prefix may end in a hole)
+    and reads their total back (one sync per extend). Without holes it plans exactly as stock; with holes it hands
+    the compacted indices to the stock plan as ``custom_kv_indices`` with the resident lengths, so the causal offsets
+    (kv length minus extend length) stay right: the extend tokens are at the end of both.
+  - Stock, unchanged: speculative decoding, the sliding-window wrapper, cross-attention (``kv_start_idx`` set) and
+    the FP4 dequant workspace; ZoomR refuses such setups at launch.
+  - Query tap: a Python call does not replay in a CUDA graph, so instead of calling ``query_sink`` the backend copies
+    the queries of the configured scoring layers into persistent ``query_buffers[layer_id]`` ``[max_bs, Hq, D]``
+    inside ``forward_decode`` (recorded into the graph; eager steps run the same copy). After a step, replayed or
+    eager, the first ``bs`` rows hold that step's queries in batch order; the manager reads them there
+    (``ZoomRManager.after_decode``).
 - ``RESIDENT_BACKENDS`` maps a stock backend name to its ZoomR subclass; ``zoomr_sgl.hooks`` re-registers those
   names in SGLang's attention registry, so every name-based check in SGLang keeps working. ``"flashinfer"`` is
   listed only where ``flashinfer`` imports.
@@ -58,9 +64,13 @@ from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBack
 
 try:  # CUDA hosts only; CPU hosts have no flashinfer and import this module all the same
     import flashinfer  # noqa: F401
-    from sglang.srt.layers.attention.flashinfer_backend import FlashInferAttnBackend, FlashInferIndicesUpdaterDecode
+    from sglang.srt.layers.attention.flashinfer_backend import (
+        FlashInferAttnBackend,
+        FlashInferIndicesUpdaterDecode,
+        FlashInferIndicesUpdaterPrefill,
+    )
 except ImportError:
-    FlashInferAttnBackend = FlashInferIndicesUpdaterDecode = None
+    FlashInferAttnBackend = FlashInferIndicesUpdaterDecode = FlashInferIndicesUpdaterPrefill = None
 
 
 class ResidentTable(NamedTuple):
@@ -215,6 +225,33 @@ if FlashInferAttnBackend is not None:
                 disable_split_kv=disable_split_kv,
             )
 
+    class ZoomRFlashInferIndicesUpdaterPrefill(FlashInferIndicesUpdaterPrefill):
+        """Plans FlashInfer extend over each request's resident prefix when it has holes (see the module contract)."""
+
+        def call_begin_forward(
+            self, wrapper_ragged, wrapper_paged, req_pool_indices, paged_kernel_lens, paged_kernel_lens_sum, seq_lens,
+            prefix_lens, kv_start_idx, kv_indptr, qo_indptr, use_ragged, spec_info, *args, **kwargs,
+        ):
+            plain = (spec_info is None and kv_start_idx is None and not args and paged_kernel_lens_sum > 0
+                     and not kwargs.get("use_sliding_window_kv_pool") and kwargs.get("custom_kv_indices") is None
+                     and self.attn_backend.dq_paged_kernel_lens is None
+                     and kwargs.get("cross_attention_custom_mask") is None
+                     and not (kwargs.get("multi_item_params") is not None and kwargs["multi_item_params"].is_enabled()))
+            if plain:
+                from kernels.resident_indices import resident_indices
+
+                # The paged part is the prefix alone with use_ragged (its last position may be a hole), else the
+                # prefix plus the extend tokens (the last one is a fresh slot).
+                built = resident_indices(self.req_to_token, req_pool_indices, paged_kernel_lens, keep_last=not use_ragged)
+                total = int(built.lens.sum())  # the extend's one device->host read
+                if total != paged_kernel_lens_sum:  # holes: attend the compacted resident slots
+                    paged_kernel_lens, paged_kernel_lens_sum = built.lens, total
+                    kwargs["custom_kv_indices"] = built.kv_indices
+            return super().call_begin_forward(
+                wrapper_ragged, wrapper_paged, req_pool_indices, paged_kernel_lens, paged_kernel_lens_sum, seq_lens,
+                prefix_lens, kv_start_idx, kv_indptr, qo_indptr, use_ragged, spec_info, *args, **kwargs,
+            )
+
     class ZoomRFlashInferAttnBackend(FlashInferAttnBackend):
         """``FlashInferAttnBackend`` whose decode attends each request's resident set only (see the module contract)."""
 
@@ -223,7 +260,8 @@ if FlashInferAttnBackend is not None:
                 kwargs["init_new_workspace"] = getattr(model_runner, "init_new_workspace", False)
             super().__init__(model_runner, *args, **kwargs)
             self.indices_updater_decode = ZoomRFlashInferIndicesUpdaterDecode(model_runner, self)
-            self.query_sink = None  # the ZoomRManager, set by zoomr_sgl.hooks once the scheduler is built
+            if hasattr(self, "indices_updater_prefill"):
+                self.indices_updater_prefill = ZoomRFlashInferIndicesUpdaterPrefill(model_runner, self)
             self.query_buffers: dict[int, torch.Tensor] = {}
             from zoomr_sgl.config import ZoomRConfig
 
@@ -239,14 +277,9 @@ if FlashInferAttnBackend is not None:
 
         def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):
             buf = self.query_buffers.get(layer.layer_id)
-            sink = self.query_sink
-            if buf is not None or sink is not None:
+            if buf is not None:  # a device copy: recorded into the decode CUDA graph, replayed every step
                 query = q.reshape(-1, layer.tp_q_head_num, layer.head_dim)  # post-RoPE queries
-                if buf is not None:  # a device copy: recorded into the decode CUDA graph, replayed every step
-                    buf[: query.shape[0], : query.shape[1]].copy_(query)
-                if (sink is not None and not torch.cuda.is_current_stream_capturing()
-                        and sink.wants_queries(layer.layer_id)):
-                    sink.capture_query(layer.layer_id, query, forward_batch.req_pool_indices)
+                buf[: query.shape[0], : query.shape[1]].copy_(query)
             return super().forward_decode(q, k, v, layer, forward_batch, save_kv_cache)
 
 

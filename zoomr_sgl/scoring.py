@@ -7,6 +7,9 @@ Contract:
   head that happens to fire does not pull in a thought). Computed in float32. ``n`` must be at least 1.
 - ``thought_scores(query, keys [T, L, N, Hkv, D], lengths [T])`` is the same for ``T`` thoughts at once, keys padded
   to ``N`` tokens (padding is ignored); it equals ``thought_score`` per thought.
+- ``pad_summary_keys(keys [L, total, Hkv, D], lengths [T])`` -> ``[T, L, N, Hkv, D]``: consecutive runs of
+  ``lengths`` tokens, one per thought, zero-padded to ``N = max(lengths)``. Every tensor these functions make lives
+  on the device of their inputs (keys on the GPU: the scoring runs there).
 - ``top_within_budget(scores, sizes, topk, budget)``: indices into ``scores`` taken in rank order (higher score first,
   ties to the lower index), skipping any whose size no longer fits the remaining ``budget``, at most ``topk`` of them.
   Returned in rank order. Deterministic.
@@ -45,8 +48,19 @@ def thought_scores(query: torch.Tensor, keys: torch.Tensor, lengths: torch.Tenso
     """Scores of ``T`` thoughts whose summary keys are padded to ``N`` tokens: float32 ``[T]``."""
     if (lengths < 1).any() or (lengths > keys.shape[2]).any():
         raise ValueError(f"summary lengths must be in [1, {keys.shape[2]}]")
-    valid = torch.arange(keys.shape[2])[None, :] < lengths.to(torch.int64)[:, None]
+    valid = torch.arange(keys.shape[2], device=keys.device)[None, :] < lengths.to(keys.device, torch.int64)[:, None]
     return _head_maxima(query, keys, valid).mean(dim=(1, 2))
+
+
+def pad_summary_keys(keys: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Split ``keys``' token axis into runs of ``lengths`` and zero-pad them (see the module contract)."""
+    sizes = [int(n) for n in lengths]
+    if sum(sizes) != keys.shape[1]:
+        raise ValueError(f"lengths add up to {sum(sizes)}, keys hold {keys.shape[1]} tokens")
+    padded = keys.new_zeros((len(sizes), keys.shape[0], max(sizes, default=0), *keys.shape[2:]))
+    for t, chunk in enumerate(keys.split(sizes, dim=1)):
+        padded[t, :, : chunk.shape[1]] = chunk
+    return padded
 
 
 def top_within_budget(scores: torch.Tensor, sizes: torch.Tensor, topk: int, budget: int) -> tuple[int, ...]:

@@ -5,7 +5,7 @@ import math
 import torch
 from hypothesis import given, settings, strategies as st
 
-from zoomr_sgl.scoring import thought_score, thought_scores, top_within_budget
+from zoomr_sgl.scoring import pad_summary_keys, thought_score, thought_scores, top_within_budget
 
 
 def loop_score(q, keys):
@@ -59,3 +59,24 @@ def test_top_within_budget_ties_budget_and_topk():
     assert top_within_budget(scores, sizes, topk=10, budget=6) == (1, 3)  # 2 and 4 no longer fit, 3 does
     assert top_within_budget(scores, sizes, topk=2, budget=100) == (1, 2)
     assert top_within_budget(scores, sizes, topk=3, budget=0) == ()
+
+
+def test_pad_summary_keys_splits_runs_and_pads_with_zeros():
+    g = torch.Generator().manual_seed(4)
+    keys = torch.randn(2, 9, 3, 8, generator=g)  # [L, total, Hkv, D]: runs of 4, 2, 3 tokens
+    padded = pad_summary_keys(keys, torch.tensor([4, 2, 3]))
+    assert padded.shape == (3, 2, 4, 3, 8)
+    assert torch.equal(padded[0], keys[:, 0:4]) and torch.equal(padded[1, :, :2], keys[:, 4:6])
+    assert torch.equal(padded[2, :, :3], keys[:, 6:9])
+    assert not padded[1, :, 2:].any() and not padded[2, :, 3:].any()
+
+
+def test_scoring_tensors_follow_the_keys_device():
+    """On a GPU the keys and the query live on the device; every tensor scoring makes must live there too. The meta
+    device stands in for it on a CPU host: a stray CPU tensor fails just as it does on CUDA (seen on the H100:
+    'Expected all tensors to be on the same device' from the zoom step)."""
+    keys = torch.empty(2, 9, 3, 8, device="meta")
+    query = torch.empty(2, 6, 8, device="meta")
+    lengths = torch.tensor([4, 2, 3])  # lengths stay on the host: the table builds them there
+    scores = thought_scores(query, pad_summary_keys(keys, lengths), lengths)
+    assert scores.device.type == "meta" and scores.shape == (3,)

@@ -48,7 +48,7 @@ class QuestPolicy(Policy):
             raise ValueError("quest needs the step's query and keys")
         kmin, kmax = page_key_bounds(inputs.keys_at(torch.arange(n, dtype=torch.int64)), ps)
         scores = page_scores(inputs.query, kmin[:, :-1], kmax[:, :-1])
-        best = torch.sort(-scores, stable=True).indices[:top]  # stable: ties to the lower page
+        best = torch.sort(-scores.cpu(), stable=True).indices[:top]  # stable: ties to the lower page
         chosen = torch.cat([best, torch.tensor([pages - 1])]).sort().values
         positions = (chosen[:, None] * ps + torch.arange(ps)).flatten()
         return positions[positions < n]  # the last page may be partial

@@ -12,7 +12,7 @@ buffer members, least recently selected first (ties to the lower index), just en
 
 import torch
 
-from zoomr_sgl.scoring import thought_scores, top_within_budget
+from zoomr_sgl.scoring import pad_summary_keys, thought_scores, top_within_budget
 from zoomr_sgl.selection.base import DetailAction, Policy
 from zoomr_sgl.thought_table import Location
 
@@ -37,10 +37,7 @@ class ZoomRPolicy(Policy):
             spans = [table.summary_positions(s.thought.index) for s in free]
             lengths = torch.tensor([len(p) for p in spans])
             keys = inputs.keys_at(torch.cat(spans))  # one gather for every summary: [L, total, Hkv, D]
-            padded = torch.zeros(len(spans), keys.shape[0], int(lengths.max()), *keys.shape[2:], dtype=keys.dtype)
-            for t, chunk in enumerate(keys.split(lengths.tolist(), dim=1)):
-                padded[t, :, :chunk.shape[1]] = chunk
-            scores = thought_scores(inputs.query, padded, lengths)
+            scores = thought_scores(inputs.query, pad_summary_keys(keys, lengths), lengths)
             sizes = torch.tensor([s.thought.detail_len for s in free])
             ranks = top_within_budget(scores, sizes, cfg.zoom_topk - len(pinned), cfg.zoom_budget - pinned_tokens)
             picked = [free[r].thought.index for r in ranks]
