@@ -3,7 +3,7 @@
 # launch.py --enable-zoomr on the embedded model (time to ready + one /generate), everything logged under $OUT.
 #
 #   here (CPU host), once:  scripts/gpu_run.sh --prepare     # fills .gpu/ (runtime archive, pure-python test deps)
-#   on the device:          bash scripts/gpu_run.sh [tests] [bench] [serve] [e2e]   (default: all four)
+#   on the device:          bash scripts/gpu_run.sh [tests] [bench] [serve] [e2e] [suite]   (default: the first four)
 #                           writes $OUT/results/{kernels,serve_long}.{json,md,png}, $OUT/gpu_run.log, $OUT/logs.tgz
 #                           with carry [".gpu", ".models"]
 set -uo pipefail
@@ -126,6 +126,31 @@ PY
       cat "$OUT/e2e.txt"
       kill $z 2>/dev/null; wait $z 2>/dev/null
       wait $long; echo "serve_long rc=$?" | tee -a "$OUT/e2e.txt"; tail -12 "$OUT/serve_long.log"
+      ;;
+    suite)
+      # The server tests (exactness against stock, offload + recall, radix reuse over holed prefixes) against the
+      # embedded model on FlashInfer with CUDA graphs: a ZoomR server with the suite's flags and a stock one.
+      stamp "server tests on the GPU"
+      tiny=(--max-total-tokens 200000 --cuda-graph-max-bs 32 --host 127.0.0.1)
+      python3 launch.py --enable-zoomr --zoomr-zoom-budget 512 --zoomr-zoom-topk 3 --enable-metrics "${tiny[@]}" \
+        --port 30011 > "$OUT/suite_zoomr.log" 2>&1 &
+      z=$!
+      python3 launch.py "${tiny[@]}" --port 30012 > "$OUT/suite_stock.log" 2>&1 &
+      st=$!
+      for port in 30011 30012; do
+        for _ in $(seq 1 420); do
+          python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health_generate', timeout=5)" \
+            2>/dev/null && break
+          sleep 1
+        done
+      done
+      ZOOMR_TEST_ZOOMR_URL=http://127.0.0.1:30011 ZOOMR_TEST_STOCK_URL=http://127.0.0.1:30012 \
+      ZOOMR_TEST_SERVER_ARGS="--max-total-tokens 200000 --cuda-graph-max-bs 16 --disable-prefill-cuda-graph" \
+      ZOOMR_TEST_SERVER_TIMEOUT=420 timeout ${SUITE_S:-420} python3 -m pytest -p no:cacheprovider -o addopts="" -q -rA \
+        -m server tests/test_resident_attention.py tests/test_zoomr_serving.py tests/test_radix_tree.py \
+        > "$OUT/suite_tests.log" 2>&1
+      echo "server tests rc=$?"; grep -E "passed|failed|error" "$OUT/suite_tests.log" | tail -3
+      kill $z $st 2>/dev/null; wait $z $st 2>/dev/null
       ;;
     *) stamp "unknown phase $phase"; exit 2 ;;
   esac
