@@ -21,8 +21,8 @@ Contract:
     itself.
   - Cross-attention, encoder lengths and sliding-window layers run stock; with a hole there they raise
     ``NotImplementedError`` rather than read slot 0 (sliding-window and encoder-decoder models are not supported).
-- ``query_sink`` (set by ``zoomr_sgl.hooks`` to the scheduler's ``ZoomRManager``): at each decode layer for which
-  ``query_sink.wants_queries(layer_id)``, the backend hands it the post-RoPE queries ``[bs, Hq, D]`` through
+- ``query_sink`` (torch-native backend only; set by ``zoomr_sgl.hooks`` to the scheduler's ``ZoomRManager``): at
+  each decode layer for which ``query_sink.wants_queries(layer_id)``, the backend hands it the post-RoPE queries ``[bs, Hq, D]`` through
   ``capture_query(layer_id, q, req_pool_indices)`` before attending; it does not change the attention.
 - ``ZoomRFlashInferAttnBackend`` (CUDA, ``--attention-backend flashinfer``; defined only where ``flashinfer`` imports):
   the stock backend with its decode indices updater swapped for ``ZoomRFlashInferIndicesUpdaterDecode``, whose
