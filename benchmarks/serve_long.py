@@ -18,6 +18,7 @@ import argparse
 import datetime
 import json
 import random
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,8 +52,11 @@ def one_request(url: str, ids: list[int], policy: str, args) -> dict:
 
 def run_pass(url: str, policy: str, prompts: list[list[int]], args) -> dict:
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(len(prompts)) as pool:
+    pool = ThreadPoolExecutor(len(prompts))
+    try:
         reqs = list(pool.map(lambda ids: one_request(url, ids, policy, args), prompts))
+    finally:  # interrupted: do not wait for the requests here; stopping the server ends them
+        pool.shutdown(wait=False, cancel_futures=True)
     wall = time.perf_counter() - t0
     out = sum(r["output_tokens"] for r in reqs)
     mean = lambda key: sum(r[key] for r in reqs) / len(reqs)  # noqa: E731
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) <= 0:
             print(f"serve_long: --{name.replace('_', '-')} must be positive", file=sys.stderr)
             return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))  # e.g. timeout(1): stop the server, keep its log
     server = None
     if args.url is None:
         sys.path.insert(0, str(REPO))

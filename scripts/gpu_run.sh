@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One device call on the H100: unpack the SGLang runtime, run the GPU tests, the kernel benchmark, and start
-# launch.py --enable-zoomr on the embedded model (time to ready + one /generate), everything logged under $OUT.
+# One device call on the H100: unpack the SGLang runtime, then the phases asked for (GPU tests, kernel benchmark,
+# launch.py --enable-zoomr on the embedded model, Qwen3-8B long generations, the server tests), logged under $OUT.
 #
 #   here (CPU host), once:  scripts/gpu_run.sh --prepare     # fills .gpu/ (runtime archive, pure-python test deps)
-#   on the device:          bash scripts/gpu_run.sh [tests] [bench] [serve] [e2e] [suite]   (default: the first four)
+#   on the device:          bash scripts/gpu_run.sh [long] [tests] [bench] [e2e] [suite]
+#                           (default: tests bench e2e; long runs in the background beside the later phases)
 #                           writes $OUT/results/{kernels,serve_long}.{json,md,png}, $OUT/gpu_run.log, $OUT/logs.tgz
+#                           within $BUDGET_S seconds (default 570)
 #                           with carry [".gpu", ".models"]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +28,19 @@ fi
 
 OUT=${OUT:-/tmp/zoomr-gpu-out}
 mkdir -p "$OUT"
-PHASES=("$@"); [[ ${#PHASES[@]} -eq 0 ]] && PHASES=(tests bench serve e2e)
+PHASES=("$@"); [[ ${#PHASES[@]} -eq 0 ]] && PHASES=(tests bench e2e)
+DEADLINE=$(( $(date +%s) + ${BUDGET_S:-570} ))  # everything ends (and the logs are bundled) before the device's limit
+left() { local n=$(( DEADLINE - $(date +%s) - ${1:-0} )); (( n < 1 )) && n=1; (( n > ${2:-100000} )) && n=$2; echo $n; }
+wait_ready() {  # port pid: until /health_generate answers, the process dies, or the deadline
+  while (( $(date +%s) < DEADLINE - 30 )); do
+    python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$1/health_generate', timeout=5)" 2>/dev/null \
+      && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 1
+  done
+  return 1
+}
+LONG_PID=""
 exec > >(tee -a "$OUT/gpu_run.log") 2>&1
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 
@@ -57,63 +71,34 @@ for phase in "${PHASES[@]}"; do
   case $phase in
     tests)
       stamp "GPU tests"
-      timeout 300 python3 -m pytest -m gpu -p no:cacheprovider -o addopts="" -q -rA \
+      timeout $(left 60 300) python3 -m pytest -m gpu -p no:cacheprovider -o addopts="" -q -rA \
         tests/test_kernels.py tests/test_flashinfer_resident.py --junitxml="$OUT/gpu_tests.xml" \
         > "$OUT/gpu_tests.log" 2>&1
       echo "pytest rc=$?" | tee -a "$OUT/gpu_tests.log"; tail -5 "$OUT/gpu_tests.log"
       ;;
     bench)
       stamp "kernel benchmark"
-      timeout 400 python3 benchmarks/bench_kernels.py --out "$OUT/results" > "$OUT/bench.log" 2>&1
+      timeout $(left 30 400) python3 benchmarks/bench_kernels.py --out "$OUT/results" > "$OUT/bench.log" 2>&1
       echo "bench rc=$?" | tee -a "$OUT/bench.log"; tail -15 "$OUT/bench.log"
       ;;
-    serve)
-      stamp "launch.py --enable-zoomr on the embedded model"
-      start=$(date +%s.%N)
-      python3 launch.py --enable-zoomr --port 30000 > "$OUT/server.log" 2>&1 &
-      pid=$!
-      ready=""
-      for _ in $(seq 1 480); do
-        if python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:30000/health_generate', timeout=5)" \
-            2>/dev/null; then ready=$(python3 -c "print(round($(date +%s.%N) - $start, 1))"); break; fi
-        kill -0 $pid 2>/dev/null || break
-        sleep 1
-      done
-      echo "time_to_ready_s=${ready:-never}" | tee "$OUT/serve.txt"
-      if [[ -n $ready ]]; then
-        python3 - >> "$OUT/serve.txt" 2>&1 <<'PY'
-import json, time, urllib.request as u
-body = json.dumps({"text": "Let me think step by step.", "sampling_params": {"max_new_tokens": 32, "temperature": 0}})
-t = time.time()
-r = u.urlopen(u.Request("http://127.0.0.1:30000/generate", body.encode(), {"Content-Type": "application/json"}), timeout=120)
-print("generate_s=%.2f" % (time.time() - t)); print(r.read().decode())
-info = u.urlopen("http://127.0.0.1:30000/server_info", timeout=30).read().decode()
-print("attention backend:", [l for l in info.split(",") if "attention_backend" in l][:3])
-PY
-        cat "$OUT/serve.txt"
-      fi
-      kill $pid 2>/dev/null; wait $pid 2>/dev/null
-      tail -20 "$OUT/server.log"
+    long)
+      # Qwen3-8B (random weights) for long engine-mode generations, ZoomR and full KV on the same server; in the
+      # background, beside the phases after it (one GPU, pools sized by --max-total-tokens); waited for at the end.
+      stamp "long: Qwen3-8B engine-mode generations (background)"
+      mkdir -p /tmp/qwen3-8b && cp .gpu/configs/qwen3-8b/config.json .gpu/configs/tiny-tokenizer/* /tmp/qwen3-8b/
+      timeout $(left 20) python3 benchmarks/serve_long.py --model-path /tmp/qwen3-8b --load-format dummy \
+        --batch ${LONG_BATCH:-8} --tokens ${LONG_TOKENS:-2048} ${LONG_ARGS:-} --policies zoomr,full --out "$OUT/results" -- \
+        --max-total-tokens 120000 --cuda-graph-max-bs 16 --disable-prefill-cuda-graph > "$OUT/serve_long.log" 2>&1 &
+      LONG_PID=$!
       ;;
     e2e)
-      # Side by side on the one GPU: the embedded model with ZoomR, default flags (time to ready, one /generate),
-      # and Qwen3-8B (random weights) for long engine-mode generations, ZoomR and full KV on the same server.
-      stamp "e2e: embedded model ready + Qwen3-8B long generations"
-      mkdir -p /tmp/qwen3-8b && cp .gpu/configs/qwen3-8b/config.json .gpu/configs/tiny-tokenizer/* /tmp/qwen3-8b/
-      timeout ${LONG_S:-500} python3 benchmarks/serve_long.py --model-path /tmp/qwen3-8b --load-format dummy \
-        --batch 8 --tokens ${LONG_TOKENS:-2048} --policies zoomr,full --out "$OUT/results" -- \
-        --max-total-tokens 120000 --cuda-graph-max-bs 16 --disable-prefill-cuda-graph > "$OUT/serve_long.log" 2>&1 &
-      long=$!
+      # The embedded model with ZoomR, default flags: time to ready and one /generate.
+      stamp "e2e: embedded model ready + one /generate"
       start=$(date +%s.%N)
       python3 launch.py --enable-zoomr --max-total-tokens 200000 --host 127.0.0.1 --port 30001 \
         > "$OUT/server_zoomr.log" 2>&1 &
       z=$!
-      for _ in $(seq 1 420); do
-        python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:30001/health_generate', timeout=5)" \
-          2>/dev/null && break
-        kill -0 $z 2>/dev/null || break
-        sleep 1
-      done
+      wait_ready 30001 $z
       echo "zoomr embedded: time_to_ready_s=$(python3 -c "print(round($(date +%s.%N) - $start, 1))")" | tee "$OUT/e2e.txt"
       python3 - >> "$OUT/e2e.txt" 2>&1 <<'PY'
 import json, urllib.request as u
@@ -125,36 +110,40 @@ print("zoomr state:", json.dumps(info["internal_states"][0].get("zoomr"))[:400])
 PY
       cat "$OUT/e2e.txt"
       kill $z 2>/dev/null; wait $z 2>/dev/null
-      wait $long; echo "serve_long rc=$?" | tee -a "$OUT/e2e.txt"; tail -12 "$OUT/serve_long.log"
       ;;
     suite)
-      # The server tests (exactness against stock, offload + recall, radix reuse over holed prefixes) against the
-      # embedded model on FlashInfer with CUDA graphs: a ZoomR server with the suite's flags and a stock one.
+      # The server tests (exactness against stock, offload + recall, radix reuse over holed prefixes, demotion)
+      # against the embedded model on FlashInfer with decode CUDA graphs. The fixtures attach to servers started
+      # here with the flags they would use: ZoomR and stock with default graphs, and the radix tests' small pool.
       stamp "server tests on the GPU"
-      tiny=(--max-total-tokens 200000 --cuda-graph-max-bs 32 --host 127.0.0.1)
-      python3 launch.py --enable-zoomr --zoomr-zoom-budget 512 --zoomr-zoom-topk 3 --enable-metrics "${tiny[@]}" \
-        --port 30011 > "$OUT/suite_zoomr.log" 2>&1 &
+      zoomr=(--enable-zoomr --zoomr-zoom-budget 512 --zoomr-zoom-topk 3 --enable-metrics)
+      extra=(--cuda-graph-max-bs 16 --disable-prefill-cuda-graph)
+      python3 launch.py "${zoomr[@]}" --max-total-tokens 200000 --host 127.0.0.1 --port 30011 \
+        > "$OUT/suite_zoomr.log" 2>&1 &
       z=$!
-      python3 launch.py "${tiny[@]}" --port 30012 > "$OUT/suite_stock.log" 2>&1 &
+      python3 launch.py --max-total-tokens 200000 --host 127.0.0.1 --port 30012 > "$OUT/suite_stock.log" 2>&1 &
       st=$!
-      for port in 30011 30012; do
-        for _ in $(seq 1 420); do
-          python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health_generate', timeout=5)" \
-            2>/dev/null && break
-          sleep 1
-        done
-      done
+      python3 launch.py "${zoomr[@]}" --max-total-tokens 1536 "${extra[@]}" --host 127.0.0.1 --port 30013 \
+        > "$OUT/suite_small.log" 2>&1 &
+      sm=$!
+      wait_ready 30011 $z; wait_ready 30012 $st; wait_ready 30013 $sm
+      stamp "suite servers ready (or given up)"
       ZOOMR_TEST_ZOOMR_URL=http://127.0.0.1:30011 ZOOMR_TEST_STOCK_URL=http://127.0.0.1:30012 \
-      ZOOMR_TEST_SERVER_ARGS="--max-total-tokens 200000 --cuda-graph-max-bs 16 --disable-prefill-cuda-graph" \
-      ZOOMR_TEST_SERVER_TIMEOUT=420 timeout ${SUITE_S:-420} python3 -m pytest -p no:cacheprovider -o addopts="" -q -rA \
+      ZOOMR_TEST_SMALL_POOL_URL=http://127.0.0.1:30013 ZOOMR_TEST_SERVER_TIMEOUT=$(left 60 420) \
+      ZOOMR_TEST_SERVER_ARGS="--max-total-tokens 200000 ${extra[*]}" \
+        timeout $(left 40 420) python3 -m pytest -p no:cacheprovider -o addopts="" -q -rA \
         -m server tests/test_resident_attention.py tests/test_zoomr_serving.py tests/test_radix_tree.py \
         > "$OUT/suite_tests.log" 2>&1
       echo "server tests rc=$?"; grep -E "passed|failed|error" "$OUT/suite_tests.log" | tail -3
-      kill $z $st 2>/dev/null; wait $z $st 2>/dev/null
+      kill $z $st $sm 2>/dev/null; wait $z $st $sm 2>/dev/null
       ;;
     *) stamp "unknown phase $phase"; exit 2 ;;
   esac
 done
+if [[ -n $LONG_PID ]]; then
+  stamp "waiting for the long generations"
+  wait $LONG_PID; echo "serve_long rc=$?"; tail -14 "$OUT/serve_long.log"
+fi
 stamp "done"
 # The device returns at most 8 files: keep the results and this log loose, bundle every other log.
 cd "$OUT" && mv results/*.log . 2>/dev/null

@@ -157,6 +157,16 @@ def test_bad_custom_params_are_400_on_every_endpoint(zoomr_server, params, needl
     assert s.generate("still fine?", max_new_tokens=3)["meta_info"]["completion_tokens"] >= 1
 
 
+def test_token_ids_outside_the_vocabulary_are_400_and_the_server_lives(zoomr_server):
+    s = zoomr_server
+    for ids in ([5, 10**6, 7], [5, -1]):
+        r = s.post("/generate", {"input_ids": ids, "sampling_params": {"max_new_tokens": 2}})
+        assert r.status_code == 400 and "vocabulary" in r.text, r.text
+        r = s.post("/v1/completions", {"model": "default", "prompt": ids, "max_tokens": 2})
+        assert r.status_code == 400 and "vocabulary" in r.text, r.text
+    assert s.generate("still fine?", max_new_tokens=3)["meta_info"]["completion_tokens"] >= 1
+
+
 def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(zoomr_server):
     server = zoomr_server
     start = empty_tree_state(server)

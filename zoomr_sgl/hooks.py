@@ -36,6 +36,8 @@ Hooks now:
   with ``--enable-zoomr``; the factory falls back to SGLang's own choice with ``--disable-radix-cache``.
 - ``SamplingParams.verify`` (AFTER, main process): validates ``zoomr_*`` keys of ``custom_params`` for
   ``/generate``, ``/v1/completions`` and ``/v1/chat/completions``; a ``ValueError`` there is SGLang's HTTP 400.
+- ``TokenizerManager._validate_one_request`` (BEFORE, main process): token ids outside the model's vocabulary are
+  a ``ValueError`` (HTTP 400); SGLang 0.5.17 passes them on and the scheduler dies in the embedding lookup.
 - ``TokenizerManager._wait_one_response`` (AROUND, main process): per-token ``customized_info['zoomr']`` lists
   become one ``meta_info['zoomr']`` dict (the latest stats).
 """
@@ -59,6 +61,7 @@ SAMPLE = "sglang.srt.model_executor.model_runner.ModelRunner.sample"
 RELEASE_KV = "sglang.srt.mem_cache.common.release_kv_cache"
 VERIFY_PARAMS = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
 WAIT_RESPONSE = "sglang.srt.managers.tokenizer_manager.TokenizerManager._wait_one_response"
+VALIDATE_REQUEST = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
 
 # The scheduler process's manager (one scheduler per process); None until Scheduler.__init__ ran.
 MANAGER = None
@@ -158,7 +161,7 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
 
 
 def install_http_hooks(config: ZoomRConfig) -> None:
-    """Main-process hooks: request validation (HTTP 400) and ``meta_info['zoomr']``."""
+    """Main-process hooks: request validation (HTTP 400: ``zoomr_*`` settings, token ids) and ``meta_info['zoomr']``."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from zoomr_sgl.request_params import check_custom_params
@@ -178,7 +181,15 @@ def install_http_hooks(config: ZoomRConfig) -> None:
                     del meta["zoomr"]
             yield out
 
+    def ids_in_vocabulary(manager, obj, input_ids, *args, **kwargs):
+        vocab = manager.model_config.vocab_size
+        bad = next((i for i in input_ids or () if not 0 <= i < vocab), None)
+        if bad is not None:
+            raise ValueError(f"input_ids holds token id {bad}, outside the model's vocabulary [0, {vocab})")
+        return None
+
     HookRegistry.register(VERIFY_PARAMS, verify_zoomr_params, HookType.AFTER)
+    HookRegistry.register(VALIDATE_REQUEST, ids_in_vocabulary, HookType.BEFORE)
     HookRegistry.register(WAIT_RESPONSE, latest_zoomr_stats, HookType.AROUND)
 
 

@@ -9,7 +9,9 @@ Contract (``--disable-overlap-schedule``: one forward in flight, results process
 - ``after_prefill``/``after_decode`` run after SGLang has appended the step's sampled tokens: they feed the table,
   offload or drop closed thoughts' detail as the request's policy says (``DetailAction``), decide engine-mode
   markers, and every ``zoom_interval`` decode steps run the policy on this step's queries (captured by the
-  attention backend at the scoring layers through ``capture_query``) and apply recalls and evictions.
+  attention backend at the scoring layers through ``capture_query``, or read from its CUDA-graph query buffers) and
+  apply recalls and evictions. On CUDA the summaries are scored by the Triton kernel (``kernels.thought_scoring``)
+  straight from the pool's key buffers; elsewhere by the torch reference over gathered keys.
 - Device slots leave the request only once no step reads them: an offloaded detail's slots go back to the allocator
   when its host copy has landed (at once on CPU; on CUDA at the latest in ``before_forward``); a recall takes fresh
   slots from the allocator only when it has enough free (else the recall waits for a later zoom), and they are
@@ -526,7 +528,8 @@ class ZoomRManager:
             return torch.stack([self.kv_pool.k_buffer[layer][slots] for layer in self.scoring_layers]).float()
 
         try:
-            selection = st.policy.select(st.table, StepInputs(st.step, query, keys_at))
+            scorer = self._kernel_scorer(row, batch_index) if query is not None and self.device.type == "cuda" else None
+            selection = st.policy.select(st.table, StepInputs(st.step, query, keys_at, scorer))
         except ValueError:  # no query captured this step (e.g. the policy needs one and the batch had none)
             return
         if not (selection.recall or selection.evict):
@@ -562,6 +565,26 @@ class ZoomRManager:
             self.totals["recalls"] += 1
             self.totals["recalled_tokens"] += n
         self._land(st, wait=st.config.wait_for_recall)
+
+    def _kernel_scorer(self, row: int, batch_index: int):
+        """``StepInputs.score_summaries`` through the Triton kernel: summary keys read from the pool by slot."""
+        from kernels.thought_scoring import thought_scores_triton
+
+        k_buffers = [self.kv_pool.k_buffer[layer] for layer in self.scoring_layers]
+        query = torch.stack([self._queries[layer][0][batch_index] for layer in self.scoring_layers])
+        query = query.to(k_buffers[0].dtype)[None].contiguous()  # [1, L, Hq, D] in the pool's dtype
+
+        def score(spans):
+            positions = torch.cat(list(spans)).to(self.device)
+            slots = self.req_to_token[row, positions]
+            bounds = [0]
+            for p in spans:
+                bounds.append(bounds[-1] + len(p))
+            indptr = torch.tensor(bounds, dtype=torch.int32, device=self.device)
+            owner = torch.zeros(len(spans), dtype=torch.int32, device=self.device)
+            return thought_scores_triton(query, k_buffers, owner, indptr, slots)
+
+        return score
 
     def _query_for(self, batch_index: int) -> torch.Tensor | None:
         if not all(layer in self._queries for layer in self.scoring_layers):

@@ -13,6 +13,7 @@ from zoomr_sgl.config import POLICIES, ZoomRConfig
 from zoomr_sgl.reference_attention import dense_decode_attention, reference_decode_attention
 from zoomr_sgl.selection import POLICY_REGISTRY, DetailAction, StepInputs, policy_for, select_batch
 from zoomr_sgl.selection.quest import page_key_bounds, page_scores
+from zoomr_sgl.scoring import thought_score
 from zoomr_sgl.thought_table import Location, ThoughtTable
 
 OPEN, CLOSE = (1, 2), (7, 8)
@@ -118,6 +119,25 @@ def test_zoomr_zooms_where_the_query_points_and_evicts_least_recently_used():
             table.mark_recalled(i)
         table.check_invariants()
     assert {s.thought.index for s in table.states() if s.location is Location.ZOOM} == {0, 3, 1}
+
+
+def test_zoomr_scores_through_score_summaries_when_given():
+    """The manager's kernel scorer replaces the gather + reference: same scores, same choice; its scores decide."""
+    cfg = ZoomRConfig(zoom_budget=8, zoom_topk=2, zoom_interval=1)
+    table, keys, query = request(cfg, [4] * 5, seed=3)
+    asked = []
+
+    def reference(spans):  # per thought, through the one-thought definition
+        asked.append([p.tolist() for p in spans])
+        return torch.stack([thought_score(query, keys[:, p]) for p in spans])
+
+    policy = policy_for("zoomr")
+    plain = policy.select(table, inputs(0, keys, query))
+    given = policy.select(table, StepInputs(0, query, None, reference))
+    assert given[1:] == plain[1:] and torch.equal(given.positions, plain.positions) and len(asked) == 1
+    assert asked[0] == [table.summary_positions(i).tolist() for i in range(5)]
+    favour = lambda spans: torch.tensor([0.0, 0.0, 0.0, 2.0, 1.0])  # noqa: E731
+    assert policy.select(table, StepInputs(0, query, None, favour)).recall == (3, 4)
 
 
 def test_summary_only_drops_details_and_never_zooms():

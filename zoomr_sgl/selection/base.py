@@ -40,11 +40,16 @@ class StepInputs:
     ``query``: the request's query at each scoring layer, ``[L, Hq, D]`` (post-RoPE, like the stored keys).
     ``keys_at``: sequence positions (int64 ``[n]``) -> keys at the scoring layers ``[L, n, Hkv, D]``; only positions
     whose KV is on the device are asked for.
+    ``score_summaries``: optional; one int64 position tensor per thought (each at least one position, any
+    device) -> float32 scores ``[T]`` by ``zoomr_sgl.scoring``'s definition for this step's query. On CUDA the
+    manager passes the Triton kernel here (it reads the keys straight from the pool); without it a policy gathers
+    through ``keys_at`` and scores with the torch reference.
     """
 
     step: int
     query: torch.Tensor | None = None
     keys_at: Callable[[torch.Tensor], torch.Tensor] | None = None
+    score_summaries: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
 
 
 class Selection(NamedTuple):

@@ -3,11 +3,12 @@ scores highest.
 
 Contract (on a zoom step): candidates are the closed thoughts with a non-empty detail in ``HOST``, ``RECALLING`` or
 ``ZOOM`` (a ``DEVICE`` detail, e.g. kept because the host store was full, is attended anyway). A recall in flight
-stays selected until it lands. The others are scored by ``scoring.thought_scores`` over their summary text keys, and
-``scoring.top_within_budget`` picks up to ``zoom_topk`` of them (fewer by the recalls in flight) within what they
-leave of ``zoom_budget``. ``recall`` = picked thoughts on the host. The zoom buffer is an LRU cache of ``zoom_budget``
-tokens: thoughts recalled earlier stay (and are attended, at no copy cost) until room is needed; ``evict`` = unpicked
-buffer members, least recently selected first (ties to the lower index), just enough to fit the recalls.
+stays selected until it lands. The others are scored over their summary text keys (``StepInputs.score_summaries`` when
+given, else ``scoring.thought_scores``), and ``scoring.top_within_budget`` picks up to ``zoom_topk`` of them (fewer by
+the recalls in flight) within what they leave of ``zoom_budget``. ``recall`` = picked thoughts on the host. The zoom
+buffer is an LRU cache of ``zoom_budget`` tokens: thoughts recalled earlier stay (and are attended, at no copy cost)
+until room is needed; ``evict`` = unpicked buffer members, least recently selected first (ties to the lower index),
+just enough to fit the recalls.
 """
 
 import torch
@@ -27,17 +28,20 @@ class ZoomRPolicy(Policy):
                  if s.location in (Location.HOST, Location.RECALLING, Location.ZOOM) and s.thought.detail_len > 0]
         if not cands:
             return (), (), ()
-        if inputs.query is None or inputs.keys_at is None:
-            raise ValueError("zoomr needs the step's query and keys on a zoom step")
+        if inputs.score_summaries is None and (inputs.query is None or inputs.keys_at is None):
+            raise ValueError("zoomr needs the step's query and keys (or a summary scorer) on a zoom step")
         pinned = [s.thought.index for s in cands if s.location is Location.RECALLING]
         pinned_tokens = sum(table.thoughts[i].detail_len for i in pinned)
         free = [s for s in cands if s.location is not Location.RECALLING]
         picked: list[int] = []
         if free and len(pinned) < cfg.zoom_topk:
             spans = [table.summary_positions(s.thought.index) for s in free]
-            lengths = torch.tensor([len(p) for p in spans])
-            keys = inputs.keys_at(torch.cat(spans))  # one gather for every summary: [L, total, Hkv, D]
-            scores = thought_scores(inputs.query, pad_summary_keys(keys, lengths), lengths)
+            if inputs.score_summaries is not None:  # the Triton kernel on CUDA
+                scores = inputs.score_summaries(spans)
+            else:
+                lengths = torch.tensor([len(p) for p in spans])
+                keys = inputs.keys_at(torch.cat(spans))  # one gather for every summary: [L, total, Hkv, D]
+                scores = thought_scores(inputs.query, pad_summary_keys(keys, lengths), lengths)
             sizes = torch.tensor([s.thought.detail_len for s in free])
             ranks = top_within_budget(scores, sizes, cfg.zoom_topk - len(pinned), cfg.zoom_budget - pinned_tokens)
             picked = [free[r].thought.index for r in ranks]
