@@ -172,8 +172,10 @@ def greedy(server, text):
 
 @pytest.mark.server
 def test_scheduler_uses_resident_backend(zoomr_server):
-    states = [s["zoomr"] for s in zoomr_server.get("/server_info").json()["internal_states"]]
-    assert states and all(s["attention_backend"] == "ZoomRTorchNativeAttnBackend" for s in states)
+    info = zoomr_server.get("/server_info").json()
+    expected = {"cpu": "ZoomRTorchNativeAttnBackend", "cuda": "ZoomRFlashInferAttnBackend"}[info["device"]]
+    states = [s["zoomr"] for s in info["internal_states"]]
+    assert states and all(s["attention_backend"] == expected for s in states)
 
 
 @pytest.mark.server

@@ -86,7 +86,9 @@ def test_long_engine_mode_generation_keeps_device_kv_bounded_at_every_step(zoomr
     for s in steps:
         open_thought = s["full_kv_tokens"] - s["prompt_tokens"] - s["summary_tokens"] - s["detail_tokens"]
         bound = s["prompt_tokens"] + s["summary_tokens"] + open_thought + budget
-        assert s["device_kv_tokens"] <= bound, s
+        # on CUDA a closed thought's slots are held until its host copy lands, the next step or so
+        assert s["device_kv_tokens"] <= bound + s["offloading_tokens"], s
+        assert s["offloading_tokens"] <= ENGINE["zoomr_max_thought_tokens"], s
     final = steps[-1]
     assert chunks[-1]["meta_info"]["completion_tokens"] == 2000
     assert final["thoughts"] >= 20 and final["forced_markers"] >= 2 * final["thoughts"] - 1

@@ -80,6 +80,7 @@ class RequestStats(NamedTuple):
     thoughts: int  # closed thoughts
     offloaded_tokens: int  # detail tokens with a host copy
     device_kv_tokens: int  # device slots the request holds now (its row's non-holes + copies in flight)
+    offloading_tokens: int  # of those, detail slots held until a device->host copy lands (CUDA: a step or so)
     peak_device_kv_tokens: int
     full_kv_tokens: int  # what full KV would hold
     detail_tokens: int  # closed thoughts' detail, wherever it is
@@ -605,7 +606,8 @@ class ZoomRManager:
         summary_tokens = sum(t.summary_len for t in st.table.thoughts)
         return RequestStats(
             policy=st.config.policy, thoughts=len(st.table.thoughts), offloaded_tokens=acc.host_tokens,
-            device_kv_tokens=self._device_tokens(st), peak_device_kv_tokens=max(st.peak_device, self._device_tokens(st)),
+            device_kv_tokens=self._device_tokens(st), offloading_tokens=sum(len(c.slots) for c in st.offloading),
+            peak_device_kv_tokens=max(st.peak_device, self._device_tokens(st)),
             full_kv_tokens=max(st.table.length - 1, 0),
             detail_tokens=sum(t.detail_len for t in st.table.thoughts), zoom_tokens=acc.zoom_tokens, zoom_recalls=acc.recalls,
             zoom_evictions=acc.evictions, dropped_tokens=acc.dropped_tokens, forced_markers=st.forced_markers,
