@@ -116,12 +116,13 @@ PY
       # against the embedded model on FlashInfer with decode CUDA graphs. The fixtures attach to servers started
       # here with the flags they would use: ZoomR and stock with default graphs, and the radix tests' small pool.
       stamp "server tests on the GPU"
-      zoomr=(--enable-zoomr --zoomr-zoom-budget 512 --zoomr-zoom-topk 3 --enable-metrics)
+      zoomr=(--enable-zoomr --zoomr-zoom-budget 512 --zoomr-zoom-topk 3 --enable-metrics ${SUITE_SERVER_FLAGS:-})
       extra=(--cuda-graph-max-bs 16 --disable-prefill-cuda-graph)
       python3 launch.py "${zoomr[@]}" --max-total-tokens 200000 --host 127.0.0.1 --port 30011 \
         > "$OUT/suite_zoomr.log" 2>&1 &
       z=$!
-      python3 launch.py --max-total-tokens 200000 --host 127.0.0.1 --port 30012 > "$OUT/suite_stock.log" 2>&1 &
+      python3 launch.py --max-total-tokens 200000 ${SUITE_SERVER_FLAGS:-} --host 127.0.0.1 --port 30012 \
+        > "$OUT/suite_stock.log" 2>&1 &
       st=$!
       files=(${SUITE_FILES:-tests/test_resident_attention.py tests/test_zoomr_serving.py tests/test_radix_tree.py})
       sm=""
