@@ -73,7 +73,9 @@ def write(out: Path, result: dict) -> str:
     m, rows = result["meta"], result["passes"]
     base = next(r for r in rows if r["policy"] == "full")
     lines = [f"# Long engine-mode generations ({m['model']}, {m['gpu']}, {m['date']})", "",
-             f"sglang {m['sglang']}; {m['batch']} concurrent requests x ({m['prompt_tokens']} prompt + {m['tokens']} "
+             f"sglang {m['sglang']}"
+             + "".join(f", {k} {v}" for k, v in m.get("versions", {}).items())
+             + f"; {m['batch']} concurrent requests x ({m['prompt_tokens']} prompt + {m['tokens']} "
              f"output tokens); ZoomR settings: {json.dumps(m['zoomr'])}.", "",
              "| policy | output tok/s | x full | peak device KV / request | full KV / request | KV reduction | "
              "thoughts | offloaded / request | recalls |", "|---|---|---|---|---|---|---|---|---|"]
@@ -93,9 +95,10 @@ def write(out: Path, result: dict) -> str:
 
         fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.8))
         names = [r["policy"] for r in rows]
-        a.bar(names, [r["peak_device_kv_tokens"] for r in rows], color=["gray", "tab:blue"][: len(rows)])
+        colors = [{"full": "gray", "zoomr": "tab:blue"}.get(n, "tab:orange") for n in names]  # baseline gray
+        a.bar(names, [r["peak_device_kv_tokens"] for r in rows], color=colors)
         a.set_title("peak device KV tokens per request")
-        b.bar(names, [r["output_tok_per_s"] for r in rows], color=["gray", "tab:blue"][: len(rows)])
+        b.bar(names, [r["output_tok_per_s"] for r in rows], color=colors)
         b.set_title("output tokens / s (all requests)")
         fig.suptitle(f"{m['model']} on {m['gpu']}: {m['batch']} x {m['tokens']} tokens, engine mode")
         fig.tight_layout()
@@ -123,7 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", type=int, default=4000, help="prompt ids are drawn below this")
     ap.add_argument("--policies", default=",".join(POLICIES), help="passes, in order (full is the baseline)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--from-json", type=Path, help="redraw the table and PNG of an earlier run's serve_long.json")
     args = ap.parse_args(argv)
+    if args.from_json:
+        try:
+            result = json.loads(args.from_json.read_text())
+        except (OSError, ValueError) as e:
+            print(f"serve_long: cannot read {args.from_json}: {e}", file=sys.stderr)
+            return 2
+        print(write(args.out, result))
+        return 0
     policies = [p for p in args.policies.split(",") if p]
     if "full" not in policies or not set(policies) <= {"full", "zoomr", "summary_only"}:
         print("serve_long: --policies must list full and any of zoomr, summary_only", file=sys.stderr)
@@ -171,10 +183,18 @@ def main(argv: list[str] | None = None) -> int:
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     except ImportError:
         gpu = "?"
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("torch", "triton", "flashinfer-python"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            pass
     meta = {"model": Path(info["model_path"]).name, "gpu": gpu, "sglang": info.get("version"),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "batch": args.batch,
             "prompt_tokens": args.prompt_tokens, "tokens": args.tokens, "server_ready_s": ready_s,
-            "server_flags": extra, "max_total_num_tokens": info.get("max_total_num_tokens"),
+            "server_flags": extra, "versions": versions, "max_total_num_tokens": info.get("max_total_num_tokens"),
             "zoomr": {k: v for k, v in engine_params("zoomr", args).items() if k != "zoomr_policy"}}
     print(write(args.out, {"meta": meta, "passes": passes}))
     return 0
