@@ -65,7 +65,7 @@ import torch
 from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError
 from zoomr_sgl.request_params import check_custom_params
 from zoomr_sgl.host_store import CopyHandle, HostBlock, HostDetailStore
-from zoomr_sgl.radix_tree import hole_runs
+from zoomr_sgl.radix_tree import Demotion, hole_runs
 from zoomr_sgl.selection import policy_for
 from zoomr_sgl.selection.base import DetailAction, Policy, StepInputs
 from zoomr_sgl.thought_table import Location, ThoughtTable
@@ -437,14 +437,14 @@ class ZoomRManager:
         if self.tree is None or req is None or req.last_node is None:
             return
         lo, hi = t.detail_start, t.detail_end
-        if not self.tree.can_demote(req.last_node, lo, hi):
+        result = self.tree.demote(req.last_node, lo, hi, self.kv_pool.k_buffer, self.kv_pool.v_buffer,
+                                  owner=("zoomr-tree", st.rid, index))  # 3-tuple: not a request's own block
+        if result.refused == Demotion.READ_ELSEWHERE:
             st.kept_shared_tokens += t.detail_len
             self.totals["kept_shared_tokens"] += t.detail_len
+        if result.block is None:  # refused, or host store full under keep_on_device
             return
-        block = self.tree.demote(req.last_node, lo, hi, self.kv_pool.k_buffer, self.kv_pool.v_buffer,
-                                 owner=("zoomr-tree", st.rid, index))  # 3-tuple: not a request's own block
-        if block is None:  # host store full under keep_on_device
-            return
+        block = result.block
         self._unmap(st, lo, hi)  # the tree freed the slots: no step reads them from now on
         prefix = getattr(req, "prefix_indices", None)
         if isinstance(prefix, torch.Tensor) and len(prefix) >= hi:

@@ -42,9 +42,11 @@ Contract:
   walks the whole chain to the root, so a node's ``lock_ref`` counts the running requests whose matched prefix
   contains it. Waiting requests hold no lock and no stale slots: the scheduler re-matches each one
   (``Req.init_next_round_input``) right before ``PrefillAdder.add_one_req`` locks it. The caller zeroes its own
-  ``req_to_token`` row over the span. Returns the block (the tree's), or ``None`` (refused, or host store full).
-- ``evict_host(num_tokens)`` evicts leaves (LRU, host and device) until that many host tokens are free; the
-  manager calls it when the host store is full.
+  ``req_to_token`` row over the span. Returns a ``Demotion``: the block (the tree's), or why it was refused
+  (``READ_ELSEWHERE`` when ``can_demote`` fails, ``HOST_FULL``).
+- ``evict_host(num_tokens)`` evicts leaves (LRU, host and device) until the host store has that many free rows,
+  and evicts nothing when the tree's host rows could not make that room anyway; the manager and ``demote`` call it
+  when the host store is full.
 - ``attach_host_store(store)``: the manager's ``HostDetailStore`` (built after the tree). Without one the tree
   holds no host nodes (spans handed to it are an error).
 """
@@ -78,6 +80,16 @@ class HostPiece(NamedTuple):
     block: HostBlock
     offset: int
     length: int
+
+
+class Demotion(NamedTuple):
+    """What ``demote`` did: ``block`` (the tree's new host block) when it demoted, else why not (``refused``)."""
+
+    block: HostBlock | None
+    refused: str | None = None  # READ_ELSEWHERE or HOST_FULL
+
+    READ_ELSEWHERE = "not demotable: shared with another running request, off the chain, or not all device"
+    HOST_FULL = "host store full"
 
 
 class HostSpan(NamedTuple):
@@ -223,11 +235,19 @@ class ZoomRRadixCache(RadixCache):
         return EvictResult(num_tokens_evicted=freed)
 
     def evict_host(self, num_tokens: int) -> int:
-        """Evict leaves, oldest first, until ``num_tokens`` host rows are free; returns the rows freed."""
+        """Evict leaves, oldest first, until the host store has ``num_tokens`` free rows; nothing when even all of
+        the tree's host rows would not make that room. Returns the tree's host rows freed."""
         if self.disable or self.host is None:
             return 0
+
+        def free_rows() -> int:
+            stats = self.host.stats()
+            return stats.capacity_tokens - stats.used_tokens
+
+        if free_rows() + self.host_tokens() < num_tokens:  # hopeless: keep the tree (device leaves included)
+            return 0
         start = self.host_tokens()
-        while start - self.host_tokens() < num_tokens and self.evictable_leaves:
+        while free_rows() < num_tokens and self.evictable_leaves:
             deleted = self._deleted_leaves
             super().evict(EvictParams(num_tokens=1))  # one leaf (stock stops after the first)
             if self._deleted_leaves == deleted:
@@ -291,17 +311,17 @@ class ZoomRRadixCache(RadixCache):
                 return False
         return True
 
-    def demote(self, last_node: TreeNode, start: int, end: int, k_buffers, v_buffers, owner=None) -> HostBlock | None:
+    def demote(self, last_node: TreeNode, start: int, end: int, k_buffers, v_buffers, owner=None) -> Demotion:
         """Move the device KV of ``[start, end)`` (chain root -> ``last_node``) to one new host block and make the
-        span host nodes; ``None`` (nothing changed) when ``can_demote`` fails or the host store has no room."""
+        span host nodes; nothing changes when ``can_demote`` fails or the host store has no room (``refused``)."""
         if not self.can_demote(last_node, start, end):
-            return None
+            return Demotion(None, Demotion.READ_ELSEWHERE)
         n = end - start
         block = self.host.allocate(n, owner=owner)
         if block is None and self.evict_host(n):
             block = self.host.allocate(n, owner=owner)
         if block is None:
-            return None
+            return Demotion(None, Demotion.HOST_FULL)
         # Split at the span's edges (the split node inherits lock_ref; sizes do not change), so it is whole nodes.
         for pos, node in self._covering(last_node, start, end):
             if pos < start:
@@ -323,7 +343,7 @@ class ZoomRRadixCache(RadixCache):
         self.protected_size_ -= n  # every covering node is locked (lock_ref 1): its slots were protected
         self.token_to_kv_pool_allocator.free(slots)
         self.counters["demoted_tokens"] += n
-        return block
+        return Demotion(block)
 
     # ------------------------------------------------------------------ finished requests
     def cache_finished_req(self, req, is_insert: bool = True, *, kv_len_to_handle: int):
