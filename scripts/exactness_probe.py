@@ -9,7 +9,7 @@ drift; large at one step: that step attended something else), and the ZoomR stat
 - ``repeat-full`` / ``repeat-zoomr``: the same request twice (is the server deterministic at all?);
 - ``recall-vs-full``: every thought offloaded and recalled at once against full KV (the radix cache as it is), and
   ``flushed``: the same with the cache flushed before each, so both prefill alike;
-- ``batch``: 20 prompts at once, twice on each server, then ZoomR (nothing offloaded) against stock (only the
+- ``batch``: the batched exactness test's 20 prompts at once, twice on each server, then ZoomR (nothing offloaded) against stock (only the
   prompts that differ get a line).
 
     python scripts/exactness_probe.py --zoomr http://127.0.0.1:30011 [--stock http://127.0.0.1:30012]
@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
+from pathlib import Path
 
 import requests
 
-QUESTION = "Question: Tom has 12 apples and buys 7 more. How many apples now?\n<think>\n"
-ENGINE = {"zoomr_summary_mode": "engine", "zoomr_min_thought_tokens": 24, "zoomr_max_thought_tokens": 64,
-          "zoomr_max_summary_tokens": 8, "zoomr_zoom_interval": 4, "zoomr_zoom_budget": 128, "zoomr_zoom_topk": 2}
-RECALL_ALL = {**ENGINE, "zoomr_zoom_interval": 1, "zoomr_wait_for_recall": True, "zoomr_zoom_budget": 100_000,
-              "zoomr_zoom_topk": 1000}
-EXACT = {"zoomr_summary_mode": "trained", "zoomr_zoom_budget": 100_000, "zoomr_zoom_topk": 1000}
-WORDS = "the of and to in is was for on that with as by at from it this be are or an were which".split()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.test_resident_attention import EXACT, random_prompts  # noqa: E402  the suite's requests, not copies
+from tests.test_zoomr_serving import QUESTION, RECALL_ALL, RECALL_QUESTIONS  # noqa: E402
 
 
 def generate(url, text, custom, n, zoomr=True):
@@ -77,14 +73,12 @@ def main() -> int:
     compare("repeat-full", generate(z, QUESTION, full, 200), generate(z, QUESTION, full, 200))
     compare("repeat-zoomr", generate(z, QUESTION, zoom, 200), generate(z, QUESTION, zoom, 200))
     compare("recall-vs-full", generate(z, QUESTION, zoom, 200), generate(z, QUESTION, full, 200))
-    for q in [QUESTION, "Anna reads 15 pages a day for 4 days.\n<think>\n", "Count: 1 2 3"]:
+    for q in RECALL_QUESTIONS:
         flush(z)
         a = generate(z, q, zoom, 200)
         flush(z)
         compare(f"flushed {q[:14]!r}", a, generate(z, q, full, 200))
-    rng = random.Random(1234)
-    prompts = [" ".join(rng.choice(WORDS) if rng.random() < 0.7 else str(rng.randint(0, 999))
-                        for _ in range(rng.randint(3, 40))) for _ in range(20)]
+    prompts = random_prompts(20)
     servers = [("zoomr", z)] + ([("stock", s)] if s else [])
     runs = {}
     for name, url in servers:

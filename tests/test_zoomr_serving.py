@@ -25,6 +25,12 @@ ENGINE = {  # small thoughts so a short generation has many of them
 }
 
 
+# Every closed thought offloaded and zoomed back at once (budget covers all, zoom every step, wait for the copy).
+RECALL_ALL = {**ENGINE, "zoomr_zoom_interval": 1, "zoomr_wait_for_recall": True, "zoomr_zoom_budget": 100_000,
+              "zoomr_zoom_topk": 1000}
+RECALL_QUESTIONS = [QUESTION, "Anna reads 15 pages a day for 4 days.\n<think>\n", "Count: 1 2 3"]
+
+
 def zoomr_manager_state(server) -> dict:
     return server.get("/server_info").json()["internal_states"][0]["zoomr"]["manager"]
 
@@ -116,11 +122,9 @@ def test_recalled_detail_attends_exactly_like_detail_that_never_left(zoomr_serve
     """Every closed thought goes to the host and, in the same step, is zoomed back (budget covers everything,
     zoom every step, wait for the copy): attention then reads recalled KV in fresh slots where "full" reads the
     original slots. Greedy tokens must match exactly, engine-mode markers included."""
-    recall_all = {**ENGINE, "zoomr_zoom_interval": 1, "zoomr_wait_for_recall": True, "zoomr_zoom_budget": 100_000,
-                  "zoomr_zoom_topk": 1000}
     wait_idle(zoomr_server)  # alone in every batch: on CUDA a batch's make-up moves the floating point
-    for question in [QUESTION, "Anna reads 15 pages a day for 4 days.\n<think>\n", "Count: 1 2 3"]:
-        zoomed, full = (generate(zoomr_server, question, {**recall_all, "zoomr_policy": p}, 200) for p in ("zoomr", "full"))
+    for question in RECALL_QUESTIONS:
+        zoomed, full = (generate(zoomr_server, question, {**RECALL_ALL, "zoomr_policy": p}, 200) for p in ("zoomr", "full"))
         assert zoomed["output_ids"] == full["output_ids"], question
         stats = zoomed["meta_info"]["zoomr"]
         assert stats["offloaded_tokens"] > 0 and stats["zoom_recalls"] > 0 and stats["thoughts"] >= 2

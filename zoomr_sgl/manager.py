@@ -529,7 +529,7 @@ class ZoomRManager:
             return torch.stack([self.kv_pool.k_buffer[layer][slots] for layer in self.scoring_layers]).float()
 
         try:
-            scorer = self._kernel_scorer(row, batch_index) if query is not None and self.device.type == "cuda" else None
+            scorer = self._kernel_scorer(row, query) if query is not None and self.device.type == "cuda" else None
             selection = st.policy.select(st.table, StepInputs(st.step, query, keys_at, scorer))
         except ValueError:  # no query captured this step (e.g. the policy needs one and the batch had none)
             return
@@ -567,12 +567,12 @@ class ZoomRManager:
             self.totals["recalled_tokens"] += n
         self._land(st, wait=st.config.wait_for_recall)
 
-    def _kernel_scorer(self, row: int, batch_index: int):
-        """``StepInputs.score_summaries`` through the Triton kernel: summary keys read from the pool by slot."""
+    def _kernel_scorer(self, row: int, query: torch.Tensor):
+        """``StepInputs.score_summaries`` through the Triton kernel: summary keys read from the pool by slot;
+        ``query`` is ``_query_for``'s ``[L, Hq, D]`` (float32 holding the pool dtype's values exactly)."""
         from kernels.thought_scoring import thought_scores_triton
 
         k_buffers = [self.kv_pool.k_buffer[layer] for layer in self.scoring_layers]
-        query = torch.stack([self._queries[layer][0][batch_index] for layer in self.scoring_layers])
         query = query.to(k_buffers[0].dtype)[None].contiguous()  # [1, L, Hq, D] in the pool's dtype
 
         def score(spans):
