@@ -174,6 +174,28 @@ def test_token_ids_outside_the_vocabulary_are_400_and_the_server_lives(zoomr_ser
     assert s.generate("still fine?", max_new_tokens=3)["meta_info"]["completion_tokens"] >= 1
 
 
+def test_a_stop_string_completed_by_the_last_allowed_token_is_a_stop(zoomr_server):
+    """SGLang 0.5.17 alone reports ``length`` here and leaves the stop string in the text."""
+    s = zoomr_server
+    probe = s.post("/generate", {"text": QUESTION, "return_logprob": True, "return_text_in_logprobs": True,
+                                 "sampling_params": {"max_new_tokens": 16, "temperature": 0, "ignore_eos": True}})
+    pieces = [t[2] for t in probe.json()["meta_info"]["output_token_logprobs"]]
+    before = ""
+    for k, piece in enumerate(pieces):  # a token whose text first appears, whole, where it ends
+        if k > 0 and piece.strip() and (before + piece).find(piece) == len(before):
+            break
+        before += piece
+    else:
+        pytest.skip(f"no usable stop token in {pieces}")
+    r = s.post("/generate", {"text": QUESTION, "sampling_params": {
+        "max_new_tokens": k + 1, "temperature": 0, "ignore_eos": True, "stop": [piece]}}).json()
+    assert r["meta_info"]["finish_reason"] == {"type": "stop", "matched": piece}, (piece, r)
+    assert r["text"] == before
+    r = s.post("/generate", {"text": QUESTION, "sampling_params": {  # one token short: the limit, as stock
+        "max_new_tokens": k, "temperature": 0, "ignore_eos": True, "stop": [piece]}}).json()
+    assert r["meta_info"]["finish_reason"]["type"] == "length" and r["text"] == before
+
+
 def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(zoomr_server):
     server = zoomr_server
     start = empty_tree_state(server)

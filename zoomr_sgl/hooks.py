@@ -13,8 +13,8 @@ Hooks now:
 - ``ATTENTION_BACKENDS["torch_native"]`` (registry re-registration under the same name, scheduler processes): the
   factory returns ``ZoomRTorchNativeAttnBackend`` (``zoomr_sgl.resident_attention``), which attends each request's
   resident set (``req_to_token != 0``). Same name, so SGLang's name checks (Triton off on CPU, no CUDA graphs) hold.
-  The internal state's ``zoomr.attention_backend`` names the class the model runner built.
-  TODO(flashinfer issue): ``"flashinfer"`` goes through the same loop once ``RESIDENT_BACKENDS`` lists it.
+  The internal state's ``zoomr.attention_backend`` names the class the model runner built. ``"flashinfer"`` (CUDA)
+  goes through the same loop: ``RESIDENT_BACKENDS`` lists it where FlashInfer imports.
 - ``TokenToKVPoolAllocator.free`` (AROUND, scheduler processes): drops holes (slot 0) before the stock free, so no
   stock release path (tree, chunk cache, retract, over-allocation) puts slot 0 on the free list. ``free_segment``,
   ``free_segments`` and ``free_group_end`` all end in ``free``.
@@ -36,6 +36,10 @@ Hooks now:
   with ``--enable-zoomr``; the factory falls back to SGLang's own choice with ``--disable-radix-cache``.
 - ``SamplingParams.verify`` (AFTER, main process): validates ``zoomr_*`` keys of ``custom_params`` for
   ``/generate``, ``/v1/completions`` and ``/v1/chat/completions``; a ``ValueError`` there is SGLang's HTTP 400.
+- ``Req.update_finish_state`` (AROUND, scheduler processes): a stop string completed by the last token the limit
+  allows ends the request as that stop (``finish_reason`` ``stop``, the string trimmed from the text), as it does one
+  token earlier. SGLang 0.5.17 checks ``max_new_tokens`` first and reports ``length`` with the stop string left in
+  the text, so a program that relies on its stop strings (``programs/``) would write a marker twice.
 - ``TokenizerManager._validate_one_request`` (BEFORE, main process): token ids outside the model's vocabulary are
   a ``ValueError`` (HTTP 400); SGLang 0.5.17 passes them on and the scheduler dies in the embedding lookup.
 - ``TokenizerManager._wait_one_response`` (AROUND, main process): per-token ``customized_info['zoomr']`` lists
@@ -62,6 +66,7 @@ RELEASE_KV = "sglang.srt.mem_cache.common.release_kv_cache"
 VERIFY_PARAMS = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
 WAIT_RESPONSE = "sglang.srt.managers.tokenizer_manager.TokenizerManager._wait_one_response"
 VALIDATE_REQUEST = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
+FINISH_STATE = "sglang.srt.managers.schedule_batch.Req.update_finish_state"
 
 # The scheduler process's manager (one scheduler per process); None until Scheduler.__init__ ran.
 MANAGER = None
@@ -108,6 +113,21 @@ def free_without_holes(original, allocator, free_index):
     if free_index.numel() and not bool((free_index != 0).all()):
         free_index = free_index[free_index != 0]
     return original(allocator, free_index)
+
+
+def stop_string_beats_length(original, req, *args, **kwargs):
+    """``Req.update_finish_state`` where a stop string completed at the token limit counts as the stop."""
+    from sglang.srt.managers.schedule_batch import FINISH_LENGTH
+
+    was_finished = req.finished()
+    original(req, *args, **kwargs)
+    if was_finished or not isinstance(req.finished_reason, FINISH_LENGTH):
+        return None
+    length_reason, length = req.finished_reason, req.finished_len
+    req.finished_reason = None
+    if not req._check_str_based_finish(*args, **kwargs):  # sets the stop reason and its trimmed length
+        req.finished_reason, req.finished_len = length_reason, length
+    return None
 
 
 def install_manager_hooks(config: ZoomRConfig) -> None:
@@ -208,6 +228,7 @@ def install(config: ZoomRConfig, role: str) -> None:
         register_resident_attention()
         register_radix_tree()
         HookRegistry.register(ALLOCATOR_FREE, free_without_holes, HookType.AROUND)
+        HookRegistry.register(FINISH_STATE, stop_string_beats_length, HookType.AROUND)
         install_manager_hooks(config)
     else:
         def add_routes(*args, **kwargs):
