@@ -244,3 +244,30 @@ def test_prometheus_metrics_aggregate_zoomr(zoomr_server):
                  "zoomr:host_store_used_tokens"):
         assert name in values, sorted(values)
     assert values["zoomr:offloaded_tokens_total"] > 0 and values["zoomr:forced_markers_total"] > 0
+
+
+@pytest.mark.parametrize("layers", ["4", "99", "99999999999999999999999", "1,4"])
+def test_scoring_layers_past_the_model_are_400_and_the_scheduler_lives(zoomr_server, layers):
+    """Only the scheduler knew the layer count: it rejected such a request after its prefill, the release then freed
+    KV for a rewritten prompt, and the next idle check killed the server. Now every endpoint answers 400 before the
+    scheduler sees the request, and the pool is whole afterwards."""
+    s = zoomr_server
+    start = empty_tree_state(s)
+    custom = {"zoomr_scoring_layers": layers}
+    bodies = [
+        ("/generate", {"text": "Hello there, a fresh prompt", "sampling_params": {"max_new_tokens": 8,
+                                                                                  "custom_params": custom}}),
+        ("/v1/completions", {"model": "default", "prompt": "Hello there", "max_tokens": 8, "custom_params": custom}),
+        ("/v1/chat/completions", {"model": "default", "messages": [{"role": "user", "content": "Hello there"}],
+                                  "max_tokens": 8, "custom_params": custom}),
+    ]
+    for path, body in bodies:
+        for stream in (False, True):
+            r = s.post(path, {**body, "stream": stream})
+            text = r.text if r.status_code != 200 else "".join(r.iter_lines(decode_unicode=True))
+            assert r.status_code == 400 or "error" in text, (path, stream, text[:300])
+            assert "beyond the model" in text, (path, stream, text[:300])
+    time.sleep(1.0)  # the scheduler's idle check runs in this gap; it used to find the pool corrupted here
+    assert s.get("/health_generate").status_code == 200
+    assert s.generate("still fine?", max_new_tokens=3)["meta_info"]["completion_tokens"] >= 1
+    check_all_returned(s, start)

@@ -34,14 +34,18 @@ Hooks now:
   (``zoomr_sgl.radix_tree``), a ``RadixCache`` whose finished thoughts are host-backed detail nodes and device
   summary nodes, with device-only accounting. Selected by ``--radix-cache-backend zoomr``, which the launcher adds
   with ``--enable-zoomr``; the factory falls back to SGLang's own choice with ``--disable-radix-cache``.
-- ``SamplingParams.verify`` (AFTER, main process): validates ``zoomr_*`` keys of ``custom_params`` for
-  ``/generate``, ``/v1/completions`` and ``/v1/chat/completions``; a ``ValueError`` there is SGLang's HTTP 400.
 - ``Req.update_finish_state`` (AROUND, scheduler processes): a stop string completed by the last token the limit
   allows ends the request as that stop (``finish_reason`` ``stop``, the string trimmed from the text), as it does one
   token earlier. SGLang 0.5.17 checks ``max_new_tokens`` first and reports ``length`` with the stop string left in
   the text, so a program that relies on its stop strings (``programs/``) would write a marker twice.
 - ``TokenizerManager._validate_one_request`` (BEFORE, main process): token ids outside the model's vocabulary are
-  a ``ValueError`` (HTTP 400); SGLang 0.5.17 passes them on and the scheduler dies in the embedding lookup.
+  a ``ValueError`` (HTTP 400); SGLang 0.5.17 passes them on and the scheduler dies in the embedding lookup. The
+  request's ``zoomr_*`` settings are checked here (``custom_params`` of ``/generate``, ``/v1/completions`` and
+  ``/v1/chat/completions``, single or batched: every path validates here first) with the model's layer count
+  (``model_config``, the config the scheduler builds its pool from), which ``SamplingParams.verify`` does not know.
+- ``Scheduler._add_request_to_queue`` (BEFORE, scheduler processes, new requests only): ``ZoomRManager.screen``
+  puts the request's effective config on it, or aborts it there, before it takes any slot, as SGLang aborts its own
+  invalid requests; an abort after the prefill would change what the release frees.
 - ``TokenizerManager._wait_one_response`` (AROUND, main process): per-token ``customized_info['zoomr']`` lists
   become one ``meta_info['zoomr']`` dict (the latest stats).
 """
@@ -63,9 +67,9 @@ RUN_BATCH = "sglang.srt.managers.scheduler.Scheduler.run_batch"
 RESULT_PROCESSOR = "sglang.srt.managers.scheduler_components.batch_result_processor.SchedulerBatchResultProcessor"
 SAMPLE = "sglang.srt.model_executor.model_runner.ModelRunner.sample"
 RELEASE_KV = "sglang.srt.mem_cache.common.release_kv_cache"
-VERIFY_PARAMS = "sglang.srt.sampling.sampling_params.SamplingParams.verify"
 WAIT_RESPONSE = "sglang.srt.managers.tokenizer_manager.TokenizerManager._wait_one_response"
 VALIDATE_REQUEST = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
+ADD_TO_QUEUE = "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue"
 FINISH_STATE = "sglang.srt.managers.schedule_batch.Req.update_finish_state"
 
 # The scheduler process's manager (one scheduler per process); None until Scheduler.__init__ ran.
@@ -167,6 +171,11 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
             ids = torch.where(forced >= 0, forced.to(ids.dtype), ids)
         return ids
 
+    def screen_new_request(scheduler, req, is_retracted=False, *args, **kwargs):
+        if MANAGER is not None and not is_retracted:
+            MANAGER.screen(req)
+        return None
+
     def before_release(req, tree_cache=None, is_insert=True, *args, **kwargs):
         if MANAGER is not None:
             MANAGER.release(req, is_insert=is_insert)
@@ -178,6 +187,7 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
     HookRegistry.register(RUN_BATCH, before_run_batch, HookType.BEFORE)
     HookRegistry.register(SAMPLE, force_sampled, HookType.AROUND)
     HookRegistry.register(RELEASE_KV, before_release, HookType.BEFORE)
+    HookRegistry.register(ADD_TO_QUEUE, screen_new_request, HookType.BEFORE)
 
 
 def install_http_hooks(config: ZoomRConfig) -> None:
@@ -185,10 +195,6 @@ def install_http_hooks(config: ZoomRConfig) -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from zoomr_sgl.request_params import check_custom_params
-
-    def verify_zoomr_params(result, params, *args, **kwargs):
-        check_custom_params(config, params.custom_params)
-        return result
 
     async def latest_zoomr_stats(original, *args, **kwargs):
         async for out in original(*args, **kwargs):
@@ -201,15 +207,19 @@ def install_http_hooks(config: ZoomRConfig) -> None:
                     del meta["zoomr"]
             yield out
 
-    def ids_in_vocabulary(manager, obj, input_ids, *args, **kwargs):
+    def validate_request(manager, obj, input_ids, *args, **kwargs):
         vocab = manager.model_config.vocab_size
         bad = next((i for i in input_ids or () if not 0 <= i < vocab), None)
         if bad is not None:
             raise ValueError(f"input_ids holds token id {bad}, outside the model's vocabulary [0, {vocab})")
+        params = getattr(obj, "sampling_params", None)
+        custom = params.get("custom_params") if isinstance(params, dict) else None
+        cfg = check_custom_params(config, custom)
+        if cfg is not None:  # the layer count is known here, not in SamplingParams.verify
+            cfg.scoring_layer_ids(manager.model_config.num_hidden_layers)
         return None
 
-    HookRegistry.register(VERIFY_PARAMS, verify_zoomr_params, HookType.AFTER)
-    HookRegistry.register(VALIDATE_REQUEST, ids_in_vocabulary, HookType.BEFORE)
+    HookRegistry.register(VALIDATE_REQUEST, validate_request, HookType.BEFORE)
     HookRegistry.register(WAIT_RESPONSE, latest_zoomr_stats, HookType.AROUND)
 
 

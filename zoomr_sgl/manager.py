@@ -304,15 +304,37 @@ class ZoomRManager:
             **({"tree": self.tree.state()} if self.tree is not None else {}),
         }
 
-    def _admit(self, req) -> RequestZoom | None:
-        params = {k: v for k, v in (req.sampling_params.custom_params or {}).items() if k != "__req__"}
+    def screen(self, req) -> None:
+        """Before a new request takes any slot (``Scheduler._add_request_to_queue``): its effective ZoomR config goes
+        on the request (``req.zoomr_config``; None: it opted out), or the request is aborted with a 400 the way SGLang
+        aborts its own invalid requests there, so the abort's rewritten prompt is all it ever holds. The HTTP process
+        checked the same with the model's layer count; this is the last line, for requests that did not pass there."""
+        if req.finished() or getattr(req, "to_finish", None) is not None:
+            return
         try:
-            cfg = check_custom_params(self.config, params)
-            if cfg is None:
-                return None
-            cfg.scoring_layer_ids(self.num_layers)
-        except ZoomRConfigError as e:  # the HTTP process validates first; this is a last line, never a crash
+            req.zoomr_config = self._request_config(req)
+        except ZoomRConfigError as e:
             req.set_finish_with_abort(str(e))
+
+    def _request_config(self, req) -> ZoomRConfig | None:
+        params = {k: v for k, v in (req.sampling_params.custom_params or {}).items() if k != "__req__"}
+        cfg = check_custom_params(self.config, params)
+        if cfg is not None:
+            cfg.scoring_layer_ids(self.num_layers)
+        return cfg
+
+    def _admit(self, req) -> RequestZoom | None:
+        """After the request's first prefill chunk. Never aborts: a request is screened before it takes slots, and an
+        abort here would change what its release frees (SGLang rewrites an aborted request's prompt)."""
+        if hasattr(req, "zoomr_config"):
+            cfg = req.zoomr_config
+        else:  # not screened (a path that bypasses the queue): check now, and serve it as stock if it fails
+            try:
+                cfg = self._request_config(req)
+            except ZoomRConfigError as e:
+                logger.warning("request %s served without ZoomR: %s", req.rid, e)
+                cfg = None
+        if cfg is None:
             return None
         prompt_len = len(req.origin_input_ids)
         engine = cfg.summary_mode == "engine" and getattr(req, "grammar", None) is None
