@@ -13,26 +13,27 @@ ZOOMR_ARGS = ["--enable-zoomr", "--zoomr-zoom-budget", "512", "--zoomr-zoom-topk
 _started: list[ServerProcess] = []
 
 
-def _serve(args: list[str]):
-    server = ServerProcess.start(args)
+def _serve(args: list[str], env: dict[str, str] | None = None):
+    server = ServerProcess.start(args, env=env)
     _started.append(server)
     yield server
     survivors = server.stop()
     assert not survivors, f"server processes still running after stop: {[p.pid for p in survivors]}"
 
 
-def _serve_or_attach(url_var: str, args: list[str]):
+def _serve_or_attach(url_var: str, args: list[str], env: dict[str, str] | None = None):
     """``$url_var`` set: the server already running there (started with ``args`` by the GPU run script)."""
     url = os.environ.get(url_var)
     if url:
         yield ServerProcess.attach(url)
     else:
-        yield from _serve(args)
+        yield from _serve(args, env)
 
 
 @pytest.fixture(scope="session")
 def zoomr_server():
-    yield from _serve_or_attach("ZOOMR_TEST_ZOOMR_URL", ZOOMR_ARGS)
+    # The step probe counts each decode step's device reads and tokens fed (tests/test_step_cost.py).
+    yield from _serve_or_attach("ZOOMR_TEST_ZOOMR_URL", ZOOMR_ARGS, {"ZOOMR_SGL_STEP_PROBE": "1"})
 
 
 @pytest.fixture(scope="session")

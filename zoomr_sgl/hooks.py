@@ -34,6 +34,16 @@ Hooks now:
   (``zoomr_sgl.radix_tree``), a ``RadixCache`` whose finished thoughts are host-backed detail nodes and device
   summary nodes, with device-only accounting. Selected by ``--radix-cache-backend zoomr``, which the launcher adds
   with ``--enable-zoomr``; the factory falls back to SGLang's own choice with ``--disable-radix-cache``.
+- Admission and retraction (scheduler processes; ``zoomr_sgl.admission`` says what a bounded request is charged):
+  ``PrefillAdder._get_running_request_total_token_offset`` (AROUND): a running bounded request reserves its bound
+  minus what it holds, not ``min(max_new - out, 4096) * new_token_ratio``; ``PrefillAdder.add_one_req`` and
+  ``add_chunked_req`` (AROUND): for the call, a waiting bounded request's ``max_new_tokens`` reads as its output so
+  far plus its bounded growth, the only thing the adder reads it for (gate and charge), and the growth the adder's
+  4096 clip cut off is added to its reserve; ``NewTokenRatioTracker.estimate_new_token_ratio_after_retract``
+  (AROUND): bounded requests do not drag the ratio that scales full requests' reserve; and
+  ``ScheduleBatch._get_decode_retraction_order`` (AROUND): bounded requests are retracted last (they free little and
+  would come back as a full-KV re-prefill). These are the methods that compute the reserve, so requests with
+  policy ``full`` (and ZoomR off) keep stock accounting.
 - ``Req.update_finish_state`` (AROUND, scheduler processes): a stop string completed by the last token the limit
   allows ends the request as that stop (``finish_reason`` ``stop``, the string trimmed from the text), as it does one
   token earlier. SGLang 0.5.17 checks ``max_new_tokens`` first and reports ``length`` with the stop string left in
@@ -70,6 +80,10 @@ RELEASE_KV = "sglang.srt.mem_cache.common.release_kv_cache"
 WAIT_RESPONSE = "sglang.srt.managers.tokenizer_manager.TokenizerManager._wait_one_response"
 VALIDATE_REQUEST = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
 ADD_TO_QUEUE = "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue"
+ADDER = "sglang.srt.managers.schedule_policy.PrefillAdder"
+RETRACT_RATIO = ("sglang.srt.managers.scheduler_components.new_token_ratio_tracker.NewTokenRatioTracker"
+                 ".estimate_new_token_ratio_after_retract")
+RETRACT_ORDER = "sglang.srt.managers.schedule_batch.ScheduleBatch._get_decode_retraction_order"
 FINISH_STATE = "sglang.srt.managers.schedule_batch.Req.update_finish_state"
 
 # The scheduler process's manager (one scheduler per process); None until Scheduler.__init__ ran.
@@ -112,11 +126,25 @@ def register_radix_tree() -> None:
     register_backend()
 
 
+_KNOWN_SLOTS = False  # set while ZoomR frees slots it knows hold no hole
+
+
 def free_without_holes(original, allocator, free_index):
-    """AROUND ``TokenToKVPoolAllocator.free``: a hole (0) in a freed ``req_to_token`` span is not a slot."""
-    if free_index.numel() and not bool((free_index != 0).all()):
+    """AROUND ``TokenToKVPoolAllocator.free``: a hole (0) in a freed ``req_to_token`` span is not a slot. The check
+    reads the device; ZoomR's own frees skip it (``free_known_slots``)."""
+    if not _KNOWN_SLOTS and free_index.numel() and not bool((free_index != 0).all()):
         free_index = free_index[free_index != 0]
     return original(allocator, free_index)
+
+
+def free_known_slots(allocator, slots) -> None:
+    """Free slots that hold no hole (resident positions or fresh slots) without the hole check's device read."""
+    global _KNOWN_SLOTS
+    _KNOWN_SLOTS = True
+    try:
+        allocator.free(slots)
+    finally:
+        _KNOWN_SLOTS = False
 
 
 def stop_string_beats_length(original, req, *args, **kwargs):
@@ -166,7 +194,7 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
 
     def force_sampled(original, runner, logits_output, forward_batch, *args, **kwargs):
         ids = original(runner, logits_output, forward_batch, *args, **kwargs)
-        if MANAGER is not None and MANAGER.requests and forward_batch.forward_mode.is_decode():
+        if MANAGER is not None and MANAGER.any_forced and forward_batch.forward_mode.is_decode():
             forced = MANAGER.forced_ids(forward_batch.req_pool_indices).to(ids.device)
             ids = torch.where(forced >= 0, forced.to(ids.dtype), ids)
         return ids
@@ -188,6 +216,52 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
     HookRegistry.register(SAMPLE, force_sampled, HookType.AROUND)
     HookRegistry.register(RELEASE_KV, before_release, HookType.BEFORE)
     HookRegistry.register(ADD_TO_QUEUE, screen_new_request, HookType.BEFORE)
+    install_admission_hooks()
+
+
+def install_admission_hooks() -> None:
+    """SGLang's admission and retraction, charging bounded ZoomR requests their bound (``zoomr_sgl.admission``)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    def running_offset(original, adder, req, *args, **kwargs):
+        growth = MANAGER.admission.running_growth(req) if MANAGER is not None else None
+        return original(adder, req, *args, **kwargs) if growth is None else growth
+
+    def admit_new(original, adder, req, *args, **kwargs):
+        growth = MANAGER.admission.new_growth(req) if MANAGER is not None else None
+        if growth is None:
+            return original(adder, req, *args, **kwargs)
+        params, before = req.sampling_params, len(adder.can_run_list)
+        saved = params.max_new_tokens
+        params.max_new_tokens = len(req.output_ids) + growth  # the adder's gate and charge read this, nothing else
+        try:
+            result = original(adder, req, *args, **kwargs)
+        finally:
+            params.max_new_tokens = saved
+        whole = any(r is req for r in adder.can_run_list[before:]) and result is not req \
+            and adder.new_chunked_req is not req  # admitted with its growth charged (not a middle chunk)
+        if whole:  # SGLang charged min(growth + output, its clip): add what the clip cut off
+            adder.rem_total_token_offset += max(0, growth - min(len(req.output_ids) + growth, MANAGER.admission.clip()))
+        return result
+
+    def ratio_without_bounded(original, reqs, *args, **kwargs):
+        if MANAGER is not None:
+            reqs = [r for r in reqs if not MANAGER.admission.is_bounded(r)]
+        return original(reqs, *args, **kwargs)
+
+    def retract_bounded_last(original, reqs, *args, **kwargs):
+        order = original(reqs, *args, **kwargs)
+        if MANAGER is None:
+            return order
+        bounded = {i for i in order if MANAGER.admission.is_bounded(reqs[i])}
+        # popped from the end: unbounded requests go first (they free the most and come back cheaply)
+        return [i for i in order if i in bounded] + [i for i in order if i not in bounded]
+
+    HookRegistry.register(ADDER + "._get_running_request_total_token_offset", running_offset, HookType.AROUND)
+    HookRegistry.register(ADDER + ".add_one_req", admit_new, HookType.AROUND)
+    HookRegistry.register(ADDER + ".add_chunked_req", admit_new, HookType.AROUND)
+    HookRegistry.register(RETRACT_RATIO, ratio_without_bounded, HookType.AROUND)
+    HookRegistry.register(RETRACT_ORDER, retract_bounded_last, HookType.AROUND)
 
 
 def install_http_hooks(config: ZoomRConfig) -> None:

@@ -1,22 +1,28 @@
-"""ZoomR inside one SGLang scheduler process: moves each request's thought detail between device slots and the host
-store, forces engine-mode summary markers, and zooms.
+"""ZoomR inside one SGLang scheduler process: admits requests, advances them after each step, and releases them.
+The work is done by one module per concept: ``detail_mover`` (the only writer of holes and ZoomR's only ``free``),
+``request_state`` (per-request state and lazily built stats), ``tree_borrow`` (what a request borrows from the radix
+tree), ``engine_markers`` (forced summary markers) and ``zoom_plan`` (the per-step zoom).
 
 Contract (``--disable-overlap-schedule``: one forward in flight, results processed before the next step):
 - A request's resident set is the set of positions ``p < seq_len`` with ``req_to_token[row, p] != 0``; slot 0 is
   never handed out, so 0 marks a hole. The manager keeps ``req_to_token`` equal to what the request's
   ``ThoughtTable`` says is attended: it writes 0 over a detail when it leaves the device (offload, drop, eviction)
   and fresh slot ids when a recall has landed. The attention backend (``resident_attention``) reads only that.
-- ``after_prefill``/``after_decode`` run after SGLang has appended the step's sampled tokens: they feed the table,
-  offload or drop closed thoughts' detail as the request's policy says (``DetailAction``), decide engine-mode
-  markers, and every ``zoom_interval`` decode steps run the policy on this step's queries (captured by the
-  attention backend at the scoring layers through ``capture_query``, or read from its CUDA-graph query buffers) and
-  apply recalls and evictions. On CUDA the summaries are scored by the Triton kernel (``kernels.thought_scoring``)
-  straight from the pool's key buffers; elsewhere by the torch reference over gathered keys.
+- ``after_prefill``/``after_decode`` run after SGLang has appended the step's sampled tokens: they feed each table
+  the tokens it has not seen (one per request per decode step: nothing walks the stream), offload or drop closed
+  thoughts' detail as the request's policy says (``DetailAction``), decide engine-mode markers, and on decode steps
+  that are multiples of a request's ``zoom_interval`` (counted by the scheduler's decode steps, so requests zoom
+  together) hand the due requests to ``ZoomPlanner`` with this step's queries (captured by the attention backend at
+  the scoring layers through ``capture_query``, or read from its CUDA-graph query buffers). A decode step with no
+  zoom reads nothing from the device; a zoom step reads the scores once (``step_probe`` counts this for the tests).
+  Device KV per request comes from counters (``RequestZoom.device_tokens``), never from reading a row.
 - Device slots leave the request only once no step reads them: an offloaded detail's slots go back to the allocator
   when its host copy has landed (at once on CPU; on CUDA at the latest in ``before_forward``); a recall takes fresh
   slots from the allocator only when it has enough free (else the recall waits for a later zoom), and they are
   written into ``req_to_token`` once the copy has landed (from the next step on, or at once with
-  ``wait_for_recall``).
+  ``wait_for_recall``). A recall leaves the next decode step's slots free (``ZoomPlanner`` headroom).
+- ``screen(req)`` runs before a new request takes any slot: its effective config goes on the request or it is
+  aborted there (400); ``_admit`` after the prefill never aborts.
 - Slots owned by the radix tree (the matched or inserted prefix, positions below ``protected_len``) are never freed
   here: a prompt thought whose detail is on the device stays there unless the tree demotes it (below).
 - With the ZoomR radix tree (``zoomr_sgl.radix_tree``), a prefix may come with holes backed by tree-owned host blocks.
@@ -50,100 +56,35 @@ Contract (``--disable-overlap-schedule``: one forward in flight, results process
   insertable (``req.skip_radix_cache_insert``: stock nodes cannot point at host memory). SGLang then frees the
   row as usual (holes are filtered out of frees).
 - ``forced_ids(req_pool_indices)`` gives the token each row must emit this step (-1: none), for the sampler hook.
-- Stats per request (``RequestStats``) travel in ``req.customized_info['zoomr']`` and reach ``meta_info['zoomr']``.
-"""
+- Stats per request (``RequestStats``) travel in ``req.customized_info['zoomr']`` and reach ``meta_info['zoomr']``;
+  they are built when SGLang reads them (a streamed chunk, the final response), not every step."""
 
 from __future__ import annotations
 
 import logging
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+import time
+from typing import Any
 
 import torch
 
+from zoomr_sgl.admission import ZoomRAdmission
 from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError
+from zoomr_sgl.detail_mover import DetailMover
+from zoomr_sgl.engine_markers import EngineMarkers
+from zoomr_sgl.host_store import HostDetailStore
 from zoomr_sgl.request_params import check_custom_params
-from zoomr_sgl.host_store import CopyHandle, HostBlock, HostDetailStore
-from zoomr_sgl.radix_tree import Demotion, hole_runs
+from zoomr_sgl.request_state import LatestStats, RequestStats, RequestZoom, request_stats
 from zoomr_sgl.selection import policy_for
-from zoomr_sgl.selection.base import DetailAction, Policy, StepInputs
-from zoomr_sgl.thought_table import Location, ThoughtTable
+from zoomr_sgl.selection.base import DetailAction
+from zoomr_sgl.step_probe import StepProbe
+from zoomr_sgl.thought_table import ThoughtTable
+from zoomr_sgl.tree_borrow import TreeBorrow
+from zoomr_sgl.zoom_plan import ZoomPlanner
 
 logger = logging.getLogger("zoomr_sgl")
+METRICS_PERIOD_S = 0.5
 
-
-class RequestStats(NamedTuple):
-    """What a response's ``meta_info['zoomr']`` reports; token counts are KV tokens of this request."""
-
-    policy: str
-    thoughts: int  # closed thoughts
-    offloaded_tokens: int  # detail tokens with a host copy
-    device_kv_tokens: int  # device slots the request holds now (its row's non-holes + copies in flight)
-    offloading_tokens: int  # of those, detail slots held until a device->host copy lands (CUDA: a step or so)
-    peak_device_kv_tokens: int
-    full_kv_tokens: int  # what full KV would hold
-    detail_tokens: int  # closed thoughts' detail, wherever it is
-    zoom_tokens: int
-    zoom_recalls: int
-    zoom_evictions: int
-    dropped_tokens: int
-    forced_markers: int
-    summary_tokens: int
-    prompt_tokens: int
-    reused_host_tokens: int  # prefix positions the radix tree gave as host-backed holes (not recomputed, not loaded)
-    thoughts_from_tree: int  # prompt thoughts that start HOST with a tree-owned block (zoomable), demoted included
-    demoted_tokens: int  # tree-owned device detail this request moved to the host (also in offloaded_tokens)
-    kept_shared_tokens: int  # tree-owned device detail left on the device: another running request reads it
-
-
-class LatestStats(list):
-    """``req.customized_info`` holds per-token lists that SGLang slices per streamed chunk; this one answers every
-    slice with the latest stats, so each chunk carries one small dict instead of one per token."""
-
-    def __init__(self, stats: dict):
-        super().__init__()
-        self.stats = stats
-
-    def __getitem__(self, item):
-        return [self.stats] if isinstance(item, slice) else self.stats
-
-
-@dataclass
-class _Copy:
-    thought: int
-    slots: torch.Tensor
-    handle: CopyHandle
-
-
-@dataclass
-class RequestZoom:
-    """One request's ZoomR state in the scheduler."""
-
-    rid: str
-    row: int
-    config: ZoomRConfig
-    policy: Policy
-    table: ThoughtTable
-    prompt_len: int
-    protected_len: int  # positions below this are owned by the radix tree
-    engine: bool
-    open_ids: tuple[int, ...]
-    close_ids: tuple[int, ...]
-    step: int = 0
-    blocks: dict[int, HostBlock] = field(default_factory=dict)
-    offloading: list[_Copy] = field(default_factory=list)
-    recalling: list[_Copy] = field(default_factory=list)
-    forced: deque = field(default_factory=deque)
-    forced_markers: int = 0
-    peak_device: int = 0
-    spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # thought -> host-backed run, when not its detail
-    borrowed: set[int] = field(default_factory=set)  # thoughts whose block belongs to the radix tree
-    tree_spans: list = field(default_factory=list)  # radix_tree.HostSpan of the matched prefix
-    reused_host_tokens: int = 0
-    req: Any = None  # the SGLang Req (set at admission; demotion writes its prefix_indices)
-    demoted_tokens: int = 0
-    kept_shared_tokens: int = 0
+__all__ = ["ZoomRManager", "RequestStats"]
 
 
 class ZoomRManager:
@@ -154,32 +95,38 @@ class ZoomRManager:
         self.allocator = scheduler.token_to_kv_pool_allocator
         self.req_to_token = scheduler.req_to_token_pool.req_to_token
         self.kv_pool = self.allocator.get_kvcache()
-        self.tokenizer = scheduler.tokenizer
         self.num_layers = self.kv_pool.layer_num
         self.scoring_layers = config.scoring_layer_ids(self.num_layers)
         k0 = self.kv_pool.k_buffer[0]
+        self.device = k0.device
+        self.requests: dict[str, RequestZoom] = {}
+        from zoomr_sgl.radix_tree import ZoomRRadixCache
+
+        tree = scheduler.tree_cache if isinstance(scheduler.tree_cache, ZoomRRadixCache) else None
         self.host = HostDetailStore(
             num_layers=self.num_layers, capacity_tokens=config.host_store_tokens, kv_heads=k0.shape[1],
             head_dim=k0.shape[2], dtype=k0.dtype, device=k0.device, fallback=config.host_full_fallback,
-            on_drop=self._on_host_drop,
+            on_drop=lambda block: self.borrow.on_host_drop(block),
         )
-        self.device = k0.device
-        from zoomr_sgl.radix_tree import ZoomRRadixCache
-
-        self.tree = scheduler.tree_cache if isinstance(scheduler.tree_cache, ZoomRRadixCache) else None
-        if self.tree is not None:
-            self.tree.attach_host_store(self.host)
-        self._borrowers: dict[int, set[tuple[str, int]]] = {}  # tree block id -> (rid, thought) borrowing it
-        self.force_next = torch.full((self.req_to_token.shape[0],), -1, dtype=torch.int64, device=self.device)
-        self.requests: dict[str, RequestZoom] = {}
-        self._queries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.mover = DetailMover(self.allocator, self.req_to_token, self.kv_pool, self.host,
+                                 make_host_room=lambda n: self.borrow.make_host_room(n))
+        self.borrow = TreeBorrow(tree, self.host, self.mover, self.requests)
+        self.tree = tree
+        if tree is not None:
+            tree.attach_host_store(self.host)
+        self.markers = EngineMarkers(scheduler.tokenizer, self.req_to_token.shape[0], self.device)
+        self.planner = ZoomPlanner(self.kv_pool, self.req_to_token, self.scoring_layers, self.mover, self.allocator)
+        self.admission = ZoomRAdmission(self)
+        self._queries: dict[int, torch.Tensor] = {}  # scoring layer -> this decode step's [bs, Hq, D] queries
         # layer id -> [max_bs, Hq, D] queries written by a CUDA-graph-safe backend (set by zoomr_sgl.hooks)
         self.query_buffers: dict[int, torch.Tensor] = {}
-        self._marker_cache: dict[str, tuple[int, ...]] = {}
-        self._delim_cache: dict[tuple[str, int, int], bool] = {}
-        self.totals = dict(offloaded_tokens=0, recalled_tokens=0, recalls=0, evictions=0, forced_markers=0,
-                           demoted_tokens=0, kept_shared_tokens=0, requests=0)
+        self.decode_steps = 0
+        self.admitted = 0
+        self.probe = StepProbe() if StepProbe.enabled() else None
+        if self.probe is not None:
+            self.planner.host_side = self.probe.host_side
         self.metrics = None
+        self._metrics_at = 0.0
         if getattr(scheduler.server_args, "enable_metrics", False):
             from zoomr_sgl.metrics import ZoomRMetrics
 
@@ -197,112 +144,66 @@ class ZoomRManager:
                 st = self._admit(req)
                 if st is None:
                     continue
-            self._advance(req, st, decode=False)
+            self._advance(req, st)
+        self.markers.publish()
 
     def after_decode(self, batch) -> None:
+        if self.probe is None:
+            return self._after_decode(batch)
+        with self.probe.measure():
+            self._after_decode(batch)
+        self.probe.end_step()
+
+    def _after_decode(self, batch) -> None:
+        self.decode_steps += 1
+        step = self.decode_steps
         if self.query_buffers:  # CUDA backend: the step's queries sit in its persistent buffers (graph or eager)
             bs = len(batch.reqs)
             for layer in self.scoring_layers:
-                self._queries[layer] = (self.query_buffers[layer][:bs], batch.req_pool_indices)
+                self._queries[layer] = self.query_buffers[layer][:bs]
+        due = []
         for i, req in enumerate(batch.reqs):
             st = self.requests.get(req.rid)
             if st is None or req.finished() or req.is_retracted:
                 continue
-            st.step += 1
-            self._advance(req, st, decode=True, batch_index=i)
+            self._advance(req, st)
+            if step % st.config.zoom_interval == 0 and st.policy.zooms:
+                due.append((st, i))
+        if due:
+            if self.probe is not None:
+                self.probe.step["zoom"] = True
+            self.planner.run(due, self._queries, step, headroom=len(batch.reqs))
+            for st, _ in due:
+                st.peak_device = max(st.peak_device, st.device_tokens())
         self._queries.clear()
-        if self.metrics is not None:
+        self.markers.publish()
+        if self.metrics is not None and time.monotonic() - self._metrics_at >= METRICS_PERIOD_S:
+            self._metrics_at = time.monotonic()
             self.metrics.observe(self.snapshot())
 
     def before_forward(self, batch) -> None:
         """Land copies that finished since the last step (CUDA); a step never waits unless asked to."""
-        for req in batch.reqs:
-            st = self.requests.get(req.rid)
-            if st is not None:
-                self._land(st, wait=st.config.wait_for_recall)
+        if self.probe is None:
+            self.mover.land_busy()
+        else:
+            with self.probe.measure():
+                self.mover.land_busy()
+        self.markers.publish()
 
     def capture_query(self, layer_id: int, q: torch.Tensor, req_pool_indices: torch.Tensor) -> None:
         """Called by the attention backend during decode: ``q`` is ``[bs, Hq, D]`` at a scoring layer."""
         if layer_id in self.scoring_layers and self.requests:
-            self._queries[layer_id] = (q.detach(), req_pool_indices)
+            self._queries[layer_id] = q.detach()
 
     def wants_queries(self, layer_id: int) -> bool:
         return layer_id in self.scoring_layers and bool(self.requests)
 
+    @property
+    def any_forced(self) -> bool:
+        return self.markers.any_forced
+
     def forced_ids(self, req_pool_indices: torch.Tensor) -> torch.Tensor:
-        return self.force_next[req_pool_indices.to(self.force_next.device)]
-
-    def release(self, req, is_insert: bool = True) -> None:
-        st = self.requests.pop(req.rid, None)
-        if st is None:
-            return
-        for c in st.offloading + st.recalling:
-            c.handle.wait()
-            self.allocator.free(c.slots)
-        for c in st.offloading:
-            st.table.finish_offload(c.thought)  # the copy has landed: the block is complete
-        st.offloading.clear()
-        st.recalling.clear()
-        st.table.append((req.origin_input_ids + req.output_ids)[st.table.length:])  # the final token, for the stats
-        stats = self._stats(st)
-        if self.tree is not None:
-            # Every offloaded detail becomes a hole backed by its block; borrowed runs get the tree's zeros back.
-            for i in list(st.blocks):
-                if st.table.location(i) is Location.ZOOM:
-                    lo, hi = self._span(st, i)
-                    slots = self.req_to_token[st.row, lo:hi].to(torch.int64).clone()
-                    self._unmap(st, lo, hi)
-                    self.allocator.free(slots)
-        row_has_holes = bool((self.req_to_token[st.row, : st.table.length - 1] == 0).any())
-        insert = is_insert and not getattr(req, "skip_radix_cache_insert", False)
-        handed = []
-        for i, block in st.blocks.items():
-            if i in st.borrowed:
-                self._borrowers.get(block.block_id, set()).discard((st.rid, i))
-                continue
-            if not self.host.is_live(block):
-                continue
-            if self.tree is not None and insert:
-                handed.append((*self._span(st, i), block))
-            else:
-                self.host.free(block)
-        for block_id in [b for b, who in self._borrowers.items() if not who]:
-            del self._borrowers[block_id]
-        st.blocks.clear()
-        if handed:
-            req.zoomr_host_spans = handed  # the tree adopts them or frees them (radix_tree contract)
-        self.force_next[st.row] = -1
-        st.table.free()
-        req.customized_info = {"zoomr": LatestStats(stats._asdict())}
-        if row_has_holes and self.tree is None:
-            # The stock radix tree cannot hold host-backed positions: insert nothing rather than holes.
-            req.skip_radix_cache_insert = True
-
-    # ------------------------------------------------------------------ state
-    def snapshot(self) -> dict:
-        """Aggregate figures over running requests plus running totals (what the Prometheus metrics show)."""
-        stats = [self._stats(st) for st in self.requests.values()]
-        return {
-            "running_requests": len(stats),
-            "device_kv_tokens": sum(s.device_kv_tokens for s in stats),
-            "full_kv_tokens": sum(s.full_kv_tokens for s in stats),
-            "zoom_tokens": sum(s.zoom_tokens for s in stats),
-            "host_store_used_tokens": self.host.stats().used_tokens,
-            "host_dropped_tokens": self.host.stats().dropped_tokens,
-            **{k: v for k, v in self.totals.items() if k != "requests"},
-        }
-
-    def state(self) -> dict:
-        """Process-wide figures for ``/server_info``."""
-        hs = self.host.stats()
-        return {
-            "running_requests": len(self.requests),
-            "allocator_available": int(self.allocator.available_size()),
-            "host_store": hs._asdict(),
-            "scoring_layers": list(self.scoring_layers),
-            "totals": dict(self.totals),
-            **({"tree": self.tree.state()} if self.tree is not None else {}),
-        }
+        return self.markers.forced_ids(req_pool_indices)
 
     def screen(self, req) -> None:
         """Before a new request takes any slot (``Scheduler._add_request_to_queue``): its effective ZoomR config goes
@@ -316,6 +217,54 @@ class ZoomRManager:
         except ZoomRConfigError as e:
             req.set_finish_with_abort(str(e))
 
+    def release(self, req, is_insert: bool = True) -> None:
+        st = self.requests.pop(req.rid, None)
+        if st is None:
+            return
+        self.mover.end(st, evict_zoom=self.tree is not None)
+        st.table.append(req.output_ids[st.table.length - st.prompt_len:])  # the final token, for the stats
+        final = request_stats(st)._asdict()
+        insert = is_insert and not getattr(req, "skip_radix_cache_insert", False)
+        self.borrow.release(st, req, insert)
+        self.markers.clear(st.row)
+        st.table.free()
+        req.customized_info = {"zoomr": LatestStats(lambda: final)}
+        if st.holes and self.tree is None:
+            # The stock radix tree cannot hold host-backed positions: insert nothing rather than holes.
+            req.skip_radix_cache_insert = True
+
+    # ------------------------------------------------------------------ state
+    def snapshot(self) -> dict:
+        """Aggregate figures over running requests plus running totals (what the Prometheus metrics show)."""
+        stats = [request_stats(st) for st in self.requests.values()]
+        hs = self.host.stats()
+        return {
+            "running_requests": len(stats),
+            "device_kv_tokens": sum(s.device_kv_tokens for s in stats),
+            "full_kv_tokens": sum(s.full_kv_tokens for s in stats),
+            "zoom_tokens": sum(s.zoom_tokens for s in stats),
+            "host_store_used_tokens": hs.used_tokens,
+            "host_dropped_tokens": hs.dropped_tokens,
+            **self.totals(),
+        }
+
+    def totals(self) -> dict:
+        return {**self.mover.totals, **self.borrow.totals, **self.planner.totals,
+                "forced_markers": self.markers.forced_markers, "requests": self.admitted}
+
+    def state(self) -> dict:
+        """Process-wide figures for ``/server_info``."""
+        return {
+            "running_requests": len(self.requests),
+            "allocator_available": int(self.allocator.available_size()),
+            "host_store": self.host.stats()._asdict(),
+            "scoring_layers": list(self.scoring_layers),
+            "totals": self.totals(),
+            **({"tree": self.tree.state()} if self.tree is not None else {}),
+            **({"step_probe": self.probe.summary()} if self.probe is not None else {}),
+        }
+
+    # ------------------------------------------------------------------ admission
     def _request_config(self, req) -> ZoomRConfig | None:
         params = {k: v for k, v in (req.sampling_params.custom_params or {}).items() if k != "__req__"}
         cfg = check_custom_params(self.config, params)
@@ -338,28 +287,24 @@ class ZoomRManager:
             return None
         prompt_len = len(req.origin_input_ids)
         engine = cfg.summary_mode == "engine" and getattr(req, "grammar", None) is None
-        open_ids, close_ids = self._markers(cfg.summary_open), self._markers(cfg.summary_close)
+        open_ids, close_ids = self.markers.marker_ids(cfg.summary_open), self.markers.marker_ids(cfg.summary_close)
         st = RequestZoom(
             rid=req.rid, row=req.req_pool_idx, config=cfg, policy=policy_for(cfg.policy),
             table=self._new_table(cfg, open_ids, close_ids, req.origin_input_ids), prompt_len=prompt_len,
             protected_len=len(req.prefix_indices) if req.prefix_indices is not None else 0,
-            engine=engine, open_ids=open_ids, close_ids=close_ids,
+            engine=engine, open_ids=open_ids, close_ids=close_ids, req=req,
         )
         st.protected_len = max(st.protected_len, prompt_len)  # the prefill inserted the prompt into the tree
-        if self.tree is not None and req.last_node is not None:
-            prefix = self.req_to_token[st.row, :st.protected_len]
-            st.reused_host_tokens = int((prefix == 0).sum())
-            if st.reused_host_tokens:
-                st.tree_spans = self.tree.host_spans(req.last_node)
-        st.req = req
-        self.force_next[st.row] = -1
+        self.borrow.admit(st, req)
+        self.markers.clear(st.row)
         self.requests[req.rid] = st
-        self.totals["requests"] += 1
+        self.admitted += 1
+        req.customized_info = {"zoomr": LatestStats(lambda: request_stats(st)._asdict())}
         return st
 
     @staticmethod
     def _new_table(cfg: ZoomRConfig, open_ids: tuple[int, ...], close_ids: tuple[int, ...],
-                   prompt_ids: list[int]) -> ThoughtTable:
+                   prompt_ids) -> ThoughtTable:
         """A request's thought table. Program/trained mode segments from position 0. Engine mode segments its
         output from ``len(prompt)``; a prompt that holds closed thoughts (an earlier turn or request of an
         engine-mode conversation) is segmented from 0 up to there as well, so those thoughts are the request's too:
@@ -372,295 +317,35 @@ class ZoomRManager:
             return ThoughtTable(cfg, open_ids, close_ids, 0, restart_at=prompt_len)
         return ThoughtTable(cfg, open_ids, close_ids, prompt_len)
 
-    def _markers(self, text: str) -> tuple[int, ...]:
-        ids = self._marker_cache.get(text)
-        if ids is None:
-            ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
-            self._marker_cache[text] = ids
-        return ids
-
     # ------------------------------------------------------------------ one step of one request
-    def _advance(self, req, st: RequestZoom, decode: bool, batch_index: int | None = None) -> None:
-        ids = req.origin_input_ids + req.output_ids
-        closed = st.table.append(ids[st.table.length:])
-        self._land(st, wait=False)
+    def _advance(self, req, st: RequestZoom) -> None:
+        """Feed the tokens the table has not seen (the prompt too, at the first step), then act on what closed."""
+        out, fed = req.output_ids, st.table.length
+        new = out[fed - st.prompt_len:] if fed >= st.prompt_len else [*req.origin_input_ids[fed:], *out]
+        closed = st.table.append(new)
+        if self.probe is not None:
+            self.probe.fed(len(new))
+            self.probe.step["boundary"] |= bool(closed)
         for thought in closed:
-            self._close_thought(st, thought.index)
+            self._close_thought(st, thought)
         if st.engine:
-            self._engine_step(st, ids)
-        self.force_next[st.row] = st.forced.popleft() if st.forced else -1
-        if decode and st.step % st.config.zoom_interval == 0:
-            self._zoom(st, batch_index)
-        st.peak_device = max(st.peak_device, self._device_tokens(st))
-        req.customized_info = {"zoomr": LatestStats(self._stats(st)._asdict())}
+            last_two = tuple(out[-2:]) if len(out) >= 2 else None
+            self.markers.decide(st, last_two)
+        self.markers.next_token(st)
+        st.peak_device = max(st.peak_device, st.device_tokens())
 
-    def _close_thought(self, st: RequestZoom, index: int) -> None:
-        t = st.table.thoughts[index]
-        action = st.policy.detail_action
+    def _close_thought(self, st: RequestZoom, t) -> None:
+        st.summary_tokens += t.summary_len
+        st.detail_tokens += t.detail_len
         if t.detail_start < st.protected_len:
-            self._close_tree_thought(st, index)
+            self.borrow.close_prompt_thought(st, t.index)
             return
+        action = st.policy.detail_action
         if action is DetailAction.KEEP:
             return
         if t.detail_len == 0:
-            (st.table.mark_offloaded if action is DetailAction.OFFLOAD else st.table.drop)(index)
-            return
-        slots = self.req_to_token[st.row, t.detail_start:t.detail_end].to(torch.int64).clone()
-        if action is DetailAction.DROP:
-            self._unmap(st, t.detail_start, t.detail_end)
-            self.allocator.free(slots)
-            st.table.drop(index)
-            return
-        block = self.host.allocate(t.detail_len, owner=(st.rid, index))
-        if block is None and self.tree is not None and self.tree.evict_host(t.detail_len):
-            block = self.host.allocate(t.detail_len, owner=(st.rid, index))  # the tree gave host rows back
-        if block is None:  # store full under keep_on_device: the detail stays where it is
-            return
-        handle = self.host.copy_from_device(block, self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots)
-        st.blocks[index] = block
-        st.table.begin_offload(index)
-        self._unmap(st, t.detail_start, t.detail_end)  # not attended from the next step on
-        st.offloading.append(_Copy(index, slots, handle))
-        self.totals["offloaded_tokens"] += t.detail_len
-        self._land(st, wait=False)
-
-    def _close_tree_thought(self, st: RequestZoom, index: int) -> None:
-        """A thought that starts in the tree-owned prefix: device detail stays; holes backed by exactly one whole
-        tree block start HOST with that block borrowed; any other holes make it DROPPED (module contract)."""
-        t = st.table.thoughts[index]
-        if t.detail_len == 0:
-            return
-        runs = hole_runs(self.req_to_token[st.row, t.detail_start:t.detail_end])
-        if not runs:
-            if st.policy.detail_action is DetailAction.OFFLOAD and t.detail_end <= st.protected_len:
-                self._demote(st, index)
-            return
-        span = None
-        if len(runs) == 1:
-            lo, hi = t.detail_start + runs[0][0], t.detail_start + runs[0][1]
-            span = next((s for s in st.tree_spans if s.start == lo and s.end == hi and s.offset == 0
-                         and s.block is not None and s.block.num_tokens == hi - lo
-                         and self.host.is_live(s.block)), None)
-        if span is None:
-            st.table.drop(index)
-            return
-        st.table.mark_offloaded(index)
-        st.blocks[index] = span.block
-        st.borrowed.add(index)
-        if (span.start, span.end) != (t.detail_start, t.detail_end):
-            st.spans[index] = (span.start, span.end)
-        self._borrowers.setdefault(span.block.block_id, set()).add((st.rid, index))
-
-    def _demote(self, st: RequestZoom, index: int) -> None:
-        """A closed prompt thought whose detail is tree-owned device KV: make it a host-backed tree node and borrow
-        it (module contract, Demotion); refused by the tree when shared, or when the host store is full."""
-        t = st.table.thoughts[index]
-        req = st.req
-        if self.tree is None or req is None or req.last_node is None:
-            return
-        lo, hi = t.detail_start, t.detail_end
-        result = self.tree.demote(req.last_node, lo, hi, self.kv_pool.k_buffer, self.kv_pool.v_buffer,
-                                  owner=("zoomr-tree", st.rid, index))  # 3-tuple: not a request's own block
-        if result.refused == Demotion.READ_ELSEWHERE:
-            st.kept_shared_tokens += t.detail_len
-            self.totals["kept_shared_tokens"] += t.detail_len
-        if result.block is None:  # refused, or host store full under keep_on_device
-            return
-        block = result.block
-        self._unmap(st, lo, hi)  # the tree freed the slots: no step reads them from now on
-        prefix = getattr(req, "prefix_indices", None)
-        if isinstance(prefix, torch.Tensor) and len(prefix) >= hi:
-            prefix = prefix.clone()
-            prefix[lo:hi] = 0
-            req.prefix_indices = prefix
-        st.table.mark_offloaded(index)
-        st.blocks[index] = block
-        st.borrowed.add(index)
-        self._borrowers.setdefault(block.block_id, set()).add((st.rid, index))
-        st.demoted_tokens += t.detail_len
-        self.totals["demoted_tokens"] += t.detail_len
-
-    def _span(self, st: RequestZoom, index: int) -> tuple[int, int]:
-        """Positions a thought's host block backs: its detail, or the hole run of a borrowed partial detail."""
-        span = st.spans.get(index)
-        if span is not None:
-            return span
-        t = st.table.thoughts[index]
-        return t.detail_start, t.detail_end
-
-    def _land(self, st: RequestZoom, wait: bool) -> None:
-        still = []
-        for c in st.offloading:
-            if c.handle.done():
-                self.allocator.free(c.slots)
-                st.table.finish_offload(c.thought)
-            else:
-                still.append(c)
-        st.offloading = still
-        still = []
-        for c in st.recalling:
-            if wait:
-                c.handle.wait()
-            if c.handle.done():
-                lo, hi = self._span(st, c.thought)
-                self.req_to_token[st.row, lo:hi] = c.slots.to(self.req_to_token.dtype)
-                st.table.finish_recall(c.thought)
-            else:
-                still.append(c)
-        st.recalling = still
-
-    def _engine_step(self, st: RequestZoom, ids: list[int]) -> None:
-        """Engine mode: close a thought at a boundary by forcing the opening marker; close a long summary."""
-        if st.forced:
-            return
-        seg, cfg = st.table.segmenter, st.config
-        open_summary = seg.open_summary
-        if open_summary is None:
-            n = seg.length - seg.detail_start
-            boundary = n >= cfg.max_thought_tokens or (
-                n >= cfg.min_thought_tokens and self._ends_with_delimiter(ids, cfg.thought_delimiter)
-            )
-            if boundary:
-                st.forced.extend(st.open_ids)
-                st.forced_markers += 1
-                self.totals["forced_markers"] += 1
-        elif seg.length - open_summary.summary_start - len(st.open_ids) >= cfg.max_summary_tokens:
-            st.forced.extend(st.close_ids)
-            st.forced_markers += 1
-            self.totals["forced_markers"] += 1
-
-    def _ends_with_delimiter(self, ids: list[int], delimiter: str) -> bool:
-        if len(ids) < 2:
-            return False
-        key = (delimiter, ids[-2], ids[-1])
-        hit = self._delim_cache.get(key)
-        if hit is None:
-            hit = delimiter in self.tokenizer.decode(list(key[1:])) and delimiter not in self.tokenizer.decode([ids[-2]])
-            if len(self._delim_cache) > 1 << 16:
-                self._delim_cache.clear()
-            self._delim_cache[key] = hit
-        return hit
-
-    # ------------------------------------------------------------------ the zoom
-    def _zoom(self, st: RequestZoom, batch_index: int | None) -> None:
-        query = self._query_for(batch_index) if batch_index is not None else None
-        row = st.row
-
-        def keys_at(positions: torch.Tensor) -> torch.Tensor:
-            slots = self.req_to_token[row, positions.to(self.req_to_token.device)].to(torch.int64)
-            return torch.stack([self.kv_pool.k_buffer[layer][slots] for layer in self.scoring_layers]).float()
-
-        try:
-            scorer = self._kernel_scorer(row, query) if query is not None and self.device.type == "cuda" else None
-            selection = st.policy.select(st.table, StepInputs(st.step, query, keys_at, scorer))
-        except ValueError:  # no query captured this step (e.g. the policy needs one and the batch had none)
-            return
-        if not (selection.recall or selection.evict):
-            if selection.selected:
-                st.table.apply(selection)
-            return
-        # Slots for the recalls must exist now: trim the recalls to what the allocator can give.
-        width = lambda i: (lambda lo, hi: hi - lo)(*self._span(st, i))  # noqa: E731
-        freed = sum(width(i) for i in selection.evict)
-        room = int(self.allocator.available_size()) + freed
-        recall = []
-        for i in selection.recall:
-            n = width(i)
-            if n <= room:
-                recall.append(i)
-                room -= n
-        dropped = set(selection.recall) - set(recall)
-        selection = selection._replace(
-            recall=tuple(recall), selected=tuple(i for i in selection.selected if i not in dropped)
-        )
-        for i in selection.evict:
-            lo, hi = self._span(st, i)
-            slots = self.req_to_token[row, lo:hi].to(torch.int64).clone()
-            self._unmap(st, lo, hi)
-            self.allocator.free(slots)
-            self.totals["evictions"] += 1
-        st.table.apply(selection)
-        for i in selection.recall:
-            n = width(i)
-            slots = self.allocator.alloc(n)
-            handle = self.host.copy_to_device(st.blocks[i], self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots)
-            st.recalling.append(_Copy(i, slots, handle))
-            self.totals["recalls"] += 1
-            self.totals["recalled_tokens"] += n
-        self._land(st, wait=st.config.wait_for_recall)
-
-    def _kernel_scorer(self, row: int, query: torch.Tensor):
-        """``StepInputs.score_summaries`` through the Triton kernel: summary keys read from the pool by slot;
-        ``query`` is ``_query_for``'s ``[L, Hq, D]`` (float32 holding the pool dtype's values exactly)."""
-        from kernels.thought_scoring import thought_scores_triton
-
-        k_buffers = [self.kv_pool.k_buffer[layer] for layer in self.scoring_layers]
-        query = query.to(k_buffers[0].dtype)[None].contiguous()  # [1, L, Hq, D] in the pool's dtype
-
-        def score(spans):
-            positions = torch.cat(list(spans)).to(self.device)
-            slots = self.req_to_token[row, positions]
-            bounds = [0]
-            for p in spans:
-                bounds.append(bounds[-1] + len(p))
-            indptr = torch.tensor(bounds, dtype=torch.int32, device=self.device)
-            owner = torch.zeros(len(spans), dtype=torch.int32, device=self.device)
-            return thought_scores_triton(query, k_buffers, owner, indptr, slots)
-
-        return score
-
-    def _query_for(self, batch_index: int) -> torch.Tensor | None:
-        if not all(layer in self._queries for layer in self.scoring_layers):
-            return None
-        return torch.stack([self._queries[layer][0][batch_index] for layer in self.scoring_layers]).float()
-
-    # ------------------------------------------------------------------ helpers
-    def _unmap(self, st: RequestZoom, start: int, end: int) -> None:
-        self.req_to_token[st.row, start:end] = 0
-
-    def _device_tokens(self, st: RequestZoom) -> int:
-        n = st.table.length - 1  # the last sampled token has no KV yet
-        held = int((self.req_to_token[st.row, :n] != 0).sum())
-        return held + sum(len(c.slots) for c in st.offloading + st.recalling)
-
-    def _stats(self, st: RequestZoom) -> RequestStats:
-        acc = st.table.accounting()
-        summary_tokens = sum(t.summary_len for t in st.table.thoughts)
-        return RequestStats(
-            policy=st.config.policy, thoughts=len(st.table.thoughts), offloaded_tokens=acc.host_tokens,
-            device_kv_tokens=self._device_tokens(st), offloading_tokens=sum(len(c.slots) for c in st.offloading),
-            peak_device_kv_tokens=max(st.peak_device, self._device_tokens(st)),
-            full_kv_tokens=max(st.table.length - 1, 0),
-            detail_tokens=sum(t.detail_len for t in st.table.thoughts), zoom_tokens=acc.zoom_tokens, zoom_recalls=acc.recalls,
-            zoom_evictions=acc.evictions, dropped_tokens=acc.dropped_tokens, forced_markers=st.forced_markers,
-            summary_tokens=summary_tokens, prompt_tokens=st.prompt_len, reused_host_tokens=st.reused_host_tokens,
-            thoughts_from_tree=len(st.borrowed), demoted_tokens=st.demoted_tokens,
-            kept_shared_tokens=st.kept_shared_tokens,
-        )
-
-    def _on_host_drop(self, block: HostBlock) -> None:
-        """``drop_oldest`` took a host block back: its thought's detail is gone for good (counted by the store).
-        The store waited for the block's copies, so the slots of a copy in flight can be freed now. A tree block
-        may be borrowed by several running requests: each loses that thought."""
-        owners = list(self._borrowers.pop(block.block_id, ()))
-        if isinstance(block.owner, tuple) and len(block.owner) == 2:
-            owners.append(block.owner)
-        for rid, index in owners:
-            st = self.requests.get(rid)
-            if st is None or st.blocks.get(index) != block:
-                continue
-            self._lose_thought(st, index)
-
-    def _lose_thought(self, st: RequestZoom, index: int) -> None:
-        del st.blocks[index]
-        st.borrowed.discard(index)
-        for copies in (st.offloading, st.recalling):
-            for c in [c for c in copies if c.thought == index]:
-                copies.remove(c)
-                self.allocator.free(c.slots)
-        if st.table.location(index) is Location.ZOOM:
-            lo, hi = self._span(st, index)
-            slots = self.req_to_token[st.row, lo:hi].to(torch.int64).clone()
-            self._unmap(st, lo, hi)
-            self.allocator.free(slots)
-        st.table.drop(index)
+            (st.table.mark_offloaded if action is DetailAction.OFFLOAD else st.table.drop)(t.index)
+        elif action is DetailAction.DROP:
+            self.mover.drop(st, t.index)
+        else:
+            self.mover.offload(st, t.index)

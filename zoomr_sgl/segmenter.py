@@ -83,6 +83,14 @@ class Segmenter:
     def closed_thoughts(self) -> tuple[Thought, ...]:
         return tuple(self._closed)
 
+    def closed_thought(self, index: int) -> Thought:
+        """Closed thought ``index`` (without copying the list, as ``closed_thoughts`` does)."""
+        return self._closed[index]
+
+    @property
+    def num_closed(self) -> int:
+        return len(self._closed)
+
     @property
     def open_summary(self) -> Thought | None:
         """The thought whose summary has opened but not closed, if any."""

@@ -24,15 +24,12 @@ Contract:
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Iterable, NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import torch
 
 from zoomr_sgl.config import ZoomRConfig
 from zoomr_sgl.segmenter import Segmenter, Thought
-
-if TYPE_CHECKING:
-    from zoomr_sgl.selection.base import Selection
 
 
 class Location(enum.Enum):
@@ -63,6 +60,15 @@ class ThoughtState(NamedTuple):
     thought: Thought
     location: Location
     last_used: int | None  # LRU stamp while in the zoom buffer, else None
+
+
+class ZoomDecision(NamedTuple):
+    """What a policy decided on a zoom step (thought indices): the thoughts it picked (stamped most recently used),
+    those to recall from the host, and those to evict from the zoom buffer."""
+
+    selected: tuple[int, ...]
+    recall: tuple[int, ...]
+    evict: tuple[int, ...]
 
 
 class Accounting(NamedTuple):
@@ -123,13 +129,15 @@ class ThoughtTable:
     def zoom_tokens(self) -> int:
         return sum(t.detail_len for t in self.thoughts if self._loc[t.index] in IN_BUFFER)
 
-    def summary_positions(self, index: int) -> torch.Tensor:
-        """Positions of the summary's own text (markers excluded), or the whole summary span when it has none."""
-        t = self.thoughts[index]
+    def summary_span(self, index: int) -> tuple[int, int]:
+        """``[lo, hi)``: the summary's own text (markers excluded), or the whole summary span when it has none."""
+        t = self.segmenter.closed_thought(index)
         lo, hi = t.summary_start + len(self.segmenter.open_ids), t.summary_end - len(self.segmenter.close_ids)
-        if lo >= hi:
-            lo, hi = t.summary_start, t.summary_end
-        return torch.arange(lo, hi, dtype=torch.int64)
+        return (lo, hi) if lo < hi else (t.summary_start, t.summary_end)
+
+    def summary_positions(self, index: int) -> torch.Tensor:
+        """``summary_span`` as int64 positions."""
+        return torch.arange(*self.summary_span(index), dtype=torch.int64)
 
     def attended_positions(self, add: Iterable[int] = (), remove: Iterable[int] = ()) -> torch.Tensor:
         """Sorted positions a step attends by default: all but details not ``DEVICE``/``ZOOM``; ``add`` and
@@ -195,17 +203,22 @@ class ThoughtTable:
     def drop(self, index: int) -> None:
         self._move("drop", index)
 
-    def apply(self, selection: "Selection") -> None:
-        """Apply a zoom decision: evict, begin the recalls (``RECALLING``; the caller copies and then calls
-        ``finish_recall``), and stamp the selected thoughts as most recently used."""
-        for i in selection.evict:
+    def apply(self, decision: ZoomDecision) -> None:
+        """Apply a zoom decision (a ``ZoomDecision`` or a policy's ``Selection``): evict, begin the recalls
+        (``RECALLING``; the caller copies and then calls ``finish_recall``), and stamp the selected thoughts."""
+        for i in decision.evict:
             self.evict(i)
-        for i in selection.recall:
+        for i in decision.recall:
             self.begin_recall(i)
-        if selection.selected:
+        self.touch(decision.selected)
+
+    def touch(self, selected: Sequence[int]) -> None:
+        """Stamp thoughts in the zoom buffer as most recently used (one stamp for the whole zoom)."""
+        if selected:
             self._clock += 1
-            for i in selection.selected:
-                self._last_used[i] = self._clock
+            for i in selected:
+                if self._loc[i] in IN_BUFFER:
+                    self._last_used[i] = self._clock
 
     def free(self) -> None:
         """End the request: everything it holds is released."""

@@ -1,6 +1,6 @@
 """Resident-set policies: one shared mechanism (``base``) and a small class per policy, registered by the names in
 ``config.POLICIES``. ``policy_for(name)`` returns the policy; ``select_batch`` selects for each request of a batch
-from its own table and inputs only."""
+from its own table and inputs only (the core's reference; the server decides through ``Policy.decide``)."""
 
 from typing import Sequence
 

@@ -10,6 +10,11 @@ Contract:
   then the recalls are included and the caller must wait for them before attention.
 - ``recall``/``evict``/``selected`` are thought indices, decided only on zoom steps (``step % zoom_interval == 0``);
   ``selected`` are the thoughts the zoom picked this step (the caller stamps them most recently used).
+- The server asks only for the decision: ``decide(table, inputs)`` is the zoom alone (a ``ZoomDecision``, no
+  positions: the server attends what ``req_to_token`` holds), called on the steps the server deems zoom steps.
+  ``to_score(table)`` names the thoughts whose summaries ``decide`` will score (through
+  ``inputs.score_summaries``, in that order), so the server can score every due request's thoughts in one launch
+  before deciding.
 - ``detail_action`` says what the caller does with a thought's detail when it closes: keep it on the device,
   offload it to the host store, or drop it.
 - Subclasses say only what differs: ``detail_action``, ``zoom`` (which thoughts to recall and evict) and/or
@@ -24,7 +29,7 @@ from typing import Callable, ClassVar, NamedTuple, Sequence
 
 import torch
 
-from zoomr_sgl.thought_table import ThoughtTable
+from zoomr_sgl.thought_table import ThoughtTable, ZoomDecision
 
 
 class DetailAction(enum.Enum):
@@ -63,6 +68,7 @@ class Selection(NamedTuple):
 class Policy:
     name: ClassVar[str]
     detail_action: ClassVar[DetailAction] = DetailAction.KEEP
+    zooms: ClassVar[bool] = False  # whether zoom steps can recall or evict (the server plans only for these)
 
     def select(self, table: ThoughtTable, inputs: StepInputs) -> Selection:
         if table.finished:
@@ -72,6 +78,14 @@ class Policy:
         waited = recall if table.config.wait_for_recall else ()
         positions = self.positions(table, inputs, waited, evict)
         return Selection(positions, tuple(selected), tuple(recall), tuple(evict), self.detail_action)
+
+    def decide(self, table: ThoughtTable, inputs: StepInputs) -> ZoomDecision:
+        selected, recall, evict = self.zoom(table, inputs)
+        return ZoomDecision(tuple(selected), tuple(recall), tuple(evict))
+
+    def to_score(self, table: ThoughtTable) -> tuple[int, ...]:
+        """Thoughts whose summaries ``zoom`` scores now, in the order it asks for them; by default none."""
+        return ()
 
     def zoom(self, table: ThoughtTable, inputs: StepInputs) -> tuple[Sequence[int], Sequence[int], Sequence[int]]:
         """(selected, recall, evict) thought indices; by default no zoom."""

@@ -21,11 +21,23 @@ from zoomr_sgl.thought_table import Location
 class ZoomRPolicy(Policy):
     name = "zoomr"
     detail_action = DetailAction.OFFLOAD
+    zooms = True
+
+    @staticmethod
+    def _candidates(table):
+        return [s for s in table.states()
+                if s.location in (Location.HOST, Location.RECALLING, Location.ZOOM) and s.thought.detail_len > 0]
+
+    def to_score(self, table):
+        cands = self._candidates(table)
+        pinned = sum(s.location is Location.RECALLING for s in cands)
+        if pinned >= table.config.zoom_topk:
+            return ()
+        return tuple(s.thought.index for s in cands if s.location is not Location.RECALLING)
 
     def zoom(self, table, inputs):
         cfg = table.config
-        cands = [s for s in table.states()
-                 if s.location in (Location.HOST, Location.RECALLING, Location.ZOOM) and s.thought.detail_len > 0]
+        cands = self._candidates(table)
         if not cands:
             return (), (), ()
         if inputs.score_summaries is None and (inputs.query is None or inputs.keys_at is None):
@@ -36,7 +48,7 @@ class ZoomRPolicy(Policy):
         picked: list[int] = []
         if free and len(pinned) < cfg.zoom_topk:
             spans = [table.summary_positions(s.thought.index) for s in free]
-            if inputs.score_summaries is not None:  # the Triton kernel on CUDA
+            if inputs.score_summaries is not None:  # the Triton kernel on CUDA, or scores the server computed
                 scores = inputs.score_summaries(spans)
             else:
                 lengths = torch.tensor([len(p) for p in spans])

@@ -1,0 +1,71 @@
+"""Admission that sees ZoomR's bound: a pool that holds k requests' full KV runs more than 2k bounded ZoomR requests at
+once, with no retraction, and the pool is whole afterwards (SGLang's idle check holds: the server stays up)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+
+import pytest
+
+from tests.server_process import ServerProcess
+from tests.test_zoomr_serving import wait_idle, zoomr_manager_state
+from zoomr_sgl.admission import peak_tokens
+from zoomr_sgl.config import ZoomRConfig
+
+pytestmark = pytest.mark.server
+
+OUTPUT, K = 1200, 4
+BOUNDED = {"zoomr_summary_mode": "engine", "zoomr_min_thought_tokens": 56, "zoomr_max_thought_tokens": 64,
+           "zoomr_max_summary_tokens": 8, "zoomr_zoom_budget": 128, "zoomr_zoom_topk": 2, "zoomr_zoom_interval": 8}
+PROMPT = "Let me think about this step by step.\n"
+
+
+@pytest.fixture(scope="module")
+def small_pool_server():
+    full_kv = OUTPUT + 40  # prompt (< 40 tokens) + output
+    server = ServerProcess.start(["--enable-zoomr", "--max-total-tokens", str(K * full_kv), "--enable-metrics",
+                                  "--max-running-requests", "64"])
+    yield server
+    assert not server.stop()
+
+
+def test_a_pool_for_k_full_requests_runs_more_than_2k_zoomr_requests_without_retraction(small_pool_server):
+    s = small_pool_server
+    n = 3 * K
+    cfg = ZoomRConfig(**{k[len("zoomr_"):]: v for k, v in BOUNDED.items()})
+    bound = peak_tokens(cfg, 40, OUTPUT, marker_tokens=2)
+    pool = s.get("/server_info").json()["max_total_num_tokens"]
+    assert pool // bound > 2 * K, (pool, bound)  # the bound itself lets more than 2k in
+    peak_running, done = 0, threading.Event()
+
+    def watch():
+        nonlocal peak_running
+        while not done.is_set():
+            peak_running = max(peak_running, zoomr_manager_state(s)["running_requests"])
+            time.sleep(0.2)
+
+    def one(i: int) -> dict:
+        r = s.post("/generate", {"text": f"{i}: {PROMPT}", "sampling_params": {
+            "max_new_tokens": OUTPUT, "temperature": 0, "ignore_eos": True, "custom_params": BOUNDED}})
+        assert r.status_code == 200, r.text
+        return r.json()["meta_info"]
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with cf.ThreadPoolExecutor(n) as ex:
+            metas = list(ex.map(one, range(n)))
+    finally:
+        done.set()
+        watcher.join()
+    assert all(m["completion_tokens"] == OUTPUT for m in metas)
+    assert sum(m.get("num_retractions", 0) for m in metas) == 0, [m.get("num_retractions") for m in metas]
+    assert max(m["zoomr"]["peak_device_kv_tokens"] for m in metas) <= bound
+    assert peak_running > 2 * K, peak_running
+    metrics = s.get("/metrics").text
+    retracted = [line for line in metrics.splitlines() if line.startswith("sglang:num_retracted_requests_total")]
+    assert all(float(line.rsplit(" ", 1)[1]) == 0 for line in retracted), retracted
+    assert wait_idle(s)["running_requests"] == 0
+    assert s.get("/health_generate").status_code == 200

@@ -1,0 +1,94 @@
+"""What SGLang's admission and retraction charge a ZoomR request: the device KV it can really hold, not full-KV growth.
+
+SGLang 0.5.17 admits a request when the pool (free + evictable slots) covers what every running request may still
+grow (``PrefillAdder._get_running_request_total_token_offset``: ``min(max_new - out, 4096) * new_token_ratio``) plus
+the new request's prompt and growth (``min(max_new, 4096)``); when a decode step finds no slot it retracts requests.
+A request whose detail leaves the device never grows that much, and for it an estimate is not needed: its peak is
+bounded by its settings.
+
+Contract:
+- ``peak_tokens(cfg, prompt_len, max_new_tokens, marker_tokens)``: the most device KV an engine-mode request of a policy
+  that moves detail off the device (``zoomr``: offload, ``summary_only``: drop) can hold over its whole life: the
+  prompt; every summary of its output (each at most ``max_summary_tokens`` plus the markers, each after a detail of at
+  least ``min_thought_tokens``, so at most that share of the output, plus one); the open thought and the one whose
+  offload copy is in flight (``max_thought_tokens`` each); and the zoom buffer (``zoom_budget``, ``zoomr`` only); and
+  never more than full KV (prompt plus ``max_new_tokens``: a short request is charged as stock would).
+  None (stock accounting) for policy ``full``, program and trained mode (the model writes the summaries: no bound),
+  and requests that opted out. The bound assumes the host store takes every detail; when it refuses
+  (``keep_on_device``) a detail stays and SGLang's own retraction is the backstop.
+- ``running_growth(req)``: for a running bounded request, ``peak - device_now`` (its device KV now, from the manager's
+  counters; 0 once finished): what the adder must keep free for it. No ``new_token_ratio``: the bound is exact, so a
+  batch of bounded requests that was admitted never needs a retraction.
+- ``new_growth(req)``: for a waiting bounded request, ``peak - prompt_len`` (what it adds beyond its prefill).
+- ``is_bounded(req)``: the request is charged by its bound (running or waiting).
+The hooks in ``zoomr_sgl.hooks`` apply these to SGLang's adder (``running_offset``, ``admit_new``) and keep bounded
+requests out of the retraction ratio estimate and at the back of the retraction order.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from zoomr_sgl.config import ZoomRConfig
+from zoomr_sgl.selection import policy_for
+from zoomr_sgl.selection.base import DetailAction
+
+# SGLang's cap on a request's growth estimate (schedule_policy.CLIP_MAX_NEW_TOKENS, default 4096). Its charge for a
+# new request is min(max_new, cap); a bounded request's growth above the cap is added back after admission.
+def _sglang_clip() -> int:
+    from sglang.srt.managers import schedule_policy
+
+    return schedule_policy.CLIP_MAX_NEW_TOKENS
+
+
+def peak_tokens(cfg: ZoomRConfig | None, prompt_len: int, max_new_tokens: int, marker_tokens: int) -> int | None:
+    if cfg is None or cfg.summary_mode != "engine":
+        return None
+    action = policy_for(cfg.policy).detail_action
+    if action is DetailAction.KEEP:
+        return None
+    summary = cfg.max_summary_tokens + marker_tokens
+    summaries = math.ceil(max_new_tokens * summary / (cfg.min_thought_tokens + summary)) + summary
+    zoom = cfg.zoom_budget if action is DetailAction.OFFLOAD else 0
+    return prompt_len + min(max_new_tokens, summaries + 2 * cfg.max_thought_tokens + zoom)
+
+
+class ZoomRAdmission:
+    """The bounds of one scheduler's requests (see the module contract); ``manager`` is its ``ZoomRManager``."""
+
+    def __init__(self, manager: Any):
+        self.manager = manager
+
+    def _peak(self, cfg: ZoomRConfig | None, prompt_len: int, req) -> int | None:
+        if cfg is None:
+            return None
+        markers = self.manager.markers
+        marker_tokens = len(markers.marker_ids(cfg.summary_open)) + len(markers.marker_ids(cfg.summary_close))
+        return peak_tokens(cfg, prompt_len, req.sampling_params.max_new_tokens, marker_tokens)
+
+    def running_growth(self, req) -> int | None:
+        st = self.manager.requests.get(req.rid)
+        if st is None or not st.engine:
+            return None
+        peak = self._peak(st.config, st.prompt_len, req)
+        if peak is None:
+            return None
+        return 0 if req.finished() else max(0, peak - st.device_tokens())
+
+    def new_growth(self, req) -> int | None:
+        cfg = getattr(req, "zoomr_config", None)  # set when the request was queued (ZoomRManager.screen)
+        if cfg is None or getattr(req, "grammar", None) is not None:  # constrained decoding runs without markers
+            return None
+        prompt_len = len(req.origin_input_ids)
+        peak = self._peak(cfg, prompt_len, req)
+        return None if peak is None else peak - prompt_len
+
+    def is_bounded(self, req) -> bool:
+        if req.rid in self.manager.requests:
+            return self.running_growth(req) is not None
+        return self.new_growth(req) is not None
+
+    @staticmethod
+    def clip() -> int:
+        return _sglang_clip()

@@ -1,0 +1,179 @@
+"""Moves thought detail between device slots and the host store: the only writer of holes in ``req_to_token`` and
+the only ZoomR caller of the allocator's ``free``.
+
+Contract:
+- Each move changes three things together: the request's ``req_to_token`` row (0 over a detail that leaves the
+  device, fresh slot ids once a recall has landed), the allocator (slots freed or taken), and the thought's
+  ``Location`` in the request's ``ThoughtTable``; and it keeps ``RequestZoom.holes`` / ``inflight_slots`` exact, so
+  a request's device KV is known without reading its row.
+- ``offload`` (DEVICE -> OFFLOADING -> HOST): a host block is taken (``make_host_room(n)`` asks the radix tree for rows
+  when the store is full), the copy starts, the detail becomes holes at once (not attended from the next step on) and
+  its slots stay held until the copy has landed. Returns False, changing nothing, when the store refuses.
+- ``drop`` (DEVICE -> DROPPED): holes, slots freed. ``evict`` (ZOOM -> HOST): holes, slots freed (the host copy stays).
+- ``recall`` (HOST -> RECALLING -> ZOOM): takes slots from the allocator (the caller checked the room) and starts
+  the copy; the slots are written into the row when the copy has landed (``land``), from the next step on.
+- ``land(st, wait)`` finishes the copies of ``st`` that have landed (all of them with ``wait``); ``land_busy`` does
+  so for every request with copies in flight, and nothing for the others (no per-request work on a plain step).
+- ``lose(st, index)``: the thought's host block is gone (dropped by the store): copies in flight end, a zoomed
+  detail leaves the device, the thought is DROPPED.
+- ``end(st)`` at release: waits for and frees copies in flight (an offload's block is complete then).
+- Frees here never hold a hole (they are resident positions or fresh slots), so they skip the hole filter of
+  ``hooks.free_without_holes``, a device read (``hooks.free_known_slots``).
+- Slots are read from the row as device tensors, never copied to the host: a move does not synchronise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from zoomr_sgl.host_store import HostDetailStore
+from zoomr_sgl.request_state import Copy, RequestZoom
+from zoomr_sgl.thought_table import Location
+
+
+class DetailMover:
+    def __init__(self, allocator, req_to_token: torch.Tensor, kv_pool, host: HostDetailStore,
+                 make_host_room: Callable[[int], object]):
+        self.allocator = allocator
+        self.req_to_token = req_to_token
+        self.kv_pool = kv_pool
+        self.host = host
+        self.make_host_room = make_host_room
+        self.busy: dict[str, RequestZoom] = {}  # requests with copies in flight
+        self.totals = dict(offloaded_tokens=0, recalled_tokens=0, recalls=0, evictions=0)
+
+    # ------------------------------------------------------------------ the row
+    def _unmap(self, st: RequestZoom, lo: int, hi: int) -> torch.Tensor:
+        """The slots of ``[lo, hi)`` (a device tensor, cloned), now holes in the row."""
+        slots = self.req_to_token[st.row, lo:hi].to(torch.int64)  # a copy: the row is int32
+        self.req_to_token[st.row, lo:hi] = 0
+        st.holes += hi - lo
+        return slots
+
+    def unmap_demoted(self, st: RequestZoom, lo: int, hi: int) -> None:
+        """The radix tree demoted ``[lo, hi)`` and freed its slots itself: only the row changes."""
+        self.req_to_token[st.row, lo:hi] = 0
+        st.holes += hi - lo
+
+    def _free(self, slots: torch.Tensor) -> None:
+        from zoomr_sgl.hooks import free_known_slots
+
+        free_known_slots(self.allocator, slots)
+
+    # ------------------------------------------------------------------ moves
+    def offload(self, st: RequestZoom, index: int) -> bool:
+        t = st.table.thoughts[index]
+        n = t.detail_len
+        block = self.host.allocate(n, owner=(st.rid, index))
+        if block is None and self.make_host_room(n):
+            block = self.host.allocate(n, owner=(st.rid, index))
+        if block is None:  # store full under keep_on_device: the detail stays where it is
+            return False
+        slots = self._unmap(st, t.detail_start, t.detail_end)
+        handle = self.host.copy_from_device(block, self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots)
+        st.blocks[index] = block
+        st.table.begin_offload(index)
+        self._track(st, st.offloading, Copy(index, slots, handle))
+        st.offloading_slots += n
+        self.totals["offloaded_tokens"] += n
+        self.land(st, wait=False)
+        return True
+
+    def drop(self, st: RequestZoom, index: int) -> None:
+        t = st.table.thoughts[index]
+        self._free(self._unmap(st, t.detail_start, t.detail_end))
+        st.table.drop(index)
+
+    def evict(self, st: RequestZoom, index: int) -> None:
+        lo, hi = st.span(index)
+        self._free(self._unmap(st, lo, hi))
+        st.table.evict(index)
+        self.totals["evictions"] += 1
+
+    def recall(self, st: RequestZoom, index: int) -> None:
+        lo, hi = st.span(index)
+        slots = self.allocator.alloc(hi - lo)
+        if slots is None:
+            raise RuntimeError(f"recall of {hi - lo} tokens found no room (the caller checks the room first)")
+        st.table.begin_recall(index)
+        handle = self.host.copy_to_device(st.blocks[index], self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots)
+        self._track(st, st.recalling, Copy(index, slots, handle))
+        self.totals["recalls"] += 1
+        self.totals["recalled_tokens"] += hi - lo
+
+    def _track(self, st: RequestZoom, copies: list, copy: Copy) -> None:
+        copies.append(copy)
+        st.inflight_slots += len(copy.slots)
+        self.busy[st.rid] = st
+
+    # ------------------------------------------------------------------ copies landing
+    def land(self, st: RequestZoom, wait: bool) -> None:
+        if st.offloading:
+            still = []
+            for c in st.offloading:
+                if c.handle.done():
+                    self._free(c.slots)
+                    st.inflight_slots -= len(c.slots)
+                    st.offloading_slots -= len(c.slots)
+                    st.table.finish_offload(c.thought)
+                else:
+                    still.append(c)
+            st.offloading = still
+        if st.recalling:
+            still = []
+            for c in st.recalling:
+                if wait:
+                    c.handle.wait()
+                if c.handle.done():
+                    lo, hi = st.span(c.thought)
+                    self.req_to_token[st.row, lo:hi] = c.slots.to(self.req_to_token.dtype)
+                    st.holes -= hi - lo
+                    st.inflight_slots -= len(c.slots)
+                    st.table.finish_recall(c.thought)
+                else:
+                    still.append(c)
+            st.recalling = still
+        if not (st.offloading or st.recalling):
+            self.busy.pop(st.rid, None)
+
+    def land_busy(self) -> None:
+        for st in list(self.busy.values()):
+            self.land(st, wait=st.config.wait_for_recall)
+
+    # ------------------------------------------------------------------ endings
+    def lose(self, st: RequestZoom, index: int) -> None:
+        del st.blocks[index]
+        st.borrowed.discard(index)
+        for copies in (st.offloading, st.recalling):
+            for c in [c for c in copies if c.thought == index]:
+                copies.remove(c)
+                self._free(c.slots)
+                st.inflight_slots -= len(c.slots)
+                if copies is st.offloading:
+                    st.offloading_slots -= len(c.slots)
+        if not (st.offloading or st.recalling):
+            self.busy.pop(st.rid, None)
+        if st.table.location(index) is Location.ZOOM:
+            lo, hi = st.span(index)
+            self._free(self._unmap(st, lo, hi))
+        st.table.drop(index)
+
+    def end(self, st: RequestZoom, evict_zoom: bool) -> None:
+        """Release: copies waited for and their slots freed; with ``evict_zoom`` the zoom buffer leaves too, so every
+        offloaded detail is a hole backed by its block (what the radix tree adopts)."""
+        for c in st.offloading + st.recalling:
+            c.handle.wait()
+            self._free(c.slots)
+        for c in st.offloading:
+            st.table.finish_offload(c.thought)  # the copy has landed: the block is complete
+        st.offloading.clear()
+        st.recalling.clear()
+        st.inflight_slots = st.offloading_slots = 0
+        self.busy.pop(st.rid, None)
+        if evict_zoom:
+            for i in list(st.blocks):
+                if st.table.location(i) is Location.ZOOM:
+                    lo, hi = st.span(i)
+                    self._free(self._unmap(st, lo, hi))

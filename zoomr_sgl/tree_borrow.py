@@ -1,0 +1,131 @@
+"""What a request borrows from the ZoomR radix tree: prompt thoughts whose detail is a tree-owned host block, and
+tree-owned device detail it demotes to the host.
+
+Contract (the manager's module docstring tells the whole story; this is the mechanism):
+- ``admit(st, req)``: the prefix holes the tree gave (``st.reused_host_tokens``, ``st.holes``) and which block backs
+  which run (``st.tree_spans``). The one device read of a request's row, at its admission.
+- ``close_prompt_thought(st, index)``: a thought starting below ``protected_len``. Device detail stays (and is
+  demoted when the policy offloads and the detail is wholly tree-owned); holes backed by exactly one whole, live tree
+  block start ``HOST`` with that block borrowed; any other holes make it ``DROPPED``.
+- ``demote``: ``tree.demote`` makes the span one host node with a new tree-owned block; the row and
+  ``req.prefix_indices`` get holes there; refused (kept on the device, counted) when another running request reads
+  it or the host store is full.
+- Borrowed blocks are never freed by the request; ``release(st)`` forgets the request's borrows and hands its own
+  blocks to the tree (``req.zoomr_host_spans``) when it will be inserted, else frees them.
+- ``on_host_drop(block)``: the store dropped a block; every running request that borrowed or owned it loses that
+  thought (``DetailMover.lose``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from zoomr_sgl.detail_mover import DetailMover
+from zoomr_sgl.host_store import HostBlock, HostDetailStore
+from zoomr_sgl.radix_tree import Demotion, hole_runs
+from zoomr_sgl.request_state import RequestZoom
+from zoomr_sgl.selection.base import DetailAction
+
+
+class TreeBorrow:
+    def __init__(self, tree, host: HostDetailStore, mover: DetailMover, requests: dict[str, RequestZoom]):
+        self.tree = tree  # ZoomRRadixCache, or None with another tree
+        self.host = host
+        self.mover = mover
+        self.requests = requests
+        self._borrowers: dict[int, set[tuple[str, int]]] = {}  # tree block id -> (rid, thought) borrowing it
+        self.totals = dict(demoted_tokens=0, kept_shared_tokens=0)
+
+    def admit(self, st: RequestZoom, req) -> None:
+        if self.tree is None or req.last_node is None:
+            return
+        prefix = self.mover.req_to_token[st.row, :st.protected_len]
+        st.reused_host_tokens = st.holes = int((prefix == 0).sum())  # once per request, at admission
+        if st.reused_host_tokens:
+            st.tree_spans = self.tree.host_spans(req.last_node)
+
+    def make_host_room(self, num_tokens: int) -> bool:
+        return self.tree is not None and bool(self.tree.evict_host(num_tokens))
+
+    def close_prompt_thought(self, st: RequestZoom, index: int) -> None:
+        t = st.table.thoughts[index]
+        if t.detail_len == 0:
+            return
+        runs = hole_runs(self.mover.req_to_token[st.row, t.detail_start:t.detail_end])  # a prompt thought: rare
+        if not runs:
+            if st.policy.detail_action is DetailAction.OFFLOAD and t.detail_end <= st.protected_len:
+                self._demote(st, index)
+            return
+        span = None
+        if len(runs) == 1:
+            lo, hi = t.detail_start + runs[0][0], t.detail_start + runs[0][1]
+            span = next((s for s in st.tree_spans if s.start == lo and s.end == hi and s.offset == 0
+                         and s.block is not None and s.block.num_tokens == hi - lo
+                         and self.host.is_live(s.block)), None)
+        if span is None:
+            st.table.drop(index)
+            return
+        st.table.mark_offloaded(index)
+        if (span.start, span.end) != (t.detail_start, t.detail_end):
+            st.spans[index] = (span.start, span.end)
+        self._borrow(st, index, span.block)
+
+    def _demote(self, st: RequestZoom, index: int) -> None:
+        t = st.table.thoughts[index]
+        req = st.req
+        if self.tree is None or req is None or req.last_node is None:
+            return
+        lo, hi = t.detail_start, t.detail_end
+        result = self.tree.demote(req.last_node, lo, hi, self.mover.kv_pool.k_buffer, self.mover.kv_pool.v_buffer,
+                                  owner=("zoomr-tree", st.rid, index))  # 3-tuple: not a request's own block
+        if result.refused == Demotion.READ_ELSEWHERE:
+            st.kept_shared_tokens += t.detail_len
+            self.totals["kept_shared_tokens"] += t.detail_len
+        if result.block is None:  # refused, or host store full under keep_on_device
+            return
+        self.mover.unmap_demoted(st, lo, hi)  # the tree freed the slots: no step reads them from now on
+        prefix = getattr(req, "prefix_indices", None)
+        if isinstance(prefix, torch.Tensor) and len(prefix) >= hi:
+            prefix = prefix.clone()
+            prefix[lo:hi] = 0
+            req.prefix_indices = prefix
+        st.table.mark_offloaded(index)
+        self._borrow(st, index, result.block)
+        st.demoted_tokens += t.detail_len
+        self.totals["demoted_tokens"] += t.detail_len
+
+    def _borrow(self, st: RequestZoom, index: int, block: HostBlock) -> None:
+        st.blocks[index] = block
+        st.borrowed.add(index)
+        self._borrowers.setdefault(block.block_id, set()).add((st.rid, index))
+
+    def release(self, st: RequestZoom, req, insert: bool) -> None:
+        handed = []
+        for i, block in st.blocks.items():
+            if i in st.borrowed:
+                self._borrowers.get(block.block_id, set()).discard((st.rid, i))
+                continue
+            if not self.host.is_live(block):
+                continue
+            if self.tree is not None and insert:
+                handed.append((*st.span(i), block))
+            else:
+                self.host.free(block)
+        for block_id in [b for b, who in self._borrowers.items() if not who]:
+            del self._borrowers[block_id]
+        st.blocks.clear()
+        if handed:
+            req.zoomr_host_spans = handed  # the tree adopts them or frees them (radix_tree contract)
+
+    def on_host_drop(self, block: HostBlock) -> None:
+        """``drop_oldest`` took a host block back: its thought's detail is gone for good (counted by the store).
+        The store waited for the block's copies, so the slots of a copy in flight can be freed now. A tree block
+        may be borrowed by several running requests: each loses that thought."""
+        owners = list(self._borrowers.pop(block.block_id, ()))
+        if isinstance(block.owner, tuple) and len(block.owner) == 2:
+            owners.append(block.owner)
+        for rid, index in owners:
+            st = self.requests.get(rid)
+            if st is None or st.blocks.get(index) != block:
+                continue
+            self.mover.lose(st, index)

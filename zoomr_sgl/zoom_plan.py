@@ -1,0 +1,148 @@
+"""The zoom as a per-step plan: every request due to zoom this step is scored in one launch, the scores come to the
+host in one copy, then each request's policy decides and the ``DetailMover`` applies.
+
+Contract:
+- ``ZoomPlanner.run(due, queries, step, headroom)``: ``due`` lists ``(RequestZoom, batch_index)`` of this decode
+  step; ``queries[layer]`` is the step's ``[bs, Hq, D]`` post-RoPE queries at each scoring layer, in batch order.
+  Missing queries skip the zoom for everyone (counted in ``totals['zooms_skipped']`` and logged once, never
+  silent). For each request, ``policy.to_score(table)`` names the thoughts to score; their summary keys are read
+  from the pool by slot (``req_to_token``) and scored by each request's own query: on CUDA by the Triton kernel
+  (``kernels.thought_scoring``), elsewhere by ``zoomr_sgl.scoring.thought_scores`` over the gathered keys; both one
+  launch for the whole step. The scores are read to the host once; ``policy.decide`` then runs per request on host
+  data.
+- Recall room: a recall takes fresh slots only if the allocator keeps ``headroom`` free slots afterwards (the next
+  decode step's tokens), counting the slots its own evictions free. A recall that does not fit is trimmed
+  (``recalls_trimmed``; a later zoom asks again) and the evictions that only made buffer room for it are not done.
+- The selected thoughts still in the buffer are stamped most recently used (``ThoughtTable.touch``).
+- With ``wait_for_recall`` the request's recalls are waited for before the next forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Sequence
+
+import torch
+
+from zoomr_sgl.detail_mover import DetailMover
+from zoomr_sgl.request_state import RequestZoom
+from zoomr_sgl.scoring import scores_over_padded
+from zoomr_sgl.selection.base import StepInputs
+from zoomr_sgl.thought_table import ZoomDecision
+
+logger = logging.getLogger("zoomr_sgl")
+
+
+class ZoomPlanner:
+    def __init__(self, kv_pool, req_to_token: torch.Tensor, scoring_layers: Sequence[int], mover: DetailMover,
+                 allocator):
+        self.k_buffers = [kv_pool.k_buffer[layer] for layer in scoring_layers]
+        self.scoring_layers = tuple(scoring_layers)
+        self.req_to_token = req_to_token
+        self.mover = mover
+        self.allocator = allocator
+        self.device = self.k_buffers[0].device
+        self.totals = dict(zooms=0, zooms_skipped=0, recalls_trimmed=0, scored_thoughts=0)
+        self._warned = False
+        self.host_side = contextlib.nullcontext  # the step probe swaps in its pause (zoomr_sgl.step_probe)
+
+    def run(self, due: list[tuple[RequestZoom, int]], queries: dict, step: int, headroom: int) -> None:
+        if not due:
+            return
+        if not all(layer in queries for layer in self.scoring_layers):
+            self.totals["zooms_skipped"] += len(due)
+            if not self._warned:
+                logger.warning("zoom skipped: the attention backend gave no queries at scoring layers %s",
+                               self.scoring_layers)
+                self._warned = True
+            return
+        plans = [(st, b, st.policy.to_score(st.table)) for st, b in due]
+        scores = self._score(plans, queries)
+        room = int(self.allocator.available_size()) - headroom
+        offset = 0
+        for st, _, scored in plans:
+            mine = scores[offset:offset + len(scored)]
+            offset += len(scored)
+
+            def given(spans, mine=mine, n=len(scored)):
+                if len(spans) != n:
+                    raise RuntimeError(f"policy scored {len(spans)} thoughts, {n} were planned")
+                return mine
+
+            with self.host_side():  # policies decide on host data only
+                decision = st.policy.decide(st.table, StepInputs(step, score_summaries=given))
+            room = self._apply(st, decision, room)
+            self.totals["zooms"] += 1
+
+    # ------------------------------------------------------------------ scoring, once for the step
+    def _score(self, plans, queries) -> torch.Tensor:
+        rows, positions, owner, lengths = [], [], [], []
+        for b, (st, _, scored) in enumerate(plans):
+            for i in scored:
+                lo, hi = st.table.summary_span(i)
+                rows.extend([st.row] * (hi - lo))
+                positions.extend(range(lo, hi))
+                owner.append(b)
+                lengths.append(hi - lo)
+        if not owner:
+            return torch.empty(0)
+        self.totals["scored_thoughts"] += len(owner)
+        dev = self.device
+        to_dev = lambda values, dtype=torch.int64: torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)  # noqa: E731
+        slots = self.req_to_token[to_dev(rows), to_dev(positions)]
+        batch_index = to_dev([b for _, b, _ in plans])
+        q = torch.stack([queries[layer][batch_index] for layer in self.scoring_layers], dim=1)  # [B, L, Hq, D]
+        if dev.type == "cuda":
+            from kernels.thought_scoring import thought_scores_triton
+
+            indptr = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            scores = thought_scores_triton(q.to(self.k_buffers[0].dtype).contiguous(), self.k_buffers,
+                                           to_dev(owner, torch.int32), indptr.to(dev, non_blocking=True), slots)
+        else:  # the torch reference, padded by index on the host (no device value read before the scores)
+            width, starts = max(lengths), [0]
+            for n in lengths[:-1]:
+                starts.append(starts[-1] + n)
+            pad = torch.tensor([[s + min(j, n - 1) for j in range(width)] for s, n in zip(starts, lengths)])
+            valid = torch.tensor([[j < n for j in range(width)] for n in lengths])
+            picked = slots.long()[pad.to(dev)]  # [T, N]
+            keys = torch.stack([buf[picked] for buf in self.k_buffers], dim=1)  # [T, L, N, Hkv, D]
+            scores = scores_over_padded(q.float()[to_dev(owner)], keys, valid.to(dev))
+        return scores.cpu()  # the step's one device read
+
+    # ------------------------------------------------------------------ applying, with room
+    def _apply(self, st: RequestZoom, decision: ZoomDecision, room: int) -> int:
+        if not (decision.recall or decision.evict):
+            st.table.touch(decision.selected)
+            return room
+        slots = lambda i: (lambda lo, hi: hi - lo)(*st.span(i))  # noqa: E731  device slots a recall takes
+        size = lambda i: st.table.segmenter.closed_thought(i).detail_len  # noqa: E731  what the budget counts
+        budget = st.config.zoom_budget
+        buffered = st.table.zoom_tokens()
+        spare = list(decision.evict)  # least recently selected first
+        evict, recall, trimmed = [], [], []
+        for i in decision.recall:
+            need, buf = [], buffered
+            while buf + size(i) > budget and spare:
+                need.append(spare.pop(0))
+                buf -= size(need[-1])
+            freed = sum(slots(j) for j in need)
+            if buf + size(i) > budget or slots(i) > room + freed:
+                spare[:0] = need  # that room was for this recall only
+                trimmed.append(i)
+                continue
+            evict += need
+            recall.append(i)
+            room += freed - slots(i)
+            buffered = buf + size(i)
+        for i in evict:
+            self.mover.evict(st, i)
+        for i in recall:
+            self.mover.recall(st, i)
+        st.table.touch([i for i in decision.selected if i not in trimmed])
+        if trimmed:
+            st.recalls_trimmed += len(trimmed)
+            self.totals["recalls_trimmed"] += len(trimmed)
+        if recall:
+            self.mover.land(st, wait=st.config.wait_for_recall)
+        return room
