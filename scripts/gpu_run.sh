@@ -3,9 +3,11 @@
 # launch.py --enable-zoomr on the embedded model, Qwen3-8B long generations, the server tests), logged under $OUT.
 #
 #   here (CPU host), once:  scripts/gpu_run.sh --prepare     # fills .gpu/ (runtime archive, pure-python test deps)
-#   on the device:          bash scripts/gpu_run.sh [long] [tests] [bench] [e2e] [suite]
+#   on the device:          bash scripts/gpu_run.sh [long] [tests] [bench] [e2e] [suite] [capacity-launch]
+#                           [capacity-start] [capacity] [capacity-stop]
 #                           (default: tests bench e2e; long runs in the background beside the later phases)
-#                           writes $OUT/results/{kernels,serve_long}.{json,md,png}, $OUT/gpu_run.log, $OUT/logs.tgz
+#                           writes $OUT/results/{kernels,serve_long,capacity}.{json,md,png}, $OUT/gpu_run.log,
+#                           $OUT/logs.tgz
 #                           within $BUDGET_S seconds (default 570)
 #                           with carry [".gpu", ".models"]
 set -uo pipefail
@@ -66,6 +68,65 @@ export PYTHONPATH="$PYTHONPATH:/tmp/pylib"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.csv" 2>&1
 python3 -c "import torch, triton, flashinfer, sglang; print('torch', torch.__version__, 'triton', triton.__version__,
 'flashinfer', flashinfer.__version__, 'sglang', sglang.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
+
+# The capacity servers (stock, stock with ZoomR's flags, launch.py --enable-zoomr) live across device calls: started
+# detached (setsid) on fixed ports, their pids and logs in $CAP_DIR, their flags from benchmarks/capacity.py itself.
+CAP_DIR=/tmp/capacity
+CAP_NAMES=(stock stock_zoomr_flags zoomr)
+CAP_URL_FLAGS=(--url-stock --url-stock-flags --url-zoomr)
+CAP_SERVERS=${CAPACITY_SERVERS:-stock,stock_zoomr_flags,zoomr}
+CAP_BASE_PORT=$([[ ${CAPACITY_WHOLE_GPU:-0} == 1 ]] && echo 30024 || echo 30021)  # whole-GPU servers apart
+CAP_LENGTHS=${CAPACITY_LENGTHS:-4096,8192,16384,32768}
+cap_flags() {  # the benchmark's server-shaping flags: the same for --print-server-argv and the run
+  local f=(--model-path /tmp/qwen3-8b --load-format dummy --lengths "$CAP_LENGTHS"
+           "--zoomr-server-flags=${CAPACITY_ZOOMR_FLAGS:---zoomr-host-store-tokens 262144}")
+  [[ -n ${CAPACITY_MAX_TOTAL_TOKENS:-} ]] && f+=(--max-total-tokens "$CAPACITY_MAX_TOTAL_TOKENS")
+  [[ ${CAPACITY_WHOLE_GPU:-0} == 1 ]] && f+=(--whole-gpu)
+  printf '%q ' "${f[@]}"
+}
+cap_wanted() { [[ ",$CAP_SERVERS," == *",$1,"* ]]; }
+cap_answers() { python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$1/health_generate', timeout=20)" 2>/dev/null; }
+cap_start() {  # [nowait]: start what does not answer yet, all side by side, then (unless nowait) wait for all
+  # Side by side, so the 4-6 minute starts overlap (FlashInfer compiles once into /tmp/fi for all). SGLang keeps
+  # (1 - --mem-fraction-static) x (memory free when the server starts) as slack and gives the rest to the pool, which
+  # --max-total-tokens caps; a high fraction (0.85) leaves every server its capped pool whatever the others took
+  # first. A server already starting (pid alive) is not started again.
+  mkdir -p "$CAP_DIR" /tmp/qwen3-8b && cp .gpu/configs/qwen3-8b/config.json .gpu/configs/tiny-tokenizer/* /tmp/qwen3-8b/
+  local i name port pid argv args
+  for i in "${!CAP_NAMES[@]}"; do
+    name=${CAP_NAMES[$i]}; port=$((CAP_BASE_PORT + i))
+    cap_wanted "$name" || continue
+    if cap_answers $port; then stamp "capacity: $name already answers on $port"; continue; fi
+    pid=$(cat "$CAP_DIR/$name.pid" 2>/dev/null)
+    if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then stamp "capacity: $name (pid $pid) is still starting"; continue; fi
+    argv=$(eval "python3 benchmarks/capacity.py --print-server-argv $name $(cap_flags) \
+      --mem-fraction-static ${CAPACITY_MEM_FRACTION:-0.85} -- --cuda-graph-max-bs ${CAPACITY_GRAPH_BS:-64} \
+      ${CAPACITY_SGLANG_FLAGS:-}") || return 1
+    eval "args=($argv)"
+    setsid nohup python3 launch.py "${args[@]}" --host 127.0.0.1 --port $port > "$CAP_DIR/$name.log" 2>&1 < /dev/null &
+    pid=$!; echo $pid > "$CAP_DIR/$name.pid"
+    stamp "capacity: started $name (pid $pid) on $port: launch.py $argv"
+  done
+  [[ ${1:-} == nowait ]] && return 0
+  local rc=0
+  for i in "${!CAP_NAMES[@]}"; do
+    name=${CAP_NAMES[$i]}; port=$((CAP_BASE_PORT + i))
+    cap_wanted "$name" || continue
+    cap_answers $port && continue
+    if wait_ready $port "$(cat "$CAP_DIR/$name.pid" 2>/dev/null)"; then stamp "capacity: $name ready"
+    else stamp "capacity: $name not ready"; tail -20 "$CAP_DIR/$name.log"; rc=1; fi
+  done
+  return $rc
+}
+cap_stop() {  # end the process groups this script started (by pid file), TERM then KILL
+  local f pid
+  for f in "$CAP_DIR"/*.pid; do
+    [[ -e $f ]] || continue
+    pid=$(cat "$f"); kill -TERM -- -"$pid" 2>/dev/null
+    for _ in $(seq 20); do kill -0 -- -"$pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- -"$pid" 2>/dev/null; rm -f "$f"; stamp "capacity: stopped $(basename "$f" .pid)"
+  done
+}
 
 for phase in "${PHASES[@]}"; do
   case $phase in
@@ -146,6 +207,41 @@ PY
         > "$OUT/suite_tests.log" 2>&1
       echo "server tests rc=$?"; grep -E "passed|failed|error" "$OUT/suite_tests.log" | tail -3
       kill $z $st $sm 2>/dev/null; wait $z $st $sm 2>/dev/null
+      ;;
+    capacity-launch)
+      # Start the capacity servers detached and go on (e.g. with `tests`) while they come up; `capacity-start` or
+      # `capacity` later waits for them.
+      stamp "capacity: launching the servers"
+      cap_start nowait
+      ;;
+    capacity-start)
+      # Only start the capacity servers and wait until they are ready (4-6 minutes on a bare machine), so that the
+      # next device call, while this machine is still warm, measures with `capacity`.
+      stamp "capacity: starting the servers"
+      cap_start; echo "capacity-start rc=$?"
+      ;;
+    capacity)
+      # The yardstick (benchmarks/capacity.py) on Qwen3-8B with random weights, attached to the capacity servers
+      # (started here first unless they answer). Pool: 4 x (256 + longest length) tokens unless
+      # CAPACITY_MAX_TOTAL_TOKENS; CAPACITY_WHOLE_GPU=1: no pool cap (other ports). Stops itself before the budget
+      # (SIGTERM: the points measured so far are written). The servers keep running for a later call unless
+      # CAPACITY_STOP=1.
+      stamp "capacity: lengths $CAP_LENGTHS, ${CAPACITY_REQUESTS:-32} requests"
+      if cap_start; then
+        urls=(); for i in "${!CAP_NAMES[@]}"; do
+          cap_wanted "${CAP_NAMES[$i]}" && urls+=("${CAP_URL_FLAGS[$i]}" "http://127.0.0.1:$((CAP_BASE_PORT + i))")
+        done
+        eval "timeout -s TERM $(left 30) python3 benchmarks/capacity.py $(cap_flags) --servers $CAP_SERVERS ${urls[*]} \
+          --requests ${CAPACITY_REQUESTS:-32} --whole-gpu-requests ${CAPACITY_WHOLE_GPU_REQUESTS:-128} \
+          --whole-gpu-length ${CAPACITY_WHOLE_GPU_LENGTH:-16384} --window ${CAPACITY_WINDOW:-45} \
+          --window-from ${CAPACITY_WINDOW_FROM:-4096} ${CAPACITY_ARGS:-} --out $OUT/results" > "$OUT/capacity.log" 2>&1
+        echo "capacity rc=$?"; tr '\r' '\n' < "$OUT/capacity.log" | grep -v '^\s*$' | tail -40
+      fi
+      for f in "$CAP_DIR"/*.log; do [[ -e $f ]] && cp "$f" "$OUT/capacity_server_$(basename "$f")"; done
+      [[ ${CAPACITY_STOP:-0} == 1 ]] && cap_stop
+      ;;
+    capacity-stop)
+      cap_stop
       ;;
     *) stamp "unknown phase $phase"; exit 2 ;;
   esac

@@ -1,0 +1,229 @@
+"""One point of the capacity benchmark: N concurrent streamed generations against one server, as the client and the
+scheduler saw them.
+
+Contract: ``measure_point(url, plan)`` flushes the server's radix cache, sends ``plan.prompts`` to ``/generate`` at
+once (greedy, ``ignore_eos``, ``stream``, ``plan.custom_params`` per request), and returns a ``PointResult``:
+- ``plan.window_s`` None: every request runs to its end; the measurement spans the first send to the last token.
+- otherwise: once the server is full (``wait_full``) it counts output tokens for ``window_s`` seconds (less if a
+  request finishes first: ``cut_short``; no rate under ``MIN_WINDOW_S``), then aborts everything (``/abort_request {"abort_all": true}``).
+Either way the server is idle again (scheduler: nothing running or queued) when it returns or raises; a failed
+request raises ``RuntimeError``. Scheduler figures come from ``scheduler_probe``; the client only times tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import aiohttp
+
+try:
+    from benchmarks.scheduler_probe import SchedulerProbe, read_sample, wait_idle
+except ImportError:  # run as a script: benchmarks/ itself is on the path
+    from scheduler_probe import SchedulerProbe, read_sample, wait_idle
+
+try:
+    from orjson import loads
+except ImportError:
+    from json import loads
+
+
+MIN_WINDOW_S = 0.5  # a shorter measurement has no rate worth reporting
+
+
+class PointPlan(NamedTuple):
+    row: str
+    server: str
+    length: int  # max_new_tokens
+    prompts: list[list[int]]
+    custom_params: dict | None  # ZoomR settings (a ZoomR row), or None (a stock server)
+    window_s: float | None  # None: run to completion
+    settle_s: float = 10.0  # wait_full: seconds without growth that mean "full"
+    max_ramp_s: float = 300.0  # wait_full: at most this long
+    poll_s: float = 0.5  # between /metrics reads
+    pool_tokens: int | None = None  # the server's KV pool (wait_full: may a retraction still come?)
+
+
+class PointResult(NamedTuple):
+    row: str
+    server: str
+    length: int
+    requests: int
+    mode: str  # "complete" or "window"
+    ramp_s: float  # window: from the first send until the server was full; complete: 0
+    full_by: str  # window: why the server counted as full
+    measured_s: float  # complete: first send to last token; window: the window actually measured
+    cut_short: bool  # window: a request finished inside it, so it ended early
+    started: int  # requests that had streamed a token by the end of the measurement
+    output_tokens: int  # inside the measurement
+    output_tok_per_s: float | None  # None: a window cut short before it lasted MIN_WINDOW_S
+    tbt_p50_ms: float | None
+    tbt_p99_ms: float | None
+    tbt_samples: int
+    peak_kv_max: int | None  # device KV tokens per request, the largest request
+    peak_kv_mean: float | None
+    peak_kv_source: str
+    scheduler: dict  # scheduler_probe.SchedulerFigures
+
+
+@dataclass
+class RequestTrace:
+    """One streamed request as the client saw it: arrival time and cumulative completion tokens of each chunk."""
+
+    times: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    zoomr: dict | None = None  # the latest meta_info.zoomr
+    finish: str | None = None
+    error: str | None = None
+
+    @property
+    def count(self) -> int:
+        return self.tokens[-1] if self.tokens else 0
+
+
+def meta_info(body: bytes) -> dict:
+    """``meta_info`` of one stream chunk. SGLang's chunks end with it; parse just that (a chunk also carries every
+    output id so far), else the whole chunk."""
+    at = body.rfind(b'"meta_info":')
+    if at >= 0 and body.endswith(b"}"):
+        try:
+            meta = loads(body[at + 12:-1])
+            if isinstance(meta, dict) and "completion_tokens" in meta:
+                return meta
+        except ValueError:
+            pass
+    chunk = loads(body)
+    if "error" in chunk:
+        raise RuntimeError(chunk["error"].get("message", chunk["error"]))
+    return chunk["meta_info"]
+
+
+async def stream_one(session: aiohttp.ClientSession, url: str, payload: dict, trace: RequestTrace) -> None:
+    try:
+        async with session.post(url + "/generate", json=payload) as r:
+            if r.status != 200:
+                trace.error = f"HTTP {r.status}: {(await r.text())[:300]}"
+                return
+            async for line in r.content:
+                if not line.startswith(b"data: "):
+                    continue
+                t, body = time.perf_counter(), line[6:].strip()
+                if body == b"[DONE]":
+                    return
+                meta = meta_info(body)
+                if meta["completion_tokens"] > trace.count:
+                    trace.times.append(t)
+                    trace.tokens.append(meta["completion_tokens"])
+                trace.zoomr = meta.get("zoomr") or trace.zoomr
+                if meta.get("finish_reason"):
+                    trace.finish = meta["finish_reason"]["type"]
+    except (aiohttp.ClientError, RuntimeError, ValueError) as e:
+        trace.error = f"{type(e).__name__}: {e}"
+
+
+def tbt_ms(traces: list[RequestTrace], t0: float, t1: float) -> tuple[float | None, float | None, int]:
+    """p50, p99 of the time between tokens inside [t0, t1]: a chunk's gap to the previous chunk of its request,
+    split evenly over the tokens it brought. The gap before a request's first token (queueing, prefill) is no TBT."""
+    gaps: list[float] = []
+    for tr in traces:
+        for i in range(1, len(tr.times)):
+            if t0 <= tr.times[i - 1] and tr.times[i] <= t1:
+                n = tr.tokens[i] - tr.tokens[i - 1]
+                gaps += [(tr.times[i] - tr.times[i - 1]) * 1000 / n] * n
+    if not gaps:
+        return None, None, 0
+    gaps.sort()
+    pick = lambda q: gaps[min(len(gaps) - 1, int(q * len(gaps)))]  # noqa: E731
+    return pick(0.50), pick(0.99), len(gaps)
+
+
+def count_at(traces: list[RequestTrace]) -> int:
+    return sum(tr.count for tr in traces)
+
+
+async def wait_full(traces: list[RequestTrace], probe: SchedulerProbe, plan: PointPlan) -> tuple[float, str]:
+    """Until every request streams, or for ``settle_s`` no more requests streamed, the scheduler's running count did
+    not grow, and neither did its token usage (by 1% of the pool) while the streaming requests' full KV would
+    overflow the pool (a retraction may still come); at most ``max_ramp_s``. Returns (time, why)."""
+    t_start = last_growth = time.perf_counter()
+    best = [0, 0.0, 0.0]  # streaming requests, running requests, token usage
+    full_kv = len(plan.prompts[0]) + plan.length
+    while True:
+        now = time.perf_counter()
+        started = sum(1 for tr in traces if tr.tokens)
+        if started == len(traces):
+            return now, "all streaming"
+        if any(tr.error or tr.finish for tr in traces):  # no steady state before the first finish
+            return now, "a request ended first"
+        usage = probe.samples[-1].token_usage if probe.samples else 0.0
+        may_retract = plan.pool_tokens is None or started * full_kv > plan.pool_tokens
+        if started > best[0] or probe.running_max() > best[1] or (may_retract and usage >= best[2] + 0.01):
+            best, last_growth = [max(started, best[0]), max(probe.running_max(), best[1]), max(usage, best[2])], now
+        if started and now - last_growth >= plan.settle_s:
+            return now, f"{started} streaming, no growth for {plan.settle_s:g} s"
+        if now - t_start >= plan.max_ramp_s:
+            return now, f"{started} streaming at the ramp limit"
+        await asyncio.sleep(0.1)
+
+
+async def measure_point(url: str, plan: PointPlan) -> PointResult:
+    params = {"max_new_tokens": plan.length, "temperature": 0, "ignore_eos": True}
+    if plan.custom_params:
+        params["custom_params"] = plan.custom_params
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)  # a queued request may wait minutes for a token
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout,
+                                     read_bufsize=1 << 22) as session:
+        async with session.post(url + "/flush_cache?timeout=60", timeout=aiohttp.ClientTimeout(total=120)) as r:
+            if r.status != 200:
+                raise RuntimeError(f"{url}/flush_cache: HTTP {r.status}: {await r.text()}")
+        probe = SchedulerProbe(session, url, plan.poll_s)
+        before = await read_sample(session, url)
+        probe.start()
+        traces = [RequestTrace() for _ in plan.prompts]
+        t_send = time.perf_counter()
+        tasks = [asyncio.create_task(stream_one(session, url, {"input_ids": ids, "stream": True,
+                                                               "sampling_params": params}, tr))
+                 for ids, tr in zip(plan.prompts, traces)]
+        try:
+            if plan.window_s is None:
+                await asyncio.gather(*tasks)
+                t0, ramp, full_by, tok0, cut = t_send, 0.0, "", 0, False
+                t1 = max((tr.times[-1] for tr in traces if tr.times), default=t_send)
+            else:
+                t0, full_by = await wait_full(traces, probe, plan)
+                ramp, tok0 = t0 - t_send, count_at(traces)
+                while time.perf_counter() < t0 + plan.window_s and not any(tr.finish or tr.error for tr in traces):
+                    await asyncio.sleep(0.05)
+                t1, cut = time.perf_counter(), any(tr.finish for tr in traces)
+            tok1 = count_at(traces)
+        finally:  # done, failed or interrupted: nothing of this point may keep running on the server
+            if not all(t.done() for t in tasks):
+                async with session.post(url + "/abort_request", json={"abort_all": True}) as r:
+                    await r.read()
+                await asyncio.wait(tasks, timeout=60)
+                for t in tasks:
+                    t.cancel()
+            await wait_idle(session, url)
+            await probe.stop()
+        errors = [tr.error for tr in traces if tr.error]
+        if errors:
+            raise RuntimeError(f"{plan.row} at {plan.length}: {len(errors)} request(s) failed, e.g. {errors[0]}")
+        after = await read_sample(session, url)
+    sched = probe.figures(t0, t1, before, after)
+    p50, p99, n_gaps = tbt_ms(traces, t0, t1)
+    if plan.custom_params:
+        peaks = [tr.zoomr["peak_device_kv_tokens"] for tr in traces if tr.zoomr]
+        source = "meta_info.zoomr.peak_device_kv_tokens"
+    else:
+        peaks = [len(ids) + tr.count for ids, tr in zip(plan.prompts, traces) if tr.tokens]
+        source = "prompt + output tokens (full KV)"
+    tokens, seconds = tok1 - tok0, t1 - t0
+    return PointResult(
+        row=plan.row, server=plan.server, length=plan.length, requests=len(plan.prompts),
+        mode="complete" if plan.window_s is None else "window", ramp_s=ramp, full_by=full_by, measured_s=seconds,
+        cut_short=cut, started=sum(1 for tr in traces if tr.tokens), output_tokens=tokens,
+        output_tok_per_s=tokens / seconds if seconds >= MIN_WINDOW_S else None, tbt_p50_ms=p50, tbt_p99_ms=p99, tbt_samples=n_gaps,
+        peak_kv_max=max(peaks) if peaks else None, peak_kv_mean=sum(peaks) / len(peaks) if peaks else None,
+        peak_kv_source=source, scheduler=sched._asdict())
