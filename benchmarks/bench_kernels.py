@@ -84,7 +84,7 @@ def recall_bandwidth() -> dict:
     store_s = timed(lambda: store.copy_to_device(block, k_bufs, v_bufs, slots).wait())
     ok = torch.equal(k_bufs[3][slots[:5]].cpu(), store.k[3, :5]) and torch.equal(v_bufs[5][slots[-5:]].cpu(),
                                                                                   store.v[5, tokens - 5:tokens])
-    raw = store.k.reshape(-1)[: nbytes // 2]  # the same bytes as one pinned buffer: the link's ceiling
+    raw = store.kv.reshape(-1)[: nbytes // 2]  # the same bytes as one pinned buffer: the link's ceiling
     dev = torch.empty_like(raw, device="cuda")
     raw_s = timed(lambda: dev.copy_(raw, non_blocking=True))
     return {"bytes": nbytes, "store_gbps": nbytes / store_s / 1e9, "pinned_ceiling_gbps": nbytes / raw_s / 1e9,

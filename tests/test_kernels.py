@@ -46,7 +46,7 @@ def test_kernels_under_the_interpreter():
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     passed = re.search(r"(\d+) passed", r.stdout)
-    assert passed and int(passed.group(1)) >= 9, r.stdout[-2000:]
+    assert passed and int(passed.group(1)) >= 10, r.stdout[-2000:]
 
 
 SENTINEL = -7
@@ -172,3 +172,52 @@ def test_thought_scores_empty_batch(device):
     q, kb, _, _, slots = random_scoring_inputs(gen, 1, 1, 4, 1, 16, 4, device, torch.float32)
     empty = torch.zeros(0, dtype=torch.int32, device=device)
     assert ts.thought_scores_triton(q, kb, empty, torch.zeros(1, dtype=torch.int32, device=device), slots).numel() == 0
+
+
+# ------------------------------------------------------------------ KV rows (host copies' device side)
+@pytest.mark.parametrize("device", DEVICES)
+def test_kv_rows_gather_and_scatter_match_the_reference(device):
+    import kernels.kv_rows as kr
+
+    gen = torch.Generator().manual_seed(11)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    layers, pool, heads, dim = 3, 64, 2, 48  # 96 elements a row: not a power of two
+    buffers = [torch.randn(pool, heads, dim, generator=gen).to(device, dtype) for _ in range(2 * layers)]
+    slots = (torch.randperm(pool - 1, generator=gen)[:13] + 1).to(device)
+    out = torch.full((13, 2 * layers, heads, dim), float(SENTINEL), dtype=dtype, device=device)
+    got = kr.gather_rows(buffers, slots, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.equal(got, kr.gather_rows_reference(buffers, slots))
+    staging = torch.randn(13, 2 * layers, heads, dim, generator=gen).to(device, dtype)
+    expect = [b.clone() for b in buffers]
+    kr.scatter_rows_reference(expect, slots, staging)
+    kr.scatter_rows(buffers, slots, staging)
+    assert all(torch.equal(b, e) for b, e in zip(buffers, expect))  # written rows and untouched rows alike
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+def test_host_store_round_trip_through_staged_copies():
+    from zoomr_sgl.host_store import HostDetailStore
+
+    layers, pool, heads, dim = 4, 256, 8, 128
+    k = [torch.randn(pool, heads, dim, device="cuda").to(torch.bfloat16) for _ in range(layers)]
+    v = [torch.randn(pool, heads, dim, device="cuda").to(torch.bfloat16) for _ in range(layers)]
+    store = HostDetailStore(layers, 96, heads, dim, torch.bfloat16, device="cuda")
+    filler = store.allocate(40, owner="gap")
+    first = store.allocate(30, owner="a")
+    store.free(filler)
+    block = store.allocate(60, owner="b")  # two runs: 40 rows freed above, then 20 after the 30 taken
+    assert len(block.runs) == 2
+    src = torch.randperm(pool - 1, device="cuda")[:60] + 1
+    store.copy_from_device(block, k, v, src).wait()
+    for layer in range(layers):
+        assert torch.equal(store.k[layer, 0:40], k[layer][src[:40]].cpu())
+        assert torch.equal(store.v[layer, 70:90], v[layer][src[40:]].cpu())
+    dst = torch.randperm(pool - 1, device="cuda")[:60] + 1
+    k2 = [torch.zeros_like(b) for b in k]
+    v2 = [torch.zeros_like(b) for b in v]
+    store.copy_to_device(block, k2, v2, dst).wait()
+    for layer in range(layers):
+        assert torch.equal(k2[layer][dst], k[layer][src]) and torch.equal(v2[layer][dst], v[layer][src])
+    store.free(first)

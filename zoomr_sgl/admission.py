@@ -10,14 +10,16 @@ Contract:
 - ``peak_tokens(cfg, prompt_len, max_new_tokens, marker_tokens)``: the most device KV an engine-mode request of a policy
   that moves detail off the device (``zoomr``: offload, ``summary_only``: drop) can hold over its whole life: the
   prompt; every summary of its output (each at most ``max_summary_tokens`` plus the markers, each after a detail of at
-  least ``min_thought_tokens``, so at most that share of the output, plus one); the open thought and the one whose
-  offload copy is in flight (``max_thought_tokens`` each); and the zoom buffer (``zoom_budget``, ``zoomr`` only); and
-  never more than full KV (prompt plus ``max_new_tokens``: a short request is charged as stock would).
+  least ``min_thought_tokens``, so at most that share of the output, plus one); the open thought (``max_thought_tokens``)
+  or, right after a thought closed, its detail while the copy to the host is in flight plus the first
+  ``INFLIGHT_MARGIN`` tokens of the next one (a copy lands within a step or two: the open thought is then nearly
+  empty); and the zoom buffer (``zoom_budget``, ``zoomr`` only); and never more than full KV (prompt plus
+  ``max_new_tokens``: a short request is charged as stock would).
   None (stock accounting) for policy ``full``, program and trained mode (the model writes the summaries: no bound),
   and requests that opted out. The bound assumes the host store takes every detail; when it refuses
   (``keep_on_device``) a detail stays and SGLang's own retraction is the backstop.
 - ``running_growth(req)``: for a running bounded request, ``peak - device_now`` (its device KV now, from the manager's
-  counters; 0 once finished): what the adder must keep free for it. No ``new_token_ratio``: the bound is exact, so a
+  counters; 0 once finished): what the adder must keep free for it. No ``new_token_ratio``: the bound holds, so a
   batch of bounded requests that was admitted never needs a retraction.
 - ``new_growth(req)``: for a waiting bounded request, ``peak - prompt_len`` (what it adds beyond its prefill).
 - ``is_bounded(req)``: the request is charged by its bound (running or waiting).
@@ -42,6 +44,9 @@ def _sglang_clip() -> int:
     return schedule_policy.CLIP_MAX_NEW_TOKENS
 
 
+INFLIGHT_MARGIN = 64  # tokens of a new thought written while the previous one's offload copy is still in flight
+
+
 def peak_tokens(cfg: ZoomRConfig | None, prompt_len: int, max_new_tokens: int, marker_tokens: int) -> int | None:
     if cfg is None or cfg.summary_mode != "engine":
         return None
@@ -51,7 +56,7 @@ def peak_tokens(cfg: ZoomRConfig | None, prompt_len: int, max_new_tokens: int, m
     summary = cfg.max_summary_tokens + marker_tokens
     summaries = math.ceil(max_new_tokens * summary / (cfg.min_thought_tokens + summary)) + summary
     zoom = cfg.zoom_budget if action is DetailAction.OFFLOAD else 0
-    return prompt_len + min(max_new_tokens, summaries + 2 * cfg.max_thought_tokens + zoom)
+    return prompt_len + min(max_new_tokens, summaries + cfg.max_thought_tokens + INFLIGHT_MARGIN + zoom)
 
 
 class ZoomRAdmission:

@@ -1,9 +1,10 @@
 """Host detail store: every layer's K and V of offloaded thoughts, in one preallocated host buffer.
 
 Contract:
-- ``HostDetailStore(num_layers, capacity_tokens, kv_heads, head_dim, dtype, device)`` allocates K and V as
-  ``[num_layers, capacity_tokens, kv_heads, head_dim]`` once, pinned when ``device`` is CUDA (so copies can be
-  asynchronous), plain on CPU. Nothing is allocated afterwards.
+- ``HostDetailStore(num_layers, capacity_tokens, kv_heads, head_dim, dtype, device)`` allocates one token-major
+  buffer ``kv`` ``[capacity_tokens, 2, num_layers, kv_heads, head_dim]`` (K then V of every layer, per row) once,
+  pinned when ``device`` is CUDA (so copies can be asynchronous), plain on CPU; ``k`` and ``v`` are its
+  ``[num_layers, capacity_tokens, kv_heads, head_dim]`` views. Nothing is allocated afterwards.
 - ``allocate(num_tokens, owner)`` returns a ``HostBlock`` (one or a few contiguous runs of rows, lowest addresses
   first), or ``None`` when it cannot: with ``host_full_fallback='keep_on_device'`` whenever the free rows do not
   suffice (the caller keeps the detail on the device; counted in ``refused``); with ``'drop_oldest'`` it first frees
@@ -15,6 +16,8 @@ Contract:
   the block back into the given slots (they may differ from the ones it came from). ``len(slots)`` must equal the
   block's token count. On CPU both are synchronous; on CUDA they run on a side stream after the current stream's
   pending work, and the returned ``CopyHandle`` says when they landed (``done()``) or waits for them (``wait()``).
+  On CUDA each run of a block is one contiguous host<->device copy of its rows, staged on the device by one
+  ``kernels.kv_rows`` launch over every layer (not two copies per layer).
   Consumers on the compute stream must ``wait()`` (or ``handle.event`` must be waited on) before reading.
 - Never silent corruption: block ids are never reused, and any use of a freed or dropped block raises
   ``StaleBlockError``. ``free`` waits for the block's copies in flight before its rows can be handed out again.
@@ -87,9 +90,8 @@ class HostDetailStore:
         self.fallback, self.on_drop = fallback, on_drop
         self.capacity_tokens = capacity_tokens
         pin = self.device.type == "cuda"
-        shape = (num_layers, capacity_tokens, kv_heads, head_dim)
-        self.k = torch.empty(shape, dtype=dtype, pin_memory=pin)
-        self.v = torch.empty(shape, dtype=dtype, pin_memory=pin)
+        self.kv = torch.empty((capacity_tokens, 2, num_layers, kv_heads, head_dim), dtype=dtype, pin_memory=pin)
+        self.k, self.v = (self.kv[:, i].permute(1, 0, 2, 3) for i in (0, 1))  # [L, capacity, Hkv, D] views
         self._free: list[tuple[int, int]] = [(0, capacity_tokens)]  # sorted, coalesced (start, count) runs
         self._blocks: dict[int, HostBlock] = {}  # insertion order = age, oldest first
         self._pending: dict[int, list[CopyHandle]] = {}
@@ -162,7 +164,7 @@ class HostDetailStore:
         self._stream.wait_stream(current)  # the KV to offload, or the freshly allocated slots, are ready
         with torch.cuda.stream(self._stream):
             slots = slots.to(self.device, non_blocking=True)
-            self._copy_runs(block, k_buffers, v_buffers, slots, to_host)
+            self._copy_runs_staged(block, [*k_buffers, *v_buffers], slots, to_host)
             event = torch.cuda.Event()
             event.record(self._stream)
         if slots.is_cuda:
@@ -171,6 +173,21 @@ class HostDetailStore:
         pending = [h for h in self._pending.get(block.block_id, ()) if not h.done()]
         self._pending[block.block_id] = pending + [handle]
         return handle
+
+    def _copy_runs_staged(self, block, buffers, slots, to_host: bool) -> None:
+        """CUDA, on the side stream: per run, one kernel between the pool and a device staging tensor and one
+        contiguous copy between that and the run's host rows."""
+        from kernels.kv_rows import gather_rows, scatter_rows
+
+        offset = 0
+        for start, count in block.runs:
+            idx = slots[offset:offset + count]
+            host = self.kv[start:start + count].view(count, len(buffers), *self.kv.shape[3:])
+            if to_host:
+                host.copy_(gather_rows(buffers, idx), non_blocking=True)
+            else:
+                scatter_rows(buffers, idx, host.to(self.device, non_blocking=True))
+            offset += count
 
     def _copy_runs(self, block, k_buffers, v_buffers, slots, to_host: bool) -> None:
         nb = self._stream is not None
