@@ -1,0 +1,79 @@
+"""The zoom's recall room, with the real pieces on CPU (SGLang's token allocator, the host store, a thought table):
+a recall that does not fit leaves the next step's slots free and undoes the eviction that only made room for it;
+one that fits evicts, recalls and keeps the request's device count exact."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
+
+from zoomr_sgl.config import ZoomRConfig
+from zoomr_sgl.detail_mover import DetailMover
+from zoomr_sgl.host_store import HostDetailStore
+from zoomr_sgl.request_state import RequestZoom
+from zoomr_sgl.selection import policy_for
+from zoomr_sgl.thought_table import Location, ThoughtTable, ZoomDecision
+from zoomr_sgl.zoom_plan import ZoomPlanner
+
+OPEN, CLOSE = 900, 901
+
+
+def world(pool: int = 64):
+    allocator = TokenToKVPoolAllocator(pool, torch.float32, "cpu", None, False)
+    k = [torch.randn(pool + 1, 1, 4)]
+    v = [torch.randn(pool + 1, 1, 4)]
+    kv_pool = SimpleNamespace(k_buffer=k, v_buffer=v)
+    req_to_token = torch.zeros(2, 128, dtype=torch.int32)
+    host = HostDetailStore(1, 256, 1, 4, torch.float32)
+    mover = DetailMover(allocator, req_to_token, kv_pool, host, make_host_room=lambda n: False)
+    planner = ZoomPlanner(kv_pool, req_to_token, (0,), mover, allocator)
+    cfg = ZoomRConfig(zoom_budget=8, zoom_topk=1, summary_mode="program")
+    table = ThoughtTable(cfg, (OPEN,), (CLOSE,), 0)
+    st = RequestZoom(rid="r", row=1, config=cfg, policy=policy_for("zoomr"), table=table, prompt_len=0,
+                     protected_len=0, engine=False, open_ids=(OPEN,), close_ids=(CLOSE,))
+    ids = [*range(1, 9), OPEN, 50, CLOSE, *range(11, 19), OPEN, 51, CLOSE, 60, 61, 62]  # two thoughts, then open
+    req_to_token[1, :len(ids)] = allocator.alloc(len(ids)).to(torch.int32)
+    for t in table.append(ids):
+        assert mover.offload(st, t.index)  # lands at once on CPU: both details are holes backed by host blocks
+    mover.recall(st, 0)
+    mover.land(st, wait=True)
+    assert table.location(0) is Location.ZOOM and table.location(1) is Location.HOST
+    return allocator, req_to_token, planner, st
+
+
+def device_count_is_exact(st, req_to_token) -> bool:
+    n = st.table.length - 1
+    return st.device_tokens() == int((req_to_token[st.row, :n] != 0).sum()) + st.inflight_slots
+
+
+def test_room_counts_the_slots_the_recalls_own_evictions_free():
+    allocator, req_to_token, planner, st = world()
+    available = allocator.available_size()
+    room = planner._apply(st, ZoomDecision(selected=(1,), recall=(1,), evict=(0,)), room=4)  # 8 needed: 4 + 8 freed
+    assert st.table.location(1) is Location.ZOOM and st.table.location(0) is Location.HOST
+    assert room == 4 and allocator.available_size() == available and device_count_is_exact(st, req_to_token)
+
+
+def test_a_recall_without_room_is_trimmed_and_its_eviction_undone():
+    allocator, req_to_token, planner, st = world()
+    available = allocator.available_size()
+    before = req_to_token[1].clone()
+    room = planner._apply(st, ZoomDecision(selected=(1,), recall=(1,), evict=(0,)), room=-1)  # next step's slots
+    assert st.table.location(0) is Location.ZOOM and st.table.location(1) is Location.HOST  # nothing moved
+    assert torch.equal(req_to_token[1], before) and allocator.available_size() == available and room == -1
+    assert st.recalls_trimmed == 1 and planner.totals["recalls_trimmed"] == 1
+    st.table.check_invariants()
+    assert device_count_is_exact(st, req_to_token)
+
+
+def test_a_recall_that_fits_evicts_and_recalls_with_an_exact_device_count():
+    allocator, req_to_token, planner, st = world()
+    available = allocator.available_size()
+    planner._apply(st, ZoomDecision(selected=(1,), recall=(1,), evict=(0,)), room=available)
+    assert st.table.location(0) is Location.HOST and st.table.location(1) is Location.ZOOM
+    assert allocator.available_size() == available  # 8 freed by the eviction, 8 taken by the recall
+    assert bool((req_to_token[1, 0:8] == 0).all()) and bool((req_to_token[1, 11:19] != 0).all())
+    st.table.check_invariants()
+    assert device_count_is_exact(st, req_to_token)
