@@ -228,7 +228,11 @@ class ZoomRManager:
         self.borrow.release(st, req, insert)
         self.markers.clear(st.row)
         st.table.free()
-        req.customized_info = {"zoomr": LatestStats(lambda: final)}
+        view = (req.customized_info or {}).get("zoomr")
+        if isinstance(view, LatestStats):
+            view.read = lambda: final  # the same view: what it already answered stays aligned
+        else:
+            req.customized_info = {"zoomr": LatestStats(lambda: final)}
         if st.holes and self.tree is None:
             # The stock radix tree cannot hold host-backed positions: insert nothing rather than holes.
             req.skip_radix_cache_insert = True

@@ -121,16 +121,26 @@ def request_stats(st: RequestZoom) -> RequestStats:
 
 
 class LatestStats(list):
-    """``req.customized_info`` holds per-token lists that SGLang slices per streamed chunk; this one answers every
-    slice with the stats of the moment, built then (``read()``), so each chunk carries one small dict and a step that
-    nobody reads costs nothing."""
+    """``req.customized_info`` holds per-token lists that SGLang slices per streamed chunk (``[sent:len(output)]``) and
+    the HTTP side accumulates, one entry per token (incremental streaming slices the accumulation by token offset).
+    This one answers a slice with Nones and, last, the stats of the moment, built then (``read()``), so a step nobody
+    reads costs nothing. Its first slice also covers the tokens streamed before it existed (the prefill's first token
+    goes out before the request is admitted), so the accumulation stays aligned with the tokens. The HTTP side keeps
+    the last entry that is not None."""
 
     def __init__(self, read: Callable[[], dict]):
         super().__init__()
         self.read = read
+        self.sliced = False
 
     def __getitem__(self, item):
-        return [self.read()] if isinstance(item, slice) else self.read()
+        if not isinstance(item, slice):
+            return self.read()
+        start = item.start or 0
+        stop = start + 1 if item.stop is None else item.stop
+        n = max(stop - (start if self.sliced else 0), 0)
+        self.sliced = True
+        return [None] * (n - 1) + [self.read()] if n else []
 
     def __reduce__(self):  # pickled (never in practice: SGLang slices it first) as the dict of the moment
         return (dict, (self.read(),))
