@@ -53,6 +53,15 @@ Hooks now:
   request's ``zoomr_*`` settings are checked here (``custom_params`` of ``/generate``, ``/v1/completions`` and
   ``/v1/chat/completions``, single or batched: every path validates here first) with the model's layer count
   (``model_config``, the config the scheduler builds its pool from), which ``SamplingParams.verify`` does not know.
+  So is what else a request may ask (``zoomr_sgl.request_validation``): known ``sampling_params`` keys of strict
+  types, stop strings and ids, logprob ranges within the vocabulary, no constrained decoding without CUDA. SGLang
+  0.5.17 answers these with a dead scheduler or an HTTP 500.
+- ``GenerateReqInput._validate_inputs`` (BEFORE, main process): the request's batch shape (one ``sampling_params``
+  object and one ``rid`` string for one prompt, one per prompt for a batch, an integer ``n``), which
+  ``normalize_batch_and_arguments`` reads right after this, its first step, and fails on with a 500.
+- ``TokenizerManager._init_req_state`` (BEFORE, main process): the one call that has the HTTP request, whose parsed
+  body still holds what ``GenerateReqInput`` dropped: a literal ``extra_body`` is a 400 (an OpenAI-client argument;
+  its ``custom_params`` would otherwise be ignored without a word).
 - ``Scheduler._add_request_to_queue`` (BEFORE, scheduler processes, new requests only): ``ZoomRManager.screen``
   puts the request's effective config on it, or aborts it there, before it takes any slot, as SGLang aborts its own
   invalid requests; an abort after the prefill would change what the release frees.
@@ -78,6 +87,8 @@ RESULT_PROCESSOR = "sglang.srt.managers.scheduler_components.batch_result_proces
 SAMPLE = "sglang.srt.model_executor.model_runner.ModelRunner.sample"
 RELEASE_KV = "sglang.srt.mem_cache.common.release_kv_cache"
 WAIT_RESPONSE = "sglang.srt.managers.tokenizer_manager.TokenizerManager._wait_one_response"
+VALIDATE_SHAPE = "sglang.srt.managers.io_struct.GenerateReqInput._validate_inputs"
+INIT_REQ_STATE = "sglang.srt.managers.tokenizer_manager.TokenizerManager._init_req_state"
 VALIDATE_REQUEST = "sglang.srt.managers.tokenizer_manager.TokenizerManager._validate_one_request"
 ADD_TO_QUEUE = "sglang.srt.managers.scheduler.Scheduler._add_request_to_queue"
 ADDER = "sglang.srt.managers.schedule_policy.PrefillAdder"
@@ -266,8 +277,10 @@ def install_admission_hooks() -> None:
 
 def install_http_hooks(config: ZoomRConfig) -> None:
     """Main-process hooks: request validation (HTTP 400: ``zoomr_*`` settings, token ids) and ``meta_info['zoomr']``."""
+    from sglang.srt.managers.io_struct import GenerateReqInput
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+    from zoomr_sgl import request_validation
     from zoomr_sgl.request_params import check_custom_params
 
     async def latest_zoomr_stats(original, *args, **kwargs):
@@ -287,13 +300,29 @@ def install_http_hooks(config: ZoomRConfig) -> None:
         if bad is not None:
             raise ValueError(f"input_ids holds token id {bad}, outside the model's vocabulary [0, {vocab})")
         params = getattr(obj, "sampling_params", None)
+        if isinstance(obj, GenerateReqInput):
+            request_validation.check_sampling_params(params, vocab, torch.cuda.is_available())
+            request_validation.check_logprob_args(obj.return_logprob, obj.logprob_start_len, obj.top_logprobs_num,
+                                                  vocab)
         custom = params.get("custom_params") if isinstance(params, dict) else None
+        request_validation.check_zoomr_integers(custom)
         cfg = check_custom_params(config, custom)
         if cfg is not None:  # the layer count is known here, not in SamplingParams.verify
             cfg.scoring_layer_ids(manager.model_config.num_hidden_layers)
         return None
 
+    def validate_shape(obj, *args, **kwargs):
+        request_validation.check_request_shape(obj.text, obj.input_ids, obj.sampling_params, obj.rid)
+        return None
+
+    def validate_body(manager, obj, request=None, *args, **kwargs):
+        # the body as SGLang's ORJSONRequest parsed it (FastAPI dropped the fields GenerateReqInput does not have)
+        request_validation.check_raw_body(getattr(request, "_json", None))
+        return None
+
     HookRegistry.register(VALIDATE_REQUEST, validate_request, HookType.BEFORE)
+    HookRegistry.register(VALIDATE_SHAPE, validate_shape, HookType.BEFORE)
+    HookRegistry.register(INIT_REQ_STATE, validate_body, HookType.BEFORE)
     HookRegistry.register(WAIT_RESPONSE, latest_zoomr_stats, HookType.AROUND)
 
 
