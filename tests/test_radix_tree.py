@@ -225,6 +225,37 @@ def test_demote_moves_a_locked_device_span_to_a_host_node(world):
     assert w.alloc.available_size() == SIZE and w.host.stats().used_tokens == 0
 
 
+def test_evict_host_spares_device_branches_without_host_nodes(world):
+    """evict_host frees host rows only: a device-only branch stays cached (even when it is the oldest leaf); a
+    device summary node below a host detail node goes only to expose that host node."""
+    from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams
+
+    w = world
+    device_ids = list(range(300, 310))
+    a, _ = run_request(w, device_ids)  # (a) device only, cached first: the oldest leaf
+    finish(w, a)
+    b, _ = run_request(w, IDS, holes=[(6, 10)])  # (b) device [0, 6), host detail [6, 10), device summary [10, 20)
+    finish(w, b)
+    check_accounting(w)
+    assert w.tree.evictable_size() == 10 + 16 and w.tree.host_tokens() == 4
+    hog = w.host.allocate(60, owner=("rid", 0))  # a running request's rows: the host store is full
+    assert w.host.stats().used_tokens == 64
+    assert w.tree.evict_host(8) == 0  # hopeless (4 tree rows): nothing evicted
+    assert w.tree.evictable_size() == 10 + 16 and w.tree.host_tokens() == 4
+    check_accounting(w, host_held=60)
+    assert w.tree.evict_host(2) == 4
+    check_accounting(w, host_held=60)
+    assert w.tree.host_tokens() == 0 and w.host.stats().used_tokens == 60
+    assert w.tree.evictable_size() == 10 + 6  # (a) whole; (b) lost its detail and the summary below it
+    assert w.tree.state()["evicted_device_tokens"] == 10 and w.tree.state()["evicted_host_tokens"] == 4
+    m = w.tree.match_prefix(MatchPrefixParams(key=key(device_ids)))
+    assert len(m.device_indices) == 10 and bool((m.device_indices != 0).all())
+    w.host.free(hog)
+    w.tree.evict(_evict(SIZE))
+    check_accounting(w)
+    assert w.alloc.available_size() == SIZE and w.host.stats().used_tokens == 0
+
+
 # ---------------------------------------------------------------------------------------------- live server
 def generate(server, prompt, max_new_tokens, params):
     """``prompt``: text, or token ids (program mode passes the earlier request's ids: re-tokenizing generated text
