@@ -36,14 +36,6 @@ from zoomr_sgl.config import ZoomRConfig
 from zoomr_sgl.selection import policy_for
 from zoomr_sgl.selection.base import DetailAction
 
-# SGLang's cap on a request's growth estimate (schedule_policy.CLIP_MAX_NEW_TOKENS, default 4096). Its charge for a
-# new request is min(max_new, cap); a bounded request's growth above the cap is added back after admission.
-def _sglang_clip() -> int:
-    from sglang.srt.managers import schedule_policy
-
-    return schedule_policy.CLIP_MAX_NEW_TOKENS
-
-
 INFLIGHT_MARGIN = 64  # tokens of a new thought written while the previous one's offload copy is still in flight
 
 
@@ -96,4 +88,8 @@ class ZoomRAdmission:
 
     @staticmethod
     def clip() -> int:
-        return _sglang_clip()
+        """SGLang's cap on a request's growth estimate (``CLIP_MAX_NEW_TOKENS``, default 4096): it charges a new
+        request ``min(max_new, cap)``, so a bounded request's growth above the cap is added back after admission."""
+        from sglang.srt.managers import schedule_policy
+
+        return schedule_policy.CLIP_MAX_NEW_TOKENS
