@@ -86,6 +86,13 @@ def test_launch_py_exits_2_with_one_line(flags, message):
         (["--speculative-algorithm", "EAGLE"], "cannot be used with --enable-zoomr"),
         (["--page-size", "16"], "needs --page-size 1"),
         (["--zoomr-policy", "quest"], "not served yet"),
+        (["--attention-backend", "triton"], "would attend holes"),
+        (["--attention-backend=fa3"], "would attend holes"),
+        (["--decode-attention-backend", "flashinfer"], "one attention backend"),
+        (["--prefill-attention-backend", "triton"], "one attention backend"),
+        (["--tp-size", "2"], "own heads"),
+        (["--tp=2"], "own heads"),
+        (["--pp-size", "2"], "every layer"),
     ],
 )
 def test_zoomr_rejects_incompatible_sglang_settings(flags, message):

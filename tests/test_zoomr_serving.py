@@ -147,6 +147,7 @@ BAD_PARAMS = [
     ({"zoomr_enable": "yes"}, "zoomr_enable"),
     ({"zoomr_min_thought_tokens": 900}, "zoomr_min_thought_tokens"),
     ({"zoomr_summary_open": ""}, "markers"),
+    ({"zoomr_scoring_layers": "0"}, "zoomr_scoring_layers"),  # in the model, but not the server's layers
 ]
 
 

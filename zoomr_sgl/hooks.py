@@ -20,6 +20,8 @@ Hooks now:
   ``free_segments`` and ``free_group_end`` all end in ``free``.
 - ``Scheduler.__init__`` (AFTER, scheduler processes): builds the process's ``ZoomRManager`` once the scheduler has
   its allocator, pools and model runner, and hands it to the attention backend (query capture at scoring layers).
+  A scheduler whose model runner did not build a ZoomR attention backend (another backend, a hybrid one) refuses to
+  start: it would attend the holes.
 - ``SchedulerBatchResultProcessor.process_batch_result_prefill`` / ``process_batch_result_decode`` (AFTER): the
   step's sampled tokens are in ``req.output_ids``; the manager segments, offloads, forces markers and zooms there,
   with no forward in flight (the launcher turns the overlap scheduler off).
@@ -181,8 +183,13 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
         global MANAGER
         from zoomr_sgl.manager import ZoomRManager
 
-        MANAGER = ZoomRManager(config, scheduler)
+        from zoomr_sgl.resident_attention import RESIDENT_BACKENDS
+
         backend = scheduler.tp_worker.model_runner.attn_backend
+        if not isinstance(backend, tuple(RESIDENT_BACKENDS.values())):  # it would attend holes: refuse to serve
+            raise RuntimeError(f"ZoomR needs a resident-set attention backend ({', '.join(RESIDENT_BACKENDS)}); this "
+                               f"scheduler built {type(backend).__name__}")
+        MANAGER = ZoomRManager(config, scheduler)
         if hasattr(backend, "query_sink"):
             backend.query_sink = MANAGER
         MANAGER.query_buffers = dict(getattr(backend, "query_buffers", {}))
@@ -281,7 +288,7 @@ def install_http_hooks(config: ZoomRConfig) -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from zoomr_sgl import request_validation
-    from zoomr_sgl.request_params import check_custom_params
+    from zoomr_sgl.request_params import check_custom_params, check_scoring_layers
 
     async def latest_zoomr_stats(original, *args, **kwargs):
         async for out in original(*args, **kwargs):
@@ -308,7 +315,7 @@ def install_http_hooks(config: ZoomRConfig) -> None:
         request_validation.check_zoomr_integers(custom)
         cfg = check_custom_params(config, custom)
         if cfg is not None:  # the layer count is known here, not in SamplingParams.verify
-            cfg.scoring_layer_ids(manager.model_config.num_hidden_layers)
+            check_scoring_layers(config, cfg, manager.model_config.num_hidden_layers)
         return None
 
     def validate_shape(obj, *args, **kwargs):

@@ -9,6 +9,9 @@ Contract:
   CUDA it passes ``--attention-backend flashinfer``. Flags given by the user come later on the command line and win.
 - Without ``--model-path`` it serves the embedded default model (building it if needed): in float32 on CPU (fewer
   greedy near-ties), in bfloat16 on CUDA (FlashInfer's kernels take 16-bit inputs).
+- With ``--enable-zoomr`` it refuses, one line and exit 2, every setup ZoomR would serve wrongly: an
+  ``--attention-backend`` other than the two it replaces, separate prefill/decode backends, tensor or pipeline
+  parallelism above 1, page sizes other than 1, and the SGLang features in ``ZOOMR_INCOMPATIBLE``.
 - With ``--enable-zoomr`` it also passes ``--page-size 1``, ``--disable-overlap-schedule`` and, unless the user
   gave ``--radix-cache-backend``, ``--radix-cache-backend zoomr`` (the ZoomR radix tree).
 - With ``--enable-zoomr`` it exports the config as ``ZOOMR_SGL_CONFIG`` for every SGLang process; without it the
@@ -74,6 +77,30 @@ def _has_flag(argv: Sequence[str], *names: str) -> bool:
     return any(a == n or a.startswith(n + "=") for a in argv for n in names)
 
 
+def _flag_value(argv: Sequence[str], *names: str) -> str | None:
+    """The last value given to any of ``names`` (``--flag value`` or ``--flag=value``), or None."""
+    value = None
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif a.startswith(n + "="):
+                value = a[len(n) + 1:]
+    return value
+
+
+# The attention backends ZoomR replaces with its resident-set subclass (zoomr_sgl.resident_attention); any other
+# would attend slot 0 where detail has left.
+RESIDENT_BACKEND_NAMES = ("torch_native", "flashinfer")
+# One backend for prefill and decode: ZoomR replaces one, separate ones would leave the other attending holes.
+SPLIT_BACKEND_FLAGS = ("--decode-attention-backend", "--prefill-attention-backend")
+PARALLEL_FLAGS = {
+    ("--tp-size", "--tp", "--tensor-parallel-size"):
+        "each rank would score thoughts from its own heads and could choose different recalls (issue 14)",
+    ("--pp-size", "--pipeline-parallel-size"): "ZoomR reads every layer's KV from one process",
+}
+
+
 def plan_launch(argv: Sequence[str], cuda_available: bool, default_model: str | None) -> LaunchPlan:
     """Split our flags from SGLang's, validate ours, and add the platform defaults. Raises ``LaunchError``."""
     ours, rest = zoomr_parser().parse_known_args(list(argv))
@@ -95,9 +122,21 @@ def plan_launch(argv: Sequence[str], cuda_available: bool, default_model: str | 
         for flag, why in ZOOMR_INCOMPATIBLE.items():
             if _has_flag(rest, flag):
                 raise LaunchError(f"{flag} cannot be used with --enable-zoomr: {why}")
-        page = [rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--page-size"]
-        if page and page[-1] != "1":
+        page = _flag_value(rest, "--page-size")
+        if page is not None and page != "1":
             raise LaunchError("--enable-zoomr needs --page-size 1 (holes are token-granular)")
+        backend = _flag_value(rest, "--attention-backend")
+        if backend is not None and backend not in RESIDENT_BACKEND_NAMES:
+            raise LaunchError(f"--attention-backend {backend} cannot be used with --enable-zoomr: it would attend "
+                              f"holes (ZoomR serves {' and '.join(RESIDENT_BACKEND_NAMES)})")
+        for flag in SPLIT_BACKEND_FLAGS:
+            if _has_flag(rest, flag):
+                raise LaunchError(f"{flag} cannot be used with --enable-zoomr: one attention backend serves both "
+                                  "prefill and decode (use --attention-backend)")
+        for names, why in PARALLEL_FLAGS.items():
+            size = _flag_value(rest, *names)
+            if size is not None and size != "1":
+                raise LaunchError(f"{names[0]} {size} cannot be used with --enable-zoomr yet: {why}")
 
     defaults = list(CUDA_DEFAULTS if cuda_available else CPU_DEFAULTS)
     if ours.enable_zoomr:

@@ -72,7 +72,7 @@ from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError
 from zoomr_sgl.detail_mover import DetailMover
 from zoomr_sgl.engine_markers import EngineMarkers
 from zoomr_sgl.host_store import HostDetailStore
-from zoomr_sgl.request_params import check_custom_params
+from zoomr_sgl.request_params import check_custom_params, check_scoring_layers
 from zoomr_sgl.request_state import LatestStats, RequestStats, RequestZoom, request_stats
 from zoomr_sgl.selection import policy_for
 from zoomr_sgl.selection.base import DetailAction
@@ -273,7 +273,7 @@ class ZoomRManager:
         params = {k: v for k, v in (req.sampling_params.custom_params or {}).items() if k != "__req__"}
         cfg = check_custom_params(self.config, params)
         if cfg is not None:
-            cfg.scoring_layer_ids(self.num_layers)
+            check_scoring_layers(self.config, cfg, self.num_layers)
         return cfg
 
     def _admit(self, req) -> RequestZoom | None:

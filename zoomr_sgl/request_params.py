@@ -4,7 +4,8 @@ Contract: ``check_custom_params(config, custom_params)`` returns the request's e
 when the request opts out with ``zoomr_enable: false``) and raises ``ZoomRConfigError`` (a ``ValueError``, which
 SGLang answers with HTTP 400) with a one-line message naming the key for anything it cannot accept: an unknown
 ``zoomr_`` key, a wrong type, an invalid value, a server-wide setting, or a policy the server does not run yet.
-Keys without the ``zoomr_`` prefix belong to others and are ignored.
+Keys without the ``zoomr_`` prefix belong to others and are ignored. ``check_scoring_layers`` checks the request's
+scoring layers against the model's layer count and the server's own (the only ones served).
 """
 
 from __future__ import annotations
@@ -15,6 +16,17 @@ from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError, request_enables_zoom
 
 # The core implements every policy; the server attends what req_to_token holds, which serves these three.
 SERVED_POLICIES = ("zoomr", "full", "summary_only")
+
+
+def check_scoring_layers(server: ZoomRConfig, request: ZoomRConfig, num_layers: int) -> tuple[int, ...]:
+    """The request's scoring layers, which must lie in the model and, for now, be the server's: the attention backend
+    captures queries at the server's layers only (on CUDA into buffers recorded in its decode graphs)."""
+    layers = request.scoring_layer_ids(num_layers)
+    served = server.scoring_layer_ids(num_layers)
+    if layers != served:
+        raise ZoomRConfigError(f"custom_params key 'zoomr_scoring_layers' must name this server's scoring layers "
+                               f"{','.join(map(str, served))} (other layers per request are not served yet)")
+    return layers
 
 
 def check_custom_params(config: ZoomRConfig, custom_params: Mapping[str, Any] | None) -> ZoomRConfig | None:
