@@ -34,7 +34,8 @@ def _scheduler_idle(url: str) -> bool:
 @pytest.mark.server
 def test_capacity_rows_points_and_idle_servers(zoomr_server, stock_metrics_server, tmp_path):
     rc = capacity.main(["--servers", "stock,zoomr", "--url-stock", stock_metrics_server.url,
-                        "--url-zoomr", zoomr_server.url, "--lengths", "256,2048", "--window-from", "2048",
+                        "--url-zoomr", zoomr_server.url, "--seed", "5", "--lengths", "256,2048",
+                        "--window-from", "2048",
                         "--window", "3", "--settle", "2", "--requests", str(N), "--vocab", "1000", "--poll", "0.25",
                         *ENGINE, "--out", str(tmp_path)])
     assert rc == 0
