@@ -64,7 +64,7 @@ class DetailMover:
 
     # ------------------------------------------------------------------ moves
     def offload(self, st: RequestZoom, index: int) -> bool:
-        t = st.table.thoughts[index]
+        t = st.table.thought(index)
         n = t.detail_len
         block = self.host.allocate(n, owner=(st.rid, index))
         if block is None and self.make_host_room(n):
@@ -82,7 +82,7 @@ class DetailMover:
         return True
 
     def drop(self, st: RequestZoom, index: int) -> None:
-        t = st.table.thoughts[index]
+        t = st.table.thought(index)
         self._free(self._unmap(st, t.detail_start, t.detail_end))
         st.table.drop(index)
 

@@ -73,7 +73,7 @@ from zoomr_sgl.detail_mover import DetailMover
 from zoomr_sgl.engine_markers import EngineMarkers
 from zoomr_sgl.host_store import HostDetailStore
 from zoomr_sgl.request_params import check_custom_params, check_scoring_layers
-from zoomr_sgl.request_state import LatestStats, RequestStats, RequestZoom, request_stats
+from zoomr_sgl.request_state import LatestStats, RequestZoom, request_stats
 from zoomr_sgl.selection import policy_for
 from zoomr_sgl.selection.base import DetailAction
 from zoomr_sgl.step_probe import StepProbe
@@ -83,8 +83,6 @@ from zoomr_sgl.zoom_plan import ZoomPlanner
 
 logger = logging.getLogger("zoomr_sgl")
 METRICS_PERIOD_S = 0.5
-
-__all__ = ["ZoomRManager", "RequestStats"]
 
 
 class ZoomRManager:

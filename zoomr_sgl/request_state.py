@@ -98,7 +98,7 @@ class RequestZoom:
         span = self.spans.get(index)
         if span is not None:
             return span
-        t = self.table.thoughts[index]
+        t = self.table.thought(index)
         return t.detail_start, t.detail_end
 
     def device_tokens(self) -> int:

@@ -120,6 +120,10 @@ class ThoughtTable:
     def thoughts(self) -> tuple[Thought, ...]:
         return self.segmenter.closed_thoughts
 
+    def thought(self, index: int) -> Thought:
+        """Closed thought ``index`` (``thoughts[index]`` without copying every thought)."""
+        return self.segmenter.closed_thought(index)
+
     def location(self, index: int) -> Location:
         return self._loc[index]
 
@@ -131,7 +135,7 @@ class ThoughtTable:
 
     def summary_span(self, index: int) -> tuple[int, int]:
         """``[lo, hi)``: the summary's own text (markers excluded), or the whole summary span when it has none."""
-        t = self.segmenter.closed_thought(index)
+        t = self.thought(index)
         lo, hi = t.summary_start + len(self.segmenter.open_ids), t.summary_end - len(self.segmenter.close_ids)
         return (lo, hi) if lo < hi else (t.summary_start, t.summary_end)
 
@@ -144,10 +148,10 @@ class ThoughtTable:
         ``remove`` name thoughts whose detail is attended or not regardless (a recall waited on, an eviction)."""
         mask = self._detail_mask(lambda i: self._loc[i] in ATTENDED)
         for i in add:
-            t = self.thoughts[i]
+            t = self.thought(i)
             mask[t.detail_start:t.detail_end] = True
         for i in remove:
-            t = self.thoughts[i]
+            t = self.thought(i)
             mask[t.detail_start:t.detail_end] = False
         return mask.nonzero().flatten()
 
@@ -295,7 +299,7 @@ class ThoughtTable:
         old = self._loc[index]
         if old not in allowed:
             raise ThoughtStateError(f"{op}: thought {index} is {old.value}")
-        n = self.thoughts[index].detail_len
+        n = self.thought(index).detail_len
         if new in IN_BUFFER and old not in IN_BUFFER and self.zoom_tokens() + n > self.config.zoom_budget:
             raise ThoughtStateError(
                 f"{op}: thought {index} ({n} tokens) does not fit the zoom buffer "

@@ -48,7 +48,7 @@ class TreeBorrow:
         return self.tree is not None and bool(self.tree.evict_host(num_tokens))
 
     def close_prompt_thought(self, st: RequestZoom, index: int) -> None:
-        t = st.table.thoughts[index]
+        t = st.table.thought(index)
         if t.detail_len == 0:
             return
         runs = hole_runs(self.mover.req_to_token[st.row, t.detail_start:t.detail_end])  # a prompt thought: rare
@@ -71,7 +71,7 @@ class TreeBorrow:
         self._borrow(st, index, span.block)
 
     def _demote(self, st: RequestZoom, index: int) -> None:
-        t = st.table.thoughts[index]
+        t = st.table.thought(index)
         req = st.req
         if self.tree is None or req is None or req.last_node is None:
             return

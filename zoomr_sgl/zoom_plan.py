@@ -116,7 +116,7 @@ class ZoomPlanner:
             st.table.touch(decision.selected)
             return room
         slots = lambda i: (lambda lo, hi: hi - lo)(*st.span(i))  # noqa: E731  device slots a recall takes
-        size = lambda i: st.table.segmenter.closed_thought(i).detail_len  # noqa: E731  what the budget counts
+        size = lambda i: st.table.thought(i).detail_len  # noqa: E731  what the budget counts
         budget = st.config.zoom_budget
         buffered = st.table.zoom_tokens()
         spare = list(decision.evict)  # least recently selected first

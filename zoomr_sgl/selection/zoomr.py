@@ -43,7 +43,7 @@ class ZoomRPolicy(Policy):
         if inputs.score_summaries is None and (inputs.query is None or inputs.keys_at is None):
             raise ValueError("zoomr needs the step's query and keys (or a summary scorer) on a zoom step")
         pinned = [s.thought.index for s in cands if s.location is Location.RECALLING]
-        pinned_tokens = sum(table.thoughts[i].detail_len for i in pinned)
+        pinned_tokens = sum(table.thought(i).detail_len for i in pinned)
         free = [s for s in cands if s.location is not Location.RECALLING]
         picked: list[int] = []
         if free and len(pinned) < cfg.zoom_topk:
@@ -60,7 +60,7 @@ class ZoomRPolicy(Policy):
         selected = set(pinned) | set(picked)
         recall = [i for i in picked if table.location(i) is Location.HOST]
         buffer = [s for s in cands if s.location is not Location.HOST]
-        tokens = sum(s.thought.detail_len for s in buffer) + sum(table.thoughts[i].detail_len for i in recall)
+        tokens = sum(s.thought.detail_len for s in buffer) + sum(table.thought(i).detail_len for i in recall)
         evict = []
         unpicked = [s for s in buffer if s.thought.index not in selected]
         for s in sorted(unpicked, key=lambda s: (s.last_used, s.thought.index)):  # least recently selected first
