@@ -134,10 +134,12 @@ class ThoughtTable:
         return sum(t.detail_len for t in self.thoughts if self._loc[t.index] in IN_BUFFER)
 
     def summary_span(self, index: int) -> tuple[int, int]:
-        """``[lo, hi)``: the summary's own text (markers excluded), or the whole summary span when it has none."""
+        """``[lo, hi)``: the summary's own text (markers excluded), or its opening marker when it has no text. Never
+        the closing marker: a thought closes when that marker is sampled, and the zoom of that same step must not
+        read the marker's slot, whose KV the next forward writes (the slot may still hold a freed row)."""
         t = self.thought(index)
         lo, hi = t.summary_start + len(self.segmenter.open_ids), t.summary_end - len(self.segmenter.close_ids)
-        return (lo, hi) if lo < hi else (t.summary_start, t.summary_end)
+        return (lo, hi) if lo < hi else (t.summary_start, max(lo, t.summary_start + 1))
 
     def summary_positions(self, index: int) -> torch.Tensor:
         """``summary_span`` as int64 positions."""
