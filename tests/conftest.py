@@ -10,6 +10,9 @@ import pytest
 from tests.server_process import ServerProcess
 
 ZOOMR_ARGS = ["--enable-zoomr", "--zoomr-zoom-budget", "512", "--zoomr-zoom-topk", "3", "--enable-metrics"]
+# Debug checks on every ZoomR test server: the host hole counts are compared with the device at each plan, freed
+# slots are filled with NaN (zoomr_sgl.poison), and the step probe counts each decode step's device reads.
+ZOOMR_ENV = {"ZOOMR_SGL_STEP_PROBE": "1", "ZOOMR_SGL_CHECK_HOLES": "1", "ZOOMR_SGL_POISON_FREED": "1"}
 _started: list[ServerProcess] = []
 
 
@@ -32,8 +35,20 @@ def _serve_or_attach(url_var: str, args: list[str], env: dict[str, str] | None =
 
 @pytest.fixture(scope="session")
 def zoomr_server():
-    # The step probe counts each decode step's device reads and tokens fed (tests/test_step_cost.py).
-    yield from _serve_or_attach("ZOOMR_TEST_ZOOMR_URL", ZOOMR_ARGS, {"ZOOMR_SGL_STEP_PROBE": "1"})
+    yield from _serve_or_attach("ZOOMR_TEST_ZOOMR_URL", ZOOMR_ARGS, ZOOMR_ENV)
+
+
+@pytest.fixture(scope="session")
+def overlap_server():
+    """ZoomR with SGLang's overlap scheduler on: the next forward is launched before a step's results are processed
+    (on CPU the forwards themselves run one after the other, so this checks ZoomR's ordering, not device races)."""
+    yield from _serve_or_attach("ZOOMR_TEST_OVERLAP_URL", ZOOMR_ARGS + ["--enable-overlap-schedule"], ZOOMR_ENV)
+
+
+@pytest.fixture(params=["plain", "overlap"])
+def any_zoomr_server(request):
+    """Each ZoomR server in turn: without and with the overlap scheduler."""
+    return request.getfixturevalue("zoomr_server" if request.param == "plain" else "overlap_server")
 
 
 @pytest.fixture(scope="session")

@@ -99,8 +99,10 @@ def test_server_flags(capsys):
     stock, flags, zoomr = argv("stock"), argv("stock_zoomr_flags"), argv("zoomr", "--zoomr-server-flags", "--x 1")
     pool = ["--max-total-tokens", str(4 * (256 + 32768))]  # stock holds about 4 requests at the longest length
     assert stock == pool + ["--enable-metrics"]
-    assert flags == ["--disable-overlap-schedule", "--page-size", "1"] + pool + ["--enable-metrics"]
+    assert flags == ["--page-size", "1"] + pool + ["--enable-metrics"]
     assert zoomr == ["--enable-zoomr", "--x", "1"] + pool + ["--enable-metrics"]
+    assert argv("zoomr_no_overlap", "--zoomr-server-flags", "--x 1") == [
+        "--enable-zoomr", "--disable-overlap-schedule", "--x", "1"] + pool + ["--enable-metrics"]
     assert argv("stock", "--whole-gpu", "--mem-fraction-static", "0.3", "--", "--cuda-graph-max-bs", "64") == [
         "--mem-fraction-static", "0.3", "--enable-metrics", "--cuda-graph-max-bs", "64"]
 

@@ -100,9 +100,22 @@ def test_zoomr_rejects_incompatible_sglang_settings(flags, message):
         plan_launch(["--enable-zoomr", *flags], cuda_available=True, default_model="M")
 
 
-def test_zoomr_on_cuda_turns_the_overlap_scheduler_off():
+def test_zoomr_on_cuda_keeps_the_overlap_scheduler_on():
     argv = plan_launch(["--enable-zoomr"], cuda_available=True, default_model="M").sglang_argv
-    assert "--disable-overlap-schedule" in argv and argv[argv.index("--page-size") + 1] == "1"
+    assert "--disable-overlap-schedule" not in argv and argv[argv.index("--page-size") + 1] == "1"
+    argv = plan_launch(["--enable-zoomr", "--disable-overlap-schedule"], cuda_available=True, default_model="M")
+    assert argv.sglang_argv.count("--disable-overlap-schedule") == 1  # the user's choice
+
+
+def test_enable_overlap_schedule_drops_the_cpu_default():
+    for zoomr in ([], ["--enable-zoomr"]):
+        argv = plan_launch([*zoomr, "--enable-overlap-schedule"], cuda_available=False, default_model="M").sglang_argv
+        assert "--disable-overlap-schedule" not in argv and "--enable-overlap-schedule" not in argv
+    assert "--disable-overlap-schedule" in plan_launch(["--enable-zoomr"], cuda_available=False,
+                                                       default_model="M").sglang_argv
+    with pytest.raises(LaunchError, match="contradicts"):
+        plan_launch(["--enable-overlap-schedule", "--disable-overlap-schedule"], cuda_available=False,
+                    default_model="M")
 
 
 def test_zoomr_selects_the_zoomr_radix_tree_unless_the_user_names_one():

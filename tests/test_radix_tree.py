@@ -288,9 +288,9 @@ def engine_request_on_empty_tree(s, max_new_tokens: int) -> tuple[dict, dict, li
 def small_pool_server():
     """The ZoomR server (``--radix-cache-backend zoomr`` by the launcher) with a small KV pool, so the tree must
     evict while requests read its host nodes. Module scope: it is stopped before other files start theirs."""
-    from tests.conftest import ZOOMR_ARGS, _serve_or_attach
+    from tests.conftest import ZOOMR_ARGS, ZOOMR_ENV, _serve_or_attach
 
-    yield from _serve_or_attach("ZOOMR_TEST_SMALL_POOL_URL", ZOOMR_ARGS + ["--max-total-tokens", "1536"])
+    yield from _serve_or_attach("ZOOMR_TEST_SMALL_POOL_URL", ZOOMR_ARGS + ["--max-total-tokens", "1536"], ZOOMR_ENV)
 
 
 @pytest.mark.server

@@ -21,8 +21,8 @@ def probe(server) -> dict:
     return state
 
 
-def test_decode_steps_read_nothing_and_feed_one_token_per_request(zoomr_server):
-    s = zoomr_server
+def test_decode_steps_read_nothing_and_feed_one_token_per_request(any_zoomr_server):
+    s = any_zoomr_server
     wait_idle(s)
     before = probe(s)
     requests = 8

@@ -58,6 +58,7 @@ def check_all_returned(server, start: dict, timeout: float = 60) -> dict:
     assert end["running_requests"] == 0, end
     assert end["allocator_available"] == start["allocator_available"], (start, end)
     assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0, end
+    assert end.get("poison_nan_rows", 0) == 0, end  # no step read a freed slot (servers with ZOOMR_SGL_POISON_FREED)
     return end
 
 
@@ -82,8 +83,8 @@ def stream_generate(server, text: str, custom_params: dict, max_new_tokens: int)
             yield json.loads(line[5:])
 
 
-def test_long_engine_mode_generation_keeps_device_kv_bounded_at_every_step(zoomr_server):
-    server = zoomr_server
+def test_long_engine_mode_generation_keeps_device_kv_bounded_at_every_step(any_zoomr_server):
+    server = any_zoomr_server
     start = empty_tree_state(server)
     budget = ENGINE["zoomr_zoom_budget"]
     chunks = list(stream_generate(server, QUESTION, ENGINE, max_new_tokens=2000))
@@ -97,7 +98,9 @@ def test_long_engine_mode_generation_keeps_device_kv_bounded_at_every_step(zoomr
         assert s["offloading_tokens"] <= ENGINE["zoomr_max_thought_tokens"], s
     final = steps[-1]
     assert chunks[-1]["meta_info"]["completion_tokens"] == 2000
-    assert final["thoughts"] >= 20 and final["forced_markers"] >= 2 * final["thoughts"] - 1
+    # Zooms follow the server's decode-step cadence (every request due at once), so which step of this request
+    # zooms, hence its greedy text, depends on what the server ran before; the model may write a marker itself.
+    assert final["thoughts"] >= 20 and final["forced_markers"] >= final["thoughts"]
     assert final["offloaded_tokens"] > 1000
     assert final["device_kv_tokens"] < final["full_kv_tokens"] / 2
     assert final["zoom_recalls"] > 0
@@ -118,21 +121,28 @@ def test_meta_info_reports_zoomr_stats(zoomr_server):
     assert "zoomr" not in opted_out["meta_info"]
 
 
-def test_recalled_detail_attends_exactly_like_detail_that_never_left(zoomr_server):
+def test_recalled_detail_attends_exactly_like_detail_that_never_left(any_zoomr_server):
     """Every closed thought goes to the host and, in the same step, is zoomed back (budget covers everything,
     zoom every step, wait for the copy): attention then reads recalled KV in fresh slots where "full" reads the
     original slots. Greedy tokens must match exactly, engine-mode markers included."""
-    wait_idle(zoomr_server)  # alone in every batch: on CUDA a batch's make-up moves the floating point
+    wait_idle(any_zoomr_server)  # alone in every batch: on CUDA a batch's make-up moves the floating point
+
+    def run(question: str, policy: str) -> dict:
+        # An empty tree for each: on CUDA a prompt extended over a cached prefix is not bit-equal to one prefilled
+        # whole (seen on the H200: "Count: 1 2 3" parted at token 52 when `full` reused the prompt `zoomr` cached).
+        any_zoomr_server.flush_cache()
+        return generate(any_zoomr_server, question, {**RECALL_ALL, "zoomr_policy": policy}, 200)
+
     for question in RECALL_QUESTIONS:
-        zoomed, full = (generate(zoomr_server, question, {**RECALL_ALL, "zoomr_policy": p}, 200) for p in ("zoomr", "full"))
+        zoomed, full = run(question, "zoomr"), run(question, "full")
         assert zoomed["output_ids"] == full["output_ids"], question
         stats = zoomed["meta_info"]["zoomr"]
         assert stats["offloaded_tokens"] > 0 and stats["zoom_recalls"] > 0 and stats["thoughts"] >= 2
         assert full["meta_info"]["zoomr"]["offloaded_tokens"] == 0
 
 
-def test_summary_only_drops_details_and_never_recalls(zoomr_server):
-    out = generate(zoomr_server, QUESTION, {**ENGINE, "zoomr_policy": "summary_only"}, 300)
+def test_summary_only_drops_details_and_never_recalls(any_zoomr_server):
+    out = generate(any_zoomr_server, QUESTION, {**ENGINE, "zoomr_policy": "summary_only"}, 300)
     stats = out["meta_info"]["zoomr"]
     assert stats["dropped_tokens"] > 0 and stats["zoom_recalls"] == 0 and stats["offloaded_tokens"] == 0
 
@@ -197,8 +207,8 @@ def test_a_stop_string_completed_by_the_last_allowed_token_is_a_stop(zoomr_serve
     assert r["meta_info"]["finish_reason"]["type"] == "length" and r["text"] == before
 
 
-def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(zoomr_server):
-    server = zoomr_server
+def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(any_zoomr_server):
+    server = any_zoomr_server
     start = empty_tree_state(server)
     rng = random.Random(7)
 

@@ -7,17 +7,18 @@ A request whose detail leaves the device never grows that much, and for it an es
 bounded by its settings.
 
 Contract:
-- ``peak_tokens(cfg, prompt_len, max_new_tokens, marker_tokens)``: the most device KV an engine-mode request of a policy
-  that moves detail off the device (``zoomr``: offload, ``summary_only``: drop) can hold over its whole life: the
-  prompt; every summary of its output (each at most ``max_summary_tokens`` plus the markers, each after a detail of at
-  least ``min_thought_tokens``, so at most that share of the output, plus one); the open thought (``max_thought_tokens``)
-  or, right after a thought closed, its detail while the copy to the host is in flight plus the first
-  ``INFLIGHT_MARGIN`` tokens of the next one (a copy lands within a step or two: the open thought is then nearly
-  empty); and the zoom buffer (``zoom_budget``, ``zoomr`` only); and never more than full KV (prompt plus
-  ``max_new_tokens``: a short request is charged as stock would).
-  None (stock accounting) for policy ``full``, program and trained mode (the model writes the summaries: no bound),
-  and requests that opted out. The bound assumes the host store takes every detail; when it refuses
-  (``keep_on_device``) a detail stays and SGLang's own retraction is the backstop.
+- ``peak_tokens(cfg, prompt_len, max_new_tokens, marker_tokens, lag=1)``: the most device KV an engine-mode request of
+  a policy that moves detail off the device (``zoomr``: offload, ``summary_only``: drop) can hold over its whole life:
+  the prompt; every summary of its output (each at most ``max_summary_tokens`` plus the markers, each after a detail
+  of at least ``min_thought_tokens``, so at most that share of the output, plus one); the open thought
+  (``max_thought_tokens``) or, right after a thought closed, its detail while the copy to the host is in flight plus
+  the first ``INFLIGHT_MARGIN`` tokens of the next one (a copy lands within a step or two: the open thought is then
+  nearly empty); and the zoom buffer (``zoom_budget``, ``zoomr`` only); and never more than full KV (prompt plus
+  ``max_new_tokens``: a short request is charged as stock would). With the overlap scheduler (``lag`` 2) a marker
+  lands one token after it was decided, so each summary and the open thought may be ``lag - 1`` tokens longer. None
+  (stock accounting) for policy ``full``, program and trained mode (the model writes the summaries: no bound), and
+  requests that opted out. The bound assumes the host store takes every detail; when it refuses (``keep_on_device``) a
+  detail stays and SGLang's own retraction is the backstop.
 - ``running_growth(req)``: for a running bounded request, ``peak - device_now`` (its device KV now, from the manager's
   counters; 0 once finished): what the adder must keep free for it. No ``new_token_ratio``: the bound holds, so a
   batch of bounded requests that was admitted never needs a retraction.
@@ -37,18 +38,22 @@ from zoomr_sgl.selection import policy_for
 from zoomr_sgl.selection.base import DetailAction
 
 INFLIGHT_MARGIN = 64  # tokens of a new thought written while the previous one's offload copy is still in flight
+UNKNOWN = -1  # RequestZoom.bound before the adder first asks
 
 
-def peak_tokens(cfg: ZoomRConfig | None, prompt_len: int, max_new_tokens: int, marker_tokens: int) -> int | None:
+def peak_tokens(cfg: ZoomRConfig | None, prompt_len: int, max_new_tokens: int, marker_tokens: int,
+                lag: int = 1) -> int | None:
     if cfg is None or cfg.summary_mode != "engine":
         return None
     action = policy_for(cfg.policy).detail_action
     if action is DetailAction.KEEP:
         return None
-    summary = cfg.max_summary_tokens + marker_tokens
+    late = lag - 1  # tokens a marker may land after it was decided
+    summary = cfg.max_summary_tokens + marker_tokens + late
     summaries = math.ceil(max_new_tokens * summary / (cfg.min_thought_tokens + summary)) + summary
     zoom = cfg.zoom_budget if action is DetailAction.OFFLOAD else 0
-    return prompt_len + min(max_new_tokens, summaries + cfg.max_thought_tokens + INFLIGHT_MARGIN + zoom)
+    open_thought = cfg.max_thought_tokens + late
+    return prompt_len + min(max_new_tokens, summaries + open_thought + INFLIGHT_MARGIN + zoom)
 
 
 class ZoomRAdmission:
@@ -62,13 +67,15 @@ class ZoomRAdmission:
             return None
         markers = self.manager.markers
         marker_tokens = len(markers.marker_ids(cfg.summary_open)) + len(markers.marker_ids(cfg.summary_close))
-        return peak_tokens(cfg, prompt_len, req.sampling_params.max_new_tokens, marker_tokens)
+        return peak_tokens(cfg, prompt_len, req.sampling_params.max_new_tokens, marker_tokens, self.manager.lag)
 
     def running_growth(self, req) -> int | None:
         st = self.manager.requests.get(req.rid)
         if st is None or not st.engine:
             return None
-        peak = self._peak(st.config, st.prompt_len, req)
+        if st.bound == UNKNOWN:  # the adder asks every scheduling pass: the bound is computed once per request
+            st.bound = self._peak(st.config, st.prompt_len, req)
+        peak = st.bound
         if peak is None:
             return None
         return 0 if req.finished() else max(0, peak - st.device_tokens())

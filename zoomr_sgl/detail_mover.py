@@ -20,42 +20,73 @@ Contract:
 - Frees here never hold a hole (they are resident positions or fresh slots), so they skip the hole filter of
   ``hooks.free_without_holes``, a device read (``hooks.free_known_slots``).
 - Slots are read from the row as device tensors, never copied to the host: a move does not synchronise.
+- ``row_holes[row]`` (host) is the number of holes in the row of every running request, ZoomR's or not: set by
+  ``set_prefix_holes`` when an extend writes a prefix the radix tree gave with host-backed holes, and again when its
+  results are processed (SGLang's tree rewrites the row with what it already held: ``cache_unfinished_req`` gives a
+  recomputed position the tree's hole back), then kept by every move above. It always matches ``req_to_token`` as
+  the next forward will plan it (every row edit is issued before that forward on the stream it waits for), so the
+  attention backend plans over the resident set without reading the device (``holes_of``).
+- With the overlap scheduler a forward may still be reading a slot this process just freed (it was planned before
+  the hole was written). Reuse by SGLang is a later forward on the same stream, so it is safe; a recall's
+  host->device copy runs on a side stream, so it waits for the forward in flight (``recall_after``) before it
+  writes its fresh slots.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
+import numpy as np
 import torch
 
 from zoomr_sgl.host_store import HostDetailStore
 from zoomr_sgl.request_state import Copy, RequestZoom
 from zoomr_sgl.thought_table import Location
 
+# Debug: compare the host-kept hole counts with the device wherever they are used (a device read each time).
+CHECKS = os.environ.get("ZOOMR_SGL_CHECK_HOLES") == "1"
+
 
 class DetailMover:
     def __init__(self, allocator, req_to_token: torch.Tensor, kv_pool, host: HostDetailStore,
-                 make_host_room: Callable[[int], object]):
+                 make_host_room: Callable[[int], object], recall_after=None):
         self.allocator = allocator
         self.req_to_token = req_to_token
         self.kv_pool = kv_pool
         self.host = host
         self.make_host_room = make_host_room
+        self.recall_after = recall_after  # the forward stream with the overlap scheduler on CUDA, else None
+        self.row_holes = np.zeros(req_to_token.shape[0], dtype=np.int64)
         self.busy: dict[str, RequestZoom] = {}  # requests with copies in flight
         self.totals = dict(offloaded_tokens=0, recalled_tokens=0, recalls=0, evictions=0)
 
     # ------------------------------------------------------------------ the row
+    def set_prefix_holes(self, row: int, holes: int) -> None:
+        """An extend is about to write a prefix with ``holes`` host-backed holes into ``row``."""
+        self.row_holes[row] = holes
+
+    def holes_of(self, rows: list[int]) -> np.ndarray:
+        return self.row_holes[rows]
+
+    def forget_row(self, row: int) -> None:
+        self.row_holes[row] = 0
+
+    def _add_holes(self, st: RequestZoom, n: int) -> None:
+        st.holes += n
+        self.row_holes[st.row] += n
+
     def _unmap(self, st: RequestZoom, lo: int, hi: int) -> torch.Tensor:
         """The slots of ``[lo, hi)`` (a device tensor, cloned), now holes in the row."""
         slots = self.req_to_token[st.row, lo:hi].to(torch.int64)  # a copy: the row is int32
         self.req_to_token[st.row, lo:hi] = 0
-        st.holes += hi - lo
+        self._add_holes(st, hi - lo)
         return slots
 
     def unmap_demoted(self, st: RequestZoom, lo: int, hi: int) -> None:
         """The radix tree demoted ``[lo, hi)`` and freed its slots itself: only the row changes."""
         self.req_to_token[st.row, lo:hi] = 0
-        st.holes += hi - lo
+        self._add_holes(st, hi - lo)
 
     def _free(self, slots: torch.Tensor) -> None:
         from zoomr_sgl.hooks import free_known_slots
@@ -98,7 +129,8 @@ class DetailMover:
         if slots is None:
             raise RuntimeError(f"recall of {hi - lo} tokens found no room (the caller checks the room first)")
         st.table.begin_recall(index)
-        handle = self.host.copy_to_device(st.blocks[index], self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots)
+        handle = self.host.copy_to_device(st.blocks[index], self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots,
+                                          after=self.recall_after)
         self._track(st, st.recalling, Copy(index, slots, handle))
         self.totals["recalls"] += 1
         self.totals["recalled_tokens"] += hi - lo
@@ -129,7 +161,7 @@ class DetailMover:
                 if c.handle.done():
                     lo, hi = st.span(c.thought)
                     self.req_to_token[st.row, lo:hi] = c.slots.to(self.req_to_token.dtype)
-                    st.holes -= hi - lo
+                    self._add_holes(st, lo - hi)
                     st.inflight_slots -= len(c.slots)
                     st.table.finish_recall(c.thought)
                 else:

@@ -2,31 +2,29 @@
 forcing the closing one; the sampler then emits those tokens in place of what it sampled.
 
 Contract:
-- ``decide(st, last_two)`` after a request's step: when nothing is queued, at a boundary (the open thought reached
+- ``decide(st, last_two, processed)`` after a request's step (``processed``: the ``forward_iter`` whose token was
+  just fed): when nothing is queued or still in flight, at a boundary (the open thought reached
   ``max_thought_tokens``, or ``min_thought_tokens`` and its last token completes ``thought_delimiter``) it queues the
-  opening marker's ids; in a summary of ``max_summary_tokens`` it queues the closing marker's. ``last_two`` are the
-  stream's last two token ids (the delimiter test decodes them once per distinct pair, cached).
-- ``next_token(st)`` pops the token the request's row must emit next step (-1: none) into a pending host map;
-  ``publish()`` writes the rows that changed into the device buffer ``force_next`` in one indexed write per step,
-  and nothing on a step where no row changed. ``forced_ids(req_pool_indices)`` reads that buffer for the sampler
-  hook; ``any_forced`` says whether any row is set (the hook skips its work otherwise).
+  opening marker's ids on the request (``st.forced``); in a summary of ``max_summary_tokens`` it queues the closing
+  marker's. A token is in flight from the forward it was handed to until that forward is processed
+  (``st.forced_forward``): with the overlap scheduler the forward after the processed one is already running, so
+  the token decided now is emitted one token later than without it (a thought or summary one token longer).
+  ``last_two`` are the stream's last two token ids (the delimiter test decodes them once per distinct pair, cached).
+- ``launch(forward_iter, rows)`` right before a decode forward is launched: each queued request whose row is in
+  ``rows`` hands its next token to that forward; returns ``{row: token}`` for ``ForwardSlots.launch``. A token is
+  handed only to a decode forward that holds the row, so a prefill between two decodes never loses one.
 - ``clear(row)`` at admission and release.
 """
 
 from __future__ import annotations
 
-import torch
-
 from zoomr_sgl.request_state import RequestZoom
 
 
 class EngineMarkers:
-    def __init__(self, tokenizer, rows: int, device: torch.device):
+    def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.device = device
-        self.force_next = torch.full((rows,), -1, dtype=torch.int64, device=device)
-        self._set: dict[int, int] = {}  # rows whose device entry is not -1, with their token
-        self._changes: dict[int, int] = {}  # row -> token to write at publish
+        self._queued: dict[int, RequestZoom] = {}  # row -> request with tokens queued
         self._delim_cache: dict[tuple[str, int, int], bool] = {}
         self._marker_cache: dict[str, tuple[int, ...]] = {}
         self.forced_markers = 0
@@ -38,12 +36,8 @@ class EngineMarkers:
             self._marker_cache[text] = ids
         return ids
 
-    @property
-    def any_forced(self) -> bool:
-        return bool(self._set)
-
-    def decide(self, st: RequestZoom, last_two: tuple[int, int] | None) -> None:
-        if st.forced:
+    def decide(self, st: RequestZoom, last_two: tuple[int, int] | None, processed: int) -> None:
+        if st.forced or st.forced_forward > processed:  # a marker is queued or still in flight
             return
         seg, cfg = st.table.segmenter, st.config
         open_summary = seg.open_summary
@@ -54,40 +48,33 @@ class EngineMarkers:
                 and self._ends_with_delimiter(last_two, cfg.thought_delimiter)
             )
             if boundary:
-                st.forced.extend(st.open_ids)
-                self._count(st)
+                self._queue(st, st.open_ids)
         elif seg.length - open_summary.summary_start - len(st.open_ids) >= cfg.max_summary_tokens:
-            st.forced.extend(st.close_ids)
-            self._count(st)
+            self._queue(st, st.close_ids)
 
-    def _count(self, st: RequestZoom) -> None:
+    def _queue(self, st: RequestZoom, ids: tuple[int, ...]) -> None:
+        st.forced.extend(ids)
+        self._queued[st.row] = st
         st.forced_markers += 1
         self.forced_markers += 1
 
-    def next_token(self, st: RequestZoom) -> None:
-        token = st.forced.popleft() if st.forced else -1
-        if token != self._set.get(st.row, -1):
-            self._changes[st.row] = token
+    def launch(self, forward_iter: int, rows: set[int]) -> dict[int, int]:
+        if not self._queued:
+            return {}
+        handed = {}
+        for row, st in list(self._queued.items()):
+            if row not in rows:
+                continue
+            handed[row] = st.forced.popleft()
+            st.forced_forward = forward_iter
+            if not st.forced:
+                del self._queued[row]
+        return handed
 
     def clear(self, row: int) -> None:
-        if row in self._set or row in self._changes:
-            self._changes[row] = -1
-
-    def publish(self) -> None:
-        if not self._changes:
-            return
-        rows = torch.tensor(list(self._changes), dtype=torch.int64)
-        tokens = torch.tensor(list(self._changes.values()), dtype=torch.int64)
-        self.force_next.index_put_((rows.to(self.device, non_blocking=True),), tokens.to(self.device, non_blocking=True))
-        for row, token in self._changes.items():
-            if token < 0:
-                self._set.pop(row, None)
-            else:
-                self._set[row] = token
-        self._changes.clear()
-
-    def forced_ids(self, req_pool_indices: torch.Tensor) -> torch.Tensor:
-        return self.force_next[req_pool_indices.to(self.force_next.device)]
+        st = self._queued.pop(row, None)
+        if st is not None:
+            st.forced.clear()
 
     def _ends_with_delimiter(self, last_two: tuple[int, int], delimiter: str) -> bool:
         key = (delimiter, *last_two)

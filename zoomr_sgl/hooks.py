@@ -17,17 +17,22 @@ Hooks now:
   goes through the same loop: ``RESIDENT_BACKENDS`` lists it where FlashInfer imports.
 - ``TokenToKVPoolAllocator.free`` (AROUND, scheduler processes): drops holes (slot 0) before the stock free, so no
   stock release path (tree, chunk cache, retract, over-allocation) puts slot 0 on the free list. ``free_segment``,
-  ``free_segments`` and ``free_group_end`` all end in ``free``.
+  ``free_segments`` and ``free_group_end`` all end in ``free``. With ``ZOOMR_SGL_POISON_FREED=1`` (debug) every
+  freed slot is then filled with NaN where a reuse could first write it (``zoomr_sgl.poison``).
 - ``Scheduler.__init__`` (AFTER, scheduler processes): builds the process's ``ZoomRManager`` once the scheduler has
   its allocator, pools and model runner, and hands it to the attention backend (query capture at scoring layers).
   A scheduler whose model runner did not build a ZoomR attention backend (another backend, a hybrid one) refuses to
-  start: it would attend the holes.
+  start: it would attend the holes. The backend gets the manager as ``hole_source`` (its plans read the rows' hole
+  counts from it instead of the device).
 - ``SchedulerBatchResultProcessor.process_batch_result_prefill`` / ``process_batch_result_decode`` (AFTER): the
-  step's sampled tokens are in ``req.output_ids``; the manager segments, offloads, forces markers and zooms there,
-  with no forward in flight (the launcher turns the overlap scheduler off).
-- ``Scheduler.run_batch`` (BEFORE, decode batches): lands host copies that finished since the last step.
-- ``ModelRunner.sample`` (AROUND): replaces the sampled id of rows with a forced engine-mode marker token, before
-  SGLang stashes it as the next step's input, so text, stop checks and KV agree.
+  step's sampled tokens are in ``req.output_ids``; the manager segments, offloads, decides markers and zooms there.
+  With the overlap scheduler the next forward is already running then (``zoomr_sgl.manager``'s contract).
+- ``Scheduler.run_batch`` (BEFORE, every batch): the last point before SGLang launches a forward, the one it numbers
+  ``forward_ct + 1`` (``batch.forward_iter``): the manager fixes what that forward reads (hole counts for its plan,
+  landed copies, forced tokens).
+- ``ModelRunner.sample`` (AROUND): inside the forward, after the model: the manager keeps the forward's scoring
+  queries and replaces the sampled id of rows with a forced engine-mode marker token, before SGLang stashes it as the
+  next step's input, so text, stop checks and KV agree.
 - ``mem_cache.common.release_kv_cache`` (BEFORE): the one path of finish, abort and retraction; the manager frees
   what it holds beyond the request's row, publishes final stats and, with the ZoomR tree and ``is_insert``, hands
   its host blocks to the tree (``req.zoomr_host_spans``) before SGLang calls the tree's ``cache_finished_req``.
@@ -147,6 +152,8 @@ def free_without_holes(original, allocator, free_index):
     reads the device; ZoomR's own frees skip it (``free_known_slots``)."""
     if not _KNOWN_SLOTS and free_index.numel() and not bool((free_index != 0).all()):
         free_index = free_index[free_index != 0]
+    if MANAGER is not None and MANAGER.poison is not None and free_index.numel():
+        MANAGER.poison.fill(free_index)
     return original(allocator, free_index)
 
 
@@ -189,10 +196,10 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
         if not isinstance(backend, tuple(RESIDENT_BACKENDS.values())):  # it would attend holes: refuse to serve
             raise RuntimeError(f"ZoomR needs a resident-set attention backend ({', '.join(RESIDENT_BACKENDS)}); this "
                                f"scheduler built {type(backend).__name__}")
-        MANAGER = ZoomRManager(config, scheduler)
+        MANAGER = ZoomRManager(config, scheduler, query_buffers=getattr(backend, "query_buffers", None))
         if hasattr(backend, "query_sink"):
             backend.query_sink = MANAGER
-        MANAGER.query_buffers = dict(getattr(backend, "query_buffers", {}))
+        backend.hole_source = MANAGER
         return result
 
     def after_prefill(result, processor, batch, *args, **kwargs):
@@ -206,16 +213,13 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
         return result
 
     def before_run_batch(scheduler, batch, *args, **kwargs):
-        if MANAGER is not None and batch is not None and batch.forward_mode.is_decode():
-            MANAGER.before_forward(batch)
+        if MANAGER is not None and batch is not None:
+            MANAGER.before_forward(batch, scheduler.forward_ct + 1)  # run_batch numbers it so first thing
         return None
 
     def force_sampled(original, runner, logits_output, forward_batch, *args, **kwargs):
         ids = original(runner, logits_output, forward_batch, *args, **kwargs)
-        if MANAGER is not None and MANAGER.any_forced and forward_batch.forward_mode.is_decode():
-            forced = MANAGER.forced_ids(forward_batch.req_pool_indices).to(ids.device)
-            ids = torch.where(forced >= 0, forced.to(ids.dtype), ids)
-        return ids
+        return ids if MANAGER is None else MANAGER.on_sample(ids, logits_output, forward_batch)
 
     def screen_new_request(scheduler, req, is_retracted=False, *args, **kwargs):
         if MANAGER is not None and not is_retracted:

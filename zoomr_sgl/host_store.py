@@ -17,7 +17,8 @@ Contract:
   block's token count. On CPU both are synchronous; on CUDA they run on a side stream after the current stream's
   pending work, and the returned ``CopyHandle`` says when they landed (``done()``) or waits for them (``wait()``).
   On CUDA each run of a block is one contiguous host<->device copy of its rows, staged on the device by one
-  ``kernels.kv_rows`` launch over every layer (not two copies per layer).
+  ``kernels.kv_rows`` launch over every layer (not two copies per layer). ``copy_to_device(..., after=stream)``
+  also waits for the work already queued on ``stream`` (a forward in flight that may still read those slots).
   Consumers on the compute stream must ``wait()`` (or ``handle.event`` must be waited on) before reading.
 - Never silent corruption: block ids are never reused, and any use of a freed or dropped block raises
   ``StaleBlockError``. ``free`` waits for the block's copies in flight before its rows can be handed out again.
@@ -144,11 +145,11 @@ class HostDetailStore:
         return self._copy(block, k_buffers, v_buffers, slots, to_host=True)
 
     def copy_to_device(self, block: HostBlock, k_buffers: Sequence[torch.Tensor],
-                       v_buffers: Sequence[torch.Tensor], slots: torch.Tensor) -> CopyHandle:
-        """This block -> device slots, every layer."""
-        return self._copy(block, k_buffers, v_buffers, slots, to_host=False)
+                       v_buffers: Sequence[torch.Tensor], slots: torch.Tensor, after=None) -> CopyHandle:
+        """This block -> device slots, every layer (after the work queued on stream ``after``, if given)."""
+        return self._copy(block, k_buffers, v_buffers, slots, to_host=False, after=after)
 
-    def _copy(self, block, k_buffers, v_buffers, slots, to_host: bool) -> CopyHandle:
+    def _copy(self, block, k_buffers, v_buffers, slots, to_host: bool, after=None) -> CopyHandle:
         self._check(block)
         if len(k_buffers) != self.k.shape[0] or len(v_buffers) != self.v.shape[0]:
             raise ValueError(f"expected {self.k.shape[0]} layers of K and V buffers")
@@ -162,6 +163,8 @@ class HostDetailStore:
             return CopyHandle()
         current = torch.cuda.current_stream(self.device)
         self._stream.wait_stream(current)  # the KV to offload, or the freshly allocated slots, are ready
+        if after is not None:
+            self._stream.wait_stream(after)
         with torch.cuda.stream(self._stream):
             slots = slots.to(self.device, non_blocking=True)
             self._copy_runs_staged(block, [*k_buffers, *v_buffers], slots, to_host)

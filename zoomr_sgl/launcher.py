@@ -12,8 +12,11 @@ Contract:
 - With ``--enable-zoomr`` it refuses, one line and exit 2, every setup ZoomR would serve wrongly: an
   ``--attention-backend`` other than the two it replaces, separate prefill/decode backends, tensor or pipeline
   parallelism above 1, page sizes other than 1, and the SGLang features in ``ZOOMR_INCOMPATIBLE``.
-- With ``--enable-zoomr`` it also passes ``--page-size 1``, ``--disable-overlap-schedule`` and, unless the user
-  gave ``--radix-cache-backend``, ``--radix-cache-backend zoomr`` (the ZoomR radix tree).
+- With ``--enable-zoomr`` it also passes ``--page-size 1`` and, unless the user gave ``--radix-cache-backend``,
+  ``--radix-cache-backend zoomr`` (the ZoomR radix tree). SGLang's overlap scheduler stays on where stock has it on
+  (CUDA); ``--disable-overlap-schedule`` is the user's choice.
+- ``--enable-overlap-schedule`` (ours) drops the platform's ``--disable-overlap-schedule`` default (CPU hosts), so
+  the overlap scheduler runs there too; given with ``--disable-overlap-schedule`` it is an error.
 - With ``--enable-zoomr`` it exports the config as ``ZOOMR_SGL_CONFIG`` for every SGLang process; without it the
   variable is removed, the plugin stays inert and SGLang behaves as stock.
 """
@@ -36,8 +39,9 @@ CPU_DEFAULTS = [
     "--sleep-on-idle",  # an idle scheduler otherwise spins a core; two servers on 2 cores then crawl (~50x)
 ]
 CUDA_DEFAULTS = ["--attention-backend", "flashinfer"]
-# ZoomR edits req_to_token between steps: one forward in flight at a time, token-granular pages.
+# ZoomR edits req_to_token token by token: token-granular pages.
 ZOOMR_DEFAULTS = ["--page-size", "1"]
+NO_OVERLAP = "--disable-overlap-schedule"
 # Finished thoughts are cached as host-backed detail nodes (zoomr_sgl.radix_tree), unless the user names a tree.
 ZOOMR_TREE = ["--radix-cache-backend", "zoomr"]
 ZOOMR_INCOMPATIBLE = {
@@ -69,6 +73,8 @@ class LaunchPlan(NamedTuple):
 def zoomr_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, add_help=False, allow_abbrev=False)
     parser.add_argument("--enable-zoomr", action="store_true", help="turn ZoomR on in every SGLang process")
+    parser.add_argument("--enable-overlap-schedule", action="store_true",
+                        help="keep SGLang's overlap scheduler on where the platform default turns it off (CPU hosts)")
     ZoomRConfig.add_cli_args(parser)
     return parser
 
@@ -138,9 +144,13 @@ def plan_launch(argv: Sequence[str], cuda_available: bool, default_model: str | 
             if size is not None and size != "1":
                 raise LaunchError(f"{names[0]} {size} cannot be used with --enable-zoomr yet: {why}")
 
+    if ours.enable_overlap_schedule and _has_flag(rest, NO_OVERLAP):
+        raise LaunchError(f"--enable-overlap-schedule contradicts {NO_OVERLAP}")
     defaults = list(CUDA_DEFAULTS if cuda_available else CPU_DEFAULTS)
+    if ours.enable_overlap_schedule:
+        defaults = [a for a in defaults if a != NO_OVERLAP]
     if ours.enable_zoomr:
-        defaults += ZOOMR_DEFAULTS + ([] if "--disable-overlap-schedule" in defaults else ["--disable-overlap-schedule"])
+        defaults += ZOOMR_DEFAULTS
         if not _has_flag(rest, "--radix-cache-backend"):
             defaults += ZOOMR_TREE
     if not _has_flag(rest, "--model-path", "--model"):

@@ -3,7 +3,14 @@ The work is done by one module per concept: ``detail_mover`` (the only writer of
 ``request_state`` (per-request state and lazily built stats), ``tree_borrow`` (what a request borrows from the radix
 tree), ``engine_markers`` (forced summary markers) and ``zoom_plan`` (the per-step zoom).
 
-Contract (``--disable-overlap-schedule``: one forward in flight, results processed before the next step):
+Contract (with or without SGLang's overlap scheduler; ``docs/overlap.md`` tells the timeline):
+- SGLang calls ``before_forward(batch, forward_iter)`` right before it launches any forward and
+  ``after_prefill``/``after_decode`` when it processes that forward's results: at once without the overlap
+  scheduler, after it has launched the next forward with it. Everything a forward reads is fixed before it is
+  launched: its resident set (``req_to_token``, written only here and by SGLang's scheduling, both before the launch
+  on the stream the forward waits for), the rows' hole counts its plan uses (``forward_holes``), its forced tokens
+  and its copy of the scoring queries (``ForwardSlots``, per forward parity). A decision taken while processing
+  forward N therefore reaches the first forward launched after that: N+1 without overlap, N+2 with it.
 - A request's resident set is the set of positions ``p < seq_len`` with ``req_to_token[row, p] != 0``; slot 0 is
   never handed out, so 0 marks a hole. The manager keeps ``req_to_token`` equal to what the request's
   ``ThoughtTable`` says is attended: it writes 0 over a detail when it leaves the device (offload, drop, eviction)
@@ -12,9 +19,10 @@ Contract (``--disable-overlap-schedule``: one forward in flight, results process
   the tokens it has not seen (one per request per decode step: nothing walks the stream), offload or drop closed
   thoughts' detail as the request's policy says (``DetailAction``), decide engine-mode markers, and on decode steps
   that are multiples of a request's ``zoom_interval`` (counted by the scheduler's decode steps, so requests zoom
-  together) hand the due requests to ``ZoomPlanner`` with this step's queries (captured by the attention backend at
-  the scoring layers through ``capture_query``, or read from its CUDA-graph query buffers). A decode step with no
-  zoom reads nothing from the device; a zoom step reads the scores once (``step_probe`` counts this for the tests).
+  together) hand the due requests to ``ZoomPlanner`` with the processed forward's queries (captured by the attention
+  backend at the scoring layers through ``capture_query``, or copied from its CUDA-graph query buffers in the
+  sampler, ``on_sample``). A decode step with no zoom reads nothing from the device; a zoom step reads the scores
+  once (``step_probe`` counts this for the tests).
   Device KV per request comes from counters (``RequestZoom.device_tokens``), never from reading a row.
 - Device slots leave the request only once no step reads them: an offloaded detail's slots go back to the allocator
   when its host copy has landed (at once on CPU; on CUDA at the latest in ``before_forward``); a recall takes fresh
@@ -55,7 +63,10 @@ Contract (``--disable-overlap-schedule``: one forward in flight, results process
   Borrowed blocks are the tree's and never appear there. With the stock tree a row with holes is marked not
   insertable (``req.skip_radix_cache_insert``: stock nodes cannot point at host memory). SGLang then frees the
   row as usual (holes are filtered out of frees).
-- ``forced_ids(req_pool_indices)`` gives the token each row must emit this step (-1: none), for the sampler hook.
+- ``on_sample(ids, logits_output, forward_batch)`` (the sampler hook, inside the forward): keeps the forward's queries
+  and replaces the sampled id of rows with a forced marker token (``ForwardSlots.forced``).
+- ``forward_holes()``: the hole count per row of the forward being launched, in batch order, for the attention
+  backend's plan (``ForwardHoles``); None before any forward.
 - Stats per request (``RequestStats``) travel in ``req.customized_info['zoomr']`` and reach ``meta_info['zoomr']``;
   they are built when SGLang reads them (a streamed chunk, the final response), not every step."""
 
@@ -63,7 +74,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -71,7 +82,9 @@ from zoomr_sgl.admission import ZoomRAdmission
 from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError
 from zoomr_sgl.detail_mover import DetailMover
 from zoomr_sgl.engine_markers import EngineMarkers
+from zoomr_sgl.forward_slots import ForwardSlots
 from zoomr_sgl.host_store import HostDetailStore
+from zoomr_sgl.poison import FreedSlotPoison
 from zoomr_sgl.request_params import check_custom_params, check_scoring_layers
 from zoomr_sgl.request_state import LatestStats, RequestZoom, request_stats
 from zoomr_sgl.selection import policy_for
@@ -85,10 +98,18 @@ logger = logging.getLogger("zoomr_sgl")
 METRICS_PERIOD_S = 0.5
 
 
+class ForwardHoles(NamedTuple):
+    """Hole counts of the rows of one forward, in batch order (host), and their total."""
+
+    forward_iter: int
+    per_row: torch.Tensor  # int32 [bs], CPU
+    total: int
+
+
 class ZoomRManager:
     """Per-scheduler ZoomR state (see the module contract)."""
 
-    def __init__(self, config: ZoomRConfig, scheduler: Any):
+    def __init__(self, config: ZoomRConfig, scheduler: Any, query_buffers: dict[int, torch.Tensor] | None = None):
         self.config = config
         self.allocator = scheduler.token_to_kv_pool_allocator
         self.req_to_token = scheduler.req_to_token_pool.req_to_token
@@ -106,20 +127,29 @@ class ZoomRManager:
             head_dim=k0.shape[2], dtype=k0.dtype, device=k0.device, fallback=config.host_full_fallback,
             on_drop=lambda block: self.borrow.on_host_drop(block),
         )
+        self.overlap = bool(getattr(scheduler, "enable_overlap", False))
+        # forwards between the one whose results are processed and the first a decision taken then reaches
+        self.lag = 2 if self.overlap else 1
+        self.forward_stream = getattr(scheduler, "forward_stream", None) if self.device.type == "cuda" else None
         self.mover = DetailMover(self.allocator, self.req_to_token, self.kv_pool, self.host,
-                                 make_host_room=lambda n: self.borrow.make_host_room(n))
+                                 make_host_room=lambda n: self.borrow.make_host_room(n),
+                                 recall_after=self.forward_stream if self.overlap else None)
         self.borrow = TreeBorrow(tree, self.host, self.mover, self.requests)
         self.tree = tree
         if tree is not None:
             tree.attach_host_store(self.host)
-        self.markers = EngineMarkers(scheduler.tokenizer, self.req_to_token.shape[0], self.device)
+        self.markers = EngineMarkers(scheduler.tokenizer)
+        # query_buffers: layer id -> [max_bs, Hq, D] queries written by a CUDA-graph-safe backend in every forward
+        self.slots = ForwardSlots(self.req_to_token.shape[0], self.device, query_buffers)
         self.planner = ZoomPlanner(self.kv_pool, self.req_to_token, self.scoring_layers, self.mover, self.allocator)
         self.admission = ZoomRAdmission(self)
-        self._queries: dict[int, torch.Tensor] = {}  # scoring layer -> this decode step's [bs, Hq, D] queries
-        # layer id -> [max_bs, Hq, D] queries written by a CUDA-graph-safe backend (set by zoomr_sgl.hooks)
-        self.query_buffers: dict[int, torch.Tensor] = {}
+        self._captured: dict[int, torch.Tensor] = {}  # scoring layer -> the running forward's [bs, Hq, D] queries
+        self.forward_iter = 0  # the forward being launched or running (SGLang's forward_ct)
+        self._holes: ForwardHoles | None = None
         self.decode_steps = 0
         self.admitted = 0
+        self.poison = FreedSlotPoison(self.kv_pool, self.forward_stream if self.overlap else None) \
+            if FreedSlotPoison.enabled() else None
         self.probe = StepProbe() if StepProbe.enabled() else None
         if self.probe is not None:
             self.planner.host_side = self.probe.host_side
@@ -133,17 +163,18 @@ class ZoomRManager:
     # ------------------------------------------------------------------ SGLang step hooks
     def after_prefill(self, batch) -> None:
         for req in batch.reqs:
-            if req.finished() or req.is_retracted or getattr(req, "inflight_middle_chunks", 0) > 0:
-                continue
-            if not req.output_ids:  # a middle chunk of a chunked prefill
+            if req.finished() or req.is_retracted:
                 continue
             st = self.requests.get(req.rid)
+            if st is None:  # SGLang's tree may have rewritten the prefix (cache_unfinished_req): count it again
+                self.mover.set_prefix_holes(req.req_pool_idx, self.borrow.prefix_holes(req))
+            if getattr(req, "inflight_middle_chunks", 0) > 0 or not req.output_ids:  # a middle chunk
+                continue
             if st is None:
                 st = self._admit(req)
                 if st is None:
                     continue
-            self._advance(req, st)
-        self.markers.publish()
+            self._advance(req, st, batch.forward_iter)
 
     def after_decode(self, batch) -> None:
         if self.probe is None:
@@ -155,53 +186,74 @@ class ZoomRManager:
     def _after_decode(self, batch) -> None:
         self.decode_steps += 1
         step = self.decode_steps
-        if self.query_buffers:  # CUDA backend: the step's queries sit in its persistent buffers (graph or eager)
-            bs = len(batch.reqs)
-            for layer in self.scoring_layers:
-                self._queries[layer] = self.query_buffers[layer][:bs]
         due = []
         for i, req in enumerate(batch.reqs):
             st = self.requests.get(req.rid)
             if st is None or req.finished() or req.is_retracted:
                 continue
-            self._advance(req, st)
+            self._advance(req, st, batch.forward_iter)
             if step % st.config.zoom_interval == 0 and st.policy.zooms:
                 due.append((st, i))
         if due:
             if self.probe is not None:
                 self.probe.step["zoom"] = True
-            self.planner.run(due, self._queries, step, headroom=len(batch.reqs))
+            self.planner.run(due, self.slots.queries(batch.forward_iter), step, headroom=len(batch.reqs))
             for st, _ in due:
                 st.peak_device = max(st.peak_device, st.device_tokens())
-        self._queries.clear()
-        self.markers.publish()
         if self.metrics is not None and time.monotonic() - self._metrics_at >= METRICS_PERIOD_S:
             self._metrics_at = time.monotonic()
             self.metrics.observe(self.snapshot())
 
-    def before_forward(self, batch) -> None:
-        """Land copies that finished since the last step (CUDA); a step never waits unless asked to."""
-        if self.probe is None:
-            self.mover.land_busy()
-        else:
-            with self.probe.measure():
-                self.mover.land_busy()
-        self.markers.publish()
+    def before_forward(self, batch, forward_iter: int) -> None:
+        """Right before SGLang launches ``batch`` as forward ``forward_iter``: an extend's rows get the hole counts of
+        the prefixes it writes; a decode lands the copies that finished since the last step (a step never waits
+        unless asked to) and hands queued marker tokens to this forward; then the rows' counts are fixed for its
+        plan."""
+        self.forward_iter = forward_iter
+        rows = [r.req_pool_idx for r in batch.reqs]
+        mode = batch.forward_mode
+        if mode.is_decode():
+            if self.probe is None:
+                self._launch_decode(forward_iter, rows)
+            else:
+                with self.probe.measure():
+                    self._launch_decode(forward_iter, rows)
+        elif mode.is_extend():
+            for req, row in zip(batch.reqs, rows):
+                if req.rid not in self.requests:
+                    self.mover.set_prefix_holes(row, self.borrow.prefix_holes(req))
+        holes = self.mover.holes_of(rows)
+        self._holes = ForwardHoles(forward_iter, torch.from_numpy(holes.astype("int32")), int(holes.sum()))
+
+    def _launch_decode(self, forward_iter: int, rows: list[int]) -> None:
+        self.mover.land_busy()
+        self.slots.launch(forward_iter, self.markers.launch(forward_iter, set(rows)))
+
+    def forward_holes(self) -> ForwardHoles | None:
+        return self._holes
+
+    def on_sample(self, ids: torch.Tensor, logits_output, forward_batch) -> torch.Tensor:
+        """The sampler hook of the running forward (``self.forward_iter``)."""
+        if self.poison is not None:
+            self.poison.count(logits_output.next_token_logits)
+        if not forward_batch.forward_mode.is_decode():
+            return ids
+        fid = self.forward_iter
+        if self.requests:
+            self.slots.keep_queries(fid, len(ids), self._captured)
+        self._captured = {}
+        forced = self.slots.forced(fid, forward_batch.req_pool_indices)
+        if forced is not None:
+            ids = torch.where(forced >= 0, forced.to(ids.device, ids.dtype), ids)
+        return ids
 
     def capture_query(self, layer_id: int, q: torch.Tensor, req_pool_indices: torch.Tensor) -> None:
         """Called by the attention backend during decode: ``q`` is ``[bs, Hq, D]`` at a scoring layer."""
         if layer_id in self.scoring_layers and self.requests:
-            self._queries[layer_id] = q.detach()
+            self._captured[layer_id] = q.detach()
 
     def wants_queries(self, layer_id: int) -> bool:
         return layer_id in self.scoring_layers and bool(self.requests)
-
-    @property
-    def any_forced(self) -> bool:
-        return self.markers.any_forced
-
-    def forced_ids(self, req_pool_indices: torch.Tensor) -> torch.Tensor:
-        return self.markers.forced_ids(req_pool_indices)
 
     def screen(self, req) -> None:
         """Before a new request takes any slot (``Scheduler._add_request_to_queue``): its effective ZoomR config goes
@@ -225,6 +277,7 @@ class ZoomRManager:
         insert = is_insert and not getattr(req, "skip_radix_cache_insert", False)
         self.borrow.release(st, req, insert)
         self.markers.clear(st.row)
+        self.mover.forget_row(st.row)
         st.table.free()
         view = (req.customized_info or {}).get("zoomr")
         if isinstance(view, LatestStats):
@@ -264,6 +317,8 @@ class ZoomRManager:
             "totals": self.totals(),
             **({"tree": self.tree.state()} if self.tree is not None else {}),
             **({"step_probe": self.probe.summary()} if self.probe is not None else {}),
+            **({"poison_nan_rows": self.poison.nan_rows()} if self.poison is not None else {}),
+            "overlap": self.overlap,
         }
 
     # ------------------------------------------------------------------ admission
@@ -320,7 +375,7 @@ class ZoomRManager:
         return ThoughtTable(cfg, open_ids, close_ids, prompt_len)
 
     # ------------------------------------------------------------------ one step of one request
-    def _advance(self, req, st: RequestZoom) -> None:
+    def _advance(self, req, st: RequestZoom, processed: int) -> None:
         """Feed the tokens the table has not seen (the prompt too, at the first step), then act on what closed."""
         out, fed = req.output_ids, st.table.length
         new = out[fed - st.prompt_len:] if fed >= st.prompt_len else [*req.origin_input_ids[fed:], *out]
@@ -332,8 +387,7 @@ class ZoomRManager:
             self._close_thought(st, thought)
         if st.engine:
             last_two = tuple(out[-2:]) if len(out) >= 2 else None
-            self.markers.decide(st, last_two)
-        self.markers.next_token(st)
+            self.markers.decide(st, last_two, processed)
         st.peak_device = max(st.peak_device, st.device_tokens())
 
     def _close_thought(self, st: RequestZoom, t) -> None:

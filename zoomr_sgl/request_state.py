@@ -3,8 +3,9 @@
 Contract:
 - ``RequestZoom`` is a plain record: the request's settings, policy and ``ThoughtTable``, where its row is, and the
   counters the step keeps as it goes (no device reads): ``holes`` is the number of positions below the table's
-  length whose ``req_to_token`` entry is 0, kept by ``DetailMover`` (the only writer of holes) and set once at
-  admission from the radix tree's prefix; ``inflight_slots`` the device slots held by copies in flight.
+  length whose ``req_to_token`` entry is 0, kept by ``DetailMover`` (the only writer of holes, which also keeps it per
+  row for the attention backend) and set once at admission from the radix tree's prefix; ``inflight_slots`` the
+  device slots held by copies in flight.
   ``device_tokens(st)`` is therefore exact without reading the row: positions that hold a slot, plus copies.
 - ``RequestStats`` is what ``meta_info['zoomr']`` carries. ``request_stats(st)`` builds it from those counters and the
   table's; it is O(thoughts) and runs only when someone reads it: ``LatestStats`` sits in ``req.customized_info``
@@ -80,7 +81,9 @@ class RequestZoom:
     blocks: dict[int, HostBlock] = field(default_factory=dict)
     offloading: list[Copy] = field(default_factory=list)
     recalling: list[Copy] = field(default_factory=list)
-    forced: deque = field(default_factory=deque)
+    forced: deque = field(default_factory=deque)  # engine-mode marker tokens not yet handed to a forward
+    forced_forward: int = -1  # the forward the last forced token was handed to (in flight until it is processed)
+    bound: int | None = -1  # admission's peak device KV (None: stock accounting), computed once (-1: not yet)
     forced_markers: int = 0
     peak_device: int = 0
     spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # thought -> host-backed run, when not its detail

@@ -35,13 +35,19 @@ Contract:
   - CUDA graphs: planning runs outside the graph (``init_forward_metadata_out_graph``), the indices go into the
     wrapper's ``_paged_kv_indices_buf``, the indptr into SGLang's ``kv_indptr`` buffer the wrapper was built over; the
     captured kernels only read those buffers, so a resident set that changes every step replays correctly.
-  - Cost per step: two small Triton launches, a cumsum, and one device-to-host read of ``bs`` int32 lengths
-    (FlashInfer's plan needs the indptr on the host; stock avoids that read only because it knows ``seq_lens_cpu``).
+  - FlashInfer plans on the host, so it needs the resident lengths there. They come from ``hole_source`` (the
+    scheduler's ``ZoomRManager``, set by ``zoomr_sgl.hooks``): ``forward_holes()`` gives the hole count of each row of
+    the forward being launched, kept on the host by the only writer of holes, so the lengths are ``seq_lens_cpu -
+    holes`` with no device read, which is what lets the overlap scheduler run ahead. A forward with no hole in any
+    row plans exactly as stock (stock kernel, no ZoomR launch). Without a hole source or ``seq_lens_cpu`` (a call
+    outside the scheduler's forwards) the lengths are read back from the device. ``ZOOMR_SGL_CHECK_HOLES=1`` (debug)
+    reads them back anyway and raises when they differ from the host's.
+  - Cost per step with holes: two small Triton launches and a cumsum.
   - Extend / prefill: ``ZoomRFlashInferIndicesUpdaterPrefill`` builds the paged part's indices with the same kernel
-    (without the keep-last rule when the paged part is the prefix alone, ``use_ragged``: a prefix may end in a hole)
-    and reads their total back (one sync per extend). Without holes it plans exactly as stock; with holes it hands
-    the compacted indices to the stock plan as ``custom_kv_indices`` with the resident lengths, so the causal offsets
-    (kv length minus extend length) stay right: the extend tokens are at the end of both.
+    (without the keep-last rule when the paged part is the prefix alone, ``use_ragged``: a prefix may end in a hole),
+    their total from the host hole counts (holes are only in prefixes). Without holes it plans exactly as stock; with
+    holes it hands the compacted indices to the stock plan as ``custom_kv_indices`` with the resident lengths, so the
+    causal offsets (kv length minus extend length) stay right: the extend tokens are at the end of both.
   - Stock, unchanged: speculative decoding, the sliding-window wrapper, cross-attention (``kv_start_idx`` set) and
     the FP4 dequant workspace; ZoomR refuses such setups at launch.
   - Query tap: a Python call does not replay in a CUDA graph, so instead of calling ``query_sink`` the backend copies
@@ -62,6 +68,8 @@ from typing import NamedTuple, Optional
 import torch
 from sglang.srt.layers.attention.torch_native_backend import TorchNativeAttnBackend
 
+from zoomr_sgl.detail_mover import CHECKS
+
 try:  # CUDA hosts only; CPU hosts have no flashinfer and import this module all the same
     import flashinfer  # noqa: F401
     from sglang.srt.layers.attention.flashinfer_backend import (
@@ -71,6 +79,21 @@ try:  # CUDA hosts only; CPU hosts have no flashinfer and import this module all
     )
 except ImportError:
     FlashInferAttnBackend = FlashInferIndicesUpdaterDecode = FlashInferIndicesUpdaterPrefill = None
+
+
+def forward_holes(backend, bs: int):
+    """The host hole counts of the forward being planned (``ZoomRManager.forward_holes``), or None when the backend
+    has no hole source or they do not fit a batch of ``bs`` rows (a plan outside the scheduler's forwards)."""
+    source = getattr(backend, "hole_source", None)
+    holes = source.forward_holes() if source is not None else None
+    return holes if holes is not None and len(holes.per_row) <= bs else None
+
+
+def check_lens(on_device: torch.Tensor, on_host: torch.Tensor, what: str) -> None:
+    """Debug (``ZOOMR_SGL_CHECK_HOLES=1``): the host's resident lengths must be the device's."""
+    if not torch.equal(on_device.cpu().to(torch.int64), on_host.to(torch.int64)):
+        raise RuntimeError(f"ZoomR {what}: resident lengths on the device {on_device.tolist()} differ from the host "
+                           f"hole counts' {on_host.tolist()}")
 
 
 class ResidentTable(NamedTuple):
@@ -112,6 +135,7 @@ class ZoomRTorchNativeAttnBackend(TorchNativeAttnBackend):
         super().__init__(model_runner)
         self._plan: Optional[_Plan] = None
         self.query_sink = None  # the ZoomRManager, set by zoomr_sgl.hooks once the scheduler is built
+        self.hole_source = None  # likewise (only the debug check reads it here)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True):
         sink = self.query_sink
@@ -134,6 +158,9 @@ class ZoomRTorchNativeAttnBackend(TorchNativeAttnBackend):
             self.req_to_token_pool.req_to_token, forward_batch.req_pool_indices, forward_batch.seq_lens,
             extend_seq_lens,
         )
+        holes = forward_holes(self, len(forward_batch.req_pool_indices)) if CHECKS else None
+        if holes is not None:
+            check_lens(self._plan.lens, forward_batch.seq_lens.cpu() - holes.per_row, "torch-native plan")
 
     @staticmethod
     def _make_plan(req_to_token, req_pool_indices, seq_lens, extend_seq_lens) -> _Plan:
@@ -207,6 +234,12 @@ if FlashInferAttnBackend is not None:
             from kernels.resident_indices import resident_indices
 
             bs = len(req_pool_indices)
+            holes = forward_holes(self.attn_backend, bs) if seq_lens_cpu is not None else None
+            if holes is not None and holes.total == 0 and not CHECKS:  # no hole in this forward: stock
+                return super().call_begin_forward(
+                    wrapper, req_pool_indices, paged_kernel_lens, paged_kernel_lens_sum, kv_indptr, None, None,
+                    seq_lens_cpu, fixed_split_size=fixed_split_size, disable_split_kv=disable_split_kv,
+                )
             if wrapper.is_cuda_graph_enabled:
                 kv_indices = wrapper._paged_kv_indices_buf  # the captured kernels read this buffer
             else:  # the full lengths bound the resident total, known on the host without a sync
@@ -216,7 +249,14 @@ if FlashInferAttnBackend is not None:
                 self.req_to_token, req_pool_indices, paged_kernel_lens, kv_indptr_out=kv_indptr,
                 kv_indices_out=kv_indices, max_len=max_len,
             )
-            lens_cpu = built.lens.cpu()  # the step's one device->host read: FlashInfer plans on the host
+            if holes is None:
+                lens_cpu = built.lens.cpu()  # outside the scheduler's forwards: read the lengths back
+            else:
+                per_row = torch.zeros(bs, dtype=torch.int32)
+                per_row[: len(holes.per_row)] = holes.per_row  # CUDA-graph padding rows have no holes
+                lens_cpu = seq_lens_cpu[:bs].to(torch.int32) - per_row
+                if CHECKS:
+                    check_lens(built.lens, lens_cpu, "decode plan")
             self.resident_lens_cpu = lens_cpu
             precomputed = SimpleNamespace(kv_indptr=built.kv_indptr, kv_indices=built.kv_indices)
             return super().call_begin_forward(
@@ -242,11 +282,19 @@ if FlashInferAttnBackend is not None:
 
                 # The paged part is the prefix alone with use_ragged (its last position may be a hole), else the
                 # prefix plus the extend tokens (the last one is a fresh slot).
-                built = resident_indices(self.req_to_token, req_pool_indices, paged_kernel_lens, keep_last=not use_ragged)
-                total = int(built.lens.sum())  # the extend's one device->host read
-                if total != paged_kernel_lens_sum:  # holes: attend the compacted resident slots
-                    paged_kernel_lens, paged_kernel_lens_sum = built.lens, total
-                    kwargs["custom_kv_indices"] = built.kv_indices
+                holes = forward_holes(self.attn_backend, len(req_pool_indices))
+                if holes is None or holes.total or CHECKS:
+                    built = resident_indices(self.req_to_token, req_pool_indices, paged_kernel_lens,
+                                             keep_last=not use_ragged)
+                    if holes is None:
+                        total = int(built.lens.sum())  # outside the scheduler's forwards: read it back
+                    else:  # every hole is in a prefix, which the paged part holds
+                        total = paged_kernel_lens_sum - holes.total
+                        if CHECKS:
+                            check_lens(built.lens.sum(), torch.tensor(total), "extend plan")
+                    if total != paged_kernel_lens_sum:  # holes: attend the compacted resident slots
+                        paged_kernel_lens, paged_kernel_lens_sum = built.lens, total
+                        kwargs["custom_kv_indices"] = built.kv_indices
             return super().call_begin_forward(
                 wrapper_ragged, wrapper_paged, req_pool_indices, paged_kernel_lens, paged_kernel_lens_sum, seq_lens,
                 prefix_lens, kv_start_idx, kv_indptr, qo_indptr, use_ragged, spec_info, *args, **kwargs,
@@ -263,6 +311,7 @@ if FlashInferAttnBackend is not None:
             if hasattr(self, "indices_updater_prefill"):
                 self.indices_updater_prefill = ZoomRFlashInferIndicesUpdaterPrefill(model_runner, self)
             self.query_buffers: dict[int, torch.Tensor] = {}
+            self.hole_source = None  # the ZoomRManager, set by zoomr_sgl.hooks once the scheduler is built
             from zoomr_sgl.config import ZoomRConfig
 
             config = ZoomRConfig.from_env()

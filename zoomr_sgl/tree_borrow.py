@@ -2,8 +2,11 @@
 tree-owned device detail it demotes to the host.
 
 Contract (the manager's module docstring tells the whole story; this is the mechanism):
-- ``admit(st, req)``: the prefix holes the tree gave (``st.reused_host_tokens``, ``st.holes``) and which block backs
-  which run (``st.tree_spans``). The one device read of a request's row, at its admission.
+- ``prefix_holes(req)``: how many host-backed holes the prefix the tree matched for ``req`` holds (host data: the
+  tree's host spans, clipped to ``len(req.prefix_indices)``); the extend that writes that prefix sets the row's
+  count from it (``DetailMover.set_prefix_holes``).
+- ``admit(st, req)``: the prefix holes (``st.reused_host_tokens``, ``st.holes``, from the row's count, no device
+  read) and which block backs which run (``st.tree_spans``).
 - ``close_prompt_thought(st, index)``: a thought starting below ``protected_len``. Device detail stays (and is
   demoted when the policy offloads and the detail is wholly tree-owned); holes backed by exactly one whole, live tree
   block start ``HOST`` with that block borrowed; any other holes make it ``DROPPED``.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from zoomr_sgl.detail_mover import DetailMover
+from zoomr_sgl.detail_mover import CHECKS, DetailMover
 from zoomr_sgl.host_store import HostBlock, HostDetailStore
 from zoomr_sgl.radix_tree import Demotion, hole_runs
 from zoomr_sgl.request_state import RequestZoom
@@ -36,11 +39,23 @@ class TreeBorrow:
         self._borrowers: dict[int, set[tuple[str, int]]] = {}  # tree block id -> (rid, thought) borrowing it
         self.totals = dict(demoted_tokens=0, kept_shared_tokens=0)
 
+    def prefix_holes(self, req) -> int:
+        prefix = getattr(req, "prefix_indices", None)
+        if self.tree is None or req.last_node is None or prefix is None or not len(prefix):
+            return 0
+        return self.tree.prefix_holes(req.last_node, len(prefix))
+
     def admit(self, st: RequestZoom, req) -> None:
         if self.tree is None or req.last_node is None:
             return
-        prefix = self.mover.req_to_token[st.row, :st.protected_len]
-        st.reused_host_tokens = st.holes = int((prefix == 0).sum())  # once per request, at admission
+        st.reused_host_tokens = st.holes = int(self.mover.row_holes[st.row])
+        if CHECKS:
+            on_device = int((self.mover.req_to_token[st.row, :st.protected_len] == 0).sum())
+            if on_device != st.holes:
+                zeros = (self.mover.req_to_token[st.row, :st.protected_len] == 0).nonzero().flatten().tolist()
+                raise RuntimeError(f"request {st.rid}: {on_device} prefix holes in its row, {st.holes} counted; "
+                                   f"zeros {zeros} spans {self.tree.host_spans(req.last_node)} prefix "
+                                   f"{len(req.prefix_indices)} protected {st.protected_len}")
         if st.reused_host_tokens:
             st.tree_spans = self.tree.host_spans(req.last_node)
 
