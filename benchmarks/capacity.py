@@ -5,9 +5,11 @@ Servers, all ``launch.py`` (which adds only the platform defaults) with the same
 KV pool (``--max-total-tokens``, default 4 x (prompt + longest output): stock holds about 4 requests' full KV),
 ``--mem-fraction-static``, ``--enable-metrics`` and the SGLang flags after ``--``:
   stock              no other flag (overlap scheduler on): the baseline of every ratio
-  stock_zoomr_flags  + ``--disable-overlap-schedule --page-size 1`` (what ``--enable-zoomr`` turns on in SGLang)
-  zoomr              ``--enable-zoomr`` (+ ``--zoomr-server-flags``), measured twice: per-request policy ``zoomr``
-                     and ``full`` (all KV on the device; target: within 5% of stock_zoomr_flags)
+  stock_zoomr_flags  + ``--page-size 1`` (what ``--enable-zoomr`` turns on in SGLang; on CUDA stock's own page size)
+  zoomr              ``--enable-zoomr`` (+ ``--zoomr-server-flags``; overlap scheduler on), measured twice:
+                     per-request policy ``zoomr`` and ``full`` (all KV on the device; target: within 5% of stock)
+  zoomr_no_overlap   ``--enable-zoomr --disable-overlap-schedule``, policy ``zoomr``: what the overlap scheduler
+                     gives ZoomR, in the same run
 Each is attached (``--url-*``, e.g. started side by side by ``scripts/gpu_run.sh capacity-start``) or started here,
 one at a time (stopped before the next; its log kept under --out). Rows are measured one at a time. Per output
 length every row gets the same ``--requests`` random prompts (ids below ``--vocab`` and the model's vocabulary):
@@ -50,9 +52,11 @@ except ImportError:  # run as a script: benchmarks/ itself is on the path
     from capacity_point import PointPlan, PointResult, measure_point
 
 REPO = Path(__file__).resolve().parents[1]
-SERVER_FLAGS = {"stock": [], "stock_zoomr_flags": ["--disable-overlap-schedule", "--page-size", "1"],
-                "zoomr": ["--enable-zoomr"]}
-URL_ARGS = {"stock": "url_stock", "stock_zoomr_flags": "url_stock_flags", "zoomr": "url_zoomr"}
+SERVER_FLAGS = {"stock": [], "stock_zoomr_flags": ["--page-size", "1"], "zoomr": ["--enable-zoomr"],
+                "zoomr_no_overlap": ["--enable-zoomr", "--disable-overlap-schedule"]}
+URL_ARGS = {"stock": "url_stock", "stock_zoomr_flags": "url_stock_flags", "zoomr": "url_zoomr",
+            "zoomr_no_overlap": "url_zoomr_no_overlap"}
+ZOOMR_SERVERS = ("zoomr", "zoomr_no_overlap")
 
 
 class Row(NamedTuple):
@@ -62,7 +66,8 @@ class Row(NamedTuple):
 
 
 ROWS = (Row("stock", "stock", None), Row("stock_zoomr_flags", "stock_zoomr_flags", None),
-        Row("zoomr", "zoomr", "zoomr"), Row("full", "zoomr", "full"))
+        Row("zoomr", "zoomr", "zoomr"), Row("full", "zoomr", "full"),
+        Row("zoomr_no_overlap", "zoomr_no_overlap", "zoomr"))
 
 
 def engine_params(policy: str, args) -> dict:
@@ -74,7 +79,7 @@ def engine_params(policy: str, args) -> dict:
 
 def server_argv(name: str, args, extra: list[str]) -> list[str]:
     """launch.py flags for one server (the host and port come from whoever starts it)."""
-    argv = list(SERVER_FLAGS[name]) + (shlex.split(args.zoomr_server_flags) if name == "zoomr" else [])
+    argv = list(SERVER_FLAGS[name]) + (shlex.split(args.zoomr_server_flags) if name in ZOOMR_SERVERS else [])
     for flag, value in (("--model-path", args.model_path), ("--load-format", args.load_format),
                         ("--max-total-tokens", pool_tokens(args)), ("--mem-fraction-static", args.mem_fraction_static)):
         if value is not None:
@@ -242,7 +247,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     argv = argv[: argv.index("--")] if "--" in argv else argv
     ap = _Parser(prog="capacity", description=__doc__.splitlines()[0])
     add = ap.add_argument
-    add("--servers", default="stock,stock_zoomr_flags,zoomr", help="servers to measure, in order")
+    add("--servers", default="stock,zoomr", help="servers to measure, in order, among " + ", ".join(SERVER_FLAGS))
     add("--rows", help="rows to measure among " + ", ".join(r.name for r in ROWS) + " (default: all of --servers')")
     for name, dest in URL_ARGS.items():
         add("--" + dest.replace("_", "-"), dest=dest, help=f"a running {name} server (default: start one here)")
@@ -250,7 +255,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     add("--load-format", help="e.g. dummy: random weights at the real shapes")
     add("--max-total-tokens", type=int, help="KV pool tokens (default 4 x (prompt + longest output))")
     add("--mem-fraction-static", type=float, help="each server's static memory fraction")
-    add("--zoomr-server-flags", default="", help="launch.py flags for the zoomr server only, e.g. host store size")
+    add("--zoomr-server-flags", default="", help="launch.py flags for the ZoomR servers only, e.g. host store size")
     add("--lengths", default="4K,8K,16K,32K", help="output lengths, comma-separated (K = 1024)")
     add("--prompt-tokens", type=int, default=256)
     add("--requests", type=int, default=32, help="concurrent requests per point")

@@ -2,7 +2,8 @@
 
 Contract: ``write(out, result)`` writes ``<stem>.json`` (unless told not to), ``<stem>.md`` and ``<stem>.png``
 under ``out`` (``stem`` is ``capacity``, or ``capacity_whole_gpu`` for a whole-GPU run) and returns the markdown.
-Each point gains ``x_stock``: its output tok/s over the ``stock`` row's at the same length in the same result (None
+Each point gains ``x_stock``: its output tok/s over the ``stock`` row's at the same length in the same result, and
+``x_stock_generated``, the same for the scheduler's generation rate (None
 without a stock row there). Without matplotlib the PNG is skipped with a note on stderr. ``merge(results)`` joins
 results of several runs (a later run's point replaces an earlier one for the same row and length; the meta is the
 first run's, with every run's listed under ``runs``).
@@ -14,8 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-ROW_ORDER = ("stock", "stock_zoomr_flags", "zoomr", "full")
-COLORS = {"stock": "gray", "stock_zoomr_flags": "black", "zoomr": "tab:blue", "full": "tab:orange"}
+ROW_ORDER = ("stock", "stock_zoomr_flags", "zoomr", "full", "zoomr_no_overlap")
+COLORS = {"stock": "gray", "stock_zoomr_flags": "black", "zoomr": "tab:blue", "full": "tab:orange",
+          "zoomr_no_overlap": "tab:cyan"}
 
 
 def progress(total: int):
@@ -29,10 +31,13 @@ def stem(result: dict) -> str:
 
 
 def add_ratios(result: dict) -> None:
-    stock = {p["length"]: p["output_tok_per_s"] for p in result["points"] if p["row"] == "stock"}
+    stock = {p["length"]: p for p in result["points"] if p["row"] == "stock"}
+    ratio = lambda a, b: a / b if a is not None and b else None  # noqa: E731
     for p in result["points"]:
-        base = stock.get(p["length"])
-        p["x_stock"] = p["output_tok_per_s"] / base if base and p["output_tok_per_s"] is not None else None
+        base = stock.get(p["length"], {})
+        p["x_stock"] = ratio(p["output_tok_per_s"], base.get("output_tok_per_s"))
+        p["x_stock_generated"] = ratio(p["scheduler"].get("gen_throughput_mean"),
+                                       base.get("scheduler", {}).get("gen_throughput_mean"))
 
 
 def merge(results: list[dict]) -> dict:
@@ -69,8 +74,11 @@ def markdown(result: dict) -> str:
     if asked and any(v != asked for v in pools.values()):
         pool_text += f" (**asked for {asked:,}**: a server got another pool; see its memory fraction)"
     title = "whole GPU (each server sizes its own pool)" if m.get("whole_gpu") else "same KV pool"
+    counts = sorted({p["requests"] for p in result["points"]}) or [m["requests"]]
+    requests = (f"{counts[0]}" if len(counts) == 1 else
+                " or ".join(map(str, counts)) + " (per length: the `requests` of each point in the JSON)")
     lines = [f"# Capacity, {title}: ZoomR against stock SGLang ({m.get('model')}, {m['gpu']}, {m['date']})", "",
-             f"{versions}. {m['requests']} concurrent greedy `ignore_eos` streamed generations per point, each with a "
+             f"{versions}. {requests} concurrent greedy `ignore_eos` streamed generations per point, each with a "
              f"prompt of {m['prompt_tokens']} random ids (below {m.get('vocab')}, seed {m['seed']}); KV pool: "
              f"{pool_text}. ZoomR engine settings, per request: `{json.dumps(m['zoomr_settings'])}`."
              + (f" Extra SGLang flags on every server: `{' '.join(m['sglang_flags'])}`." if m["sglang_flags"] else ""),
@@ -87,24 +95,29 @@ def markdown(result: dict) -> str:
     for length in sorted({p["length"] for p in result["points"]}):
         rows = sorted((p for p in result["points"] if p["length"] == length), key=lambda p: ROW_ORDER.index(p["row"]))
         lines += ["", f"## output {length:,} tokens", "",
-                  "| row | output tok/s | x stock | running reqs mean / max | token usage mean / max | retractions | "
-                  "TBT p50 / p99 (ms) | peak device KV / request | measured |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| row | output tok/s | x stock | generated tok/s (scheduler) | x stock | running reqs mean / max | "
+                  "token usage mean / max | retractions | TBT p50 / p99 (ms) | peak device KV / request | measured |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in rows:
             s = p["scheduler"]
             kv = _n(p["peak_kv_max"]) + (" (full KV)" if p["peak_kv_source"].startswith("prompt") else "")
             lines.append(
                 f"| {p['row']} | {_n(p['output_tok_per_s'])} | {_n(p.get('x_stock'), 2)} | "
+                f"{_n(s.get('gen_throughput_mean'))} | {_n(p.get('x_stock_generated'), 2)} | "
                 f"{s['running_mean']:.1f} / {s['running_max']:.0f} | "
                 f"{s['token_usage_mean']:.0%} / {s['token_usage_max']:.0%} | {s['retractions']} | "
                 f"{_n(p['tbt_p50_ms'], 1)} / {_n(p['tbt_p99_ms'], 1)} | {kv} | {_measured(p)} |")
         by_row = {p["row"]: p for p in rows}
-        full, flags = (by_row.get(r, {}).get("output_tok_per_s") for r in ("full", "stock_zoomr_flags"))
-        if full and flags:
-            ratio = full / flags
-            lines += ["", f"`full` against `stock_zoomr_flags`: {ratio:.2f}x (target: at least 0.95)."]
+        rate = lambda r: by_row.get(r, {}).get("output_tok_per_s")  # noqa: E731
+        if rate("full") and rate("stock"):
+            lines += ["", f"`full` against `stock`: {rate('full') / rate('stock'):.2f}x (target: at least 0.95)."]
+        if rate("zoomr") and rate("zoomr_no_overlap"):
+            lines += ["", f"`zoomr` against `zoomr_no_overlap` (what the overlap scheduler gives ZoomR): "
+                          f"{rate('zoomr') / rate('zoomr_no_overlap'):.2f}x."]
     lines += ["", "Output tok/s: output tokens the client received inside the measurement over its length (complete: "
-              "first request sent to last token; window: from the moment the server was full). Running requests and "
+              "first request sent to last token; window: from the moment the server was full). Generated tok/s: the "
+              "mean of the scheduler's own `sglang:gen_throughput` gauge over the measurement (tokens the GPU "
+              "produced; SGLang's HTTP side delivers them later when it falls behind). Running requests and "
               "token usage: means and maxima of the scheduler's own `sglang:num_running_reqs` and `sglang:token_usage` "
               "gauges read from `/metrics` during the measurement (SGLang refreshes them every "
               "`--decode-log-interval` decode steps, 40 by default); retractions: the growth of "

@@ -72,10 +72,10 @@ python3 -c "import torch, triton, flashinfer, sglang; print('torch', torch.__ver
 # The capacity servers (stock, stock with ZoomR's flags, launch.py --enable-zoomr) live across device calls: started
 # detached (setsid) on fixed ports, their pids and logs in $CAP_DIR, their flags from benchmarks/capacity.py itself.
 CAP_DIR=/tmp/capacity
-CAP_NAMES=(stock stock_zoomr_flags zoomr)
-CAP_URL_FLAGS=(--url-stock --url-stock-flags --url-zoomr)
-CAP_SERVERS=${CAPACITY_SERVERS:-stock,stock_zoomr_flags,zoomr}
-CAP_BASE_PORT=$([[ ${CAPACITY_WHOLE_GPU:-0} == 1 ]] && echo 30024 || echo 30021)  # whole-GPU servers apart
+CAP_NAMES=(stock stock_zoomr_flags zoomr zoomr_no_overlap)
+CAP_URL_FLAGS=(--url-stock --url-stock-flags --url-zoomr --url-zoomr-no-overlap)
+CAP_SERVERS=${CAPACITY_SERVERS:-stock,zoomr}
+CAP_BASE_PORT=$([[ ${CAPACITY_WHOLE_GPU:-0} == 1 ]] && echo 30031 || echo 30021)  # whole-GPU servers apart
 CAP_LENGTHS=${CAPACITY_LENGTHS:-4096,8192,16384,32768}
 cap_flags() {  # the benchmark's server-shaping flags: the same for --print-server-argv and the run
   local f=(--model-path /tmp/qwen3-8b --load-format dummy --lengths "$CAP_LENGTHS"
@@ -173,40 +173,51 @@ PY
       kill $z 2>/dev/null; wait $z 2>/dev/null
       ;;
     suite)
-      # The server tests (exactness against stock, offload + recall, radix reuse over holed prefixes, demotion)
-      # against the embedded model on FlashInfer with decode CUDA graphs. The fixtures attach to servers started
-      # here with the flags they would use: ZoomR and stock with default graphs, and the radix tests' small pool.
+      # The server tests (exactness against stock, offload + recall, radix reuse over holed prefixes, demotion, the
+      # overlap scheduler's tests with freed slots poisoned) against the embedded model on FlashInfer with decode
+      # CUDA graphs (up to batch 16, as stock). The fixtures attach to servers started here with the flags they would
+      # use: ZoomR without and with the overlap scheduler (the CUDA default), stock, and the radix tests' small pool.
       stamp "server tests on the GPU"
       zoomr=(--enable-zoomr --zoomr-zoom-budget 512 --zoomr-zoom-topk 3 --enable-metrics ${SUITE_SERVER_FLAGS:-})
       extra=(--cuda-graph-max-bs 16 --disable-prefill-cuda-graph)
-      python3 launch.py "${zoomr[@]}" --max-total-tokens 200000 --host 127.0.0.1 --port 30011 \
-        > "$OUT/suite_zoomr.log" 2>&1 &
-      z=$!
-      python3 launch.py --max-total-tokens 200000 ${SUITE_SERVER_FLAGS:-} --host 127.0.0.1 --port 30012 \
+      debug=(env ZOOMR_SGL_STEP_PROBE=1 ZOOMR_SGL_CHECK_HOLES=1 ZOOMR_SGL_POISON_FREED=1)
+      z=""; plain_url=http://127.0.0.1:30014 deselect=(-k "not plain and not runs_with_zoomr")
+      if [[ ${SUITE_PLAIN:-1} == 1 ]]; then  # SUITE_PLAIN=0: every ZoomR test against the overlap server only
+        "${debug[@]}" python3 launch.py "${zoomr[@]}" --disable-overlap-schedule --max-total-tokens 200000 \
+          "${extra[@]}" --host 127.0.0.1 --port 30011 > "$OUT/suite_zoomr.log" 2>&1 &
+        z=$! plain_url=http://127.0.0.1:30011 deselect=()
+      fi
+      "${debug[@]}" python3 launch.py "${zoomr[@]}" --max-total-tokens 200000 "${extra[@]}" --host 127.0.0.1 --port 30014 \
+        > "$OUT/suite_overlap.log" 2>&1 &
+      ov=$!
+      python3 launch.py --max-total-tokens 200000 "${extra[@]}" ${SUITE_SERVER_FLAGS:-} --host 127.0.0.1 --port 30012 \
         > "$OUT/suite_stock.log" 2>&1 &
       st=$!
-      files=(${SUITE_FILES:-tests/test_resident_attention.py tests/test_zoomr_serving.py tests/test_radix_tree.py})
+      files=(${SUITE_FILES:-tests/test_overlap.py tests/test_resident_attention.py tests/test_zoomr_serving.py
+             tests/test_step_cost.py tests/test_radix_tree.py})
       sm=""
       if [[ " ${files[*]} " == *test_radix_tree* ]]; then
-        python3 launch.py "${zoomr[@]}" --max-total-tokens 1536 "${extra[@]}" --host 127.0.0.1 --port 30013 \
-          > "$OUT/suite_small.log" 2>&1 &
+        "${debug[@]}" python3 launch.py "${zoomr[@]}" --max-total-tokens 1536 "${extra[@]}" --host 127.0.0.1 \
+          --port 30013 > "$OUT/suite_small.log" 2>&1 &
         sm=$!
       fi
-      wait_ready 30011 $z; wait_ready 30012 $st; [[ -n $sm ]] && wait_ready 30013 $sm
+      [[ -n $z ]] && wait_ready 30011 $z; wait_ready 30014 $ov; wait_ready 30012 $st; [[ -n $sm ]] && wait_ready 30013 $sm
       stamp "suite servers ready (or given up)"
       if [[ -n ${PROBE:-} ]]; then
-        timeout $(left 200 240) python3 scripts/exactness_probe.py --zoomr http://127.0.0.1:30011 \
+        timeout $(left 200 240) python3 scripts/exactness_probe.py --zoomr http://127.0.0.1:30014 \
           --stock http://127.0.0.1:30012 > "$OUT/probe.log" 2>&1
         echo "probe rc=$?"; cat "$OUT/probe.log" | cut -c1-400
       fi
-      ZOOMR_TEST_ZOOMR_URL=http://127.0.0.1:30011 ZOOMR_TEST_STOCK_URL=http://127.0.0.1:30012 \
+      ZOOMR_TEST_ZOOMR_URL=$plain_url ZOOMR_TEST_STOCK_URL=http://127.0.0.1:30012 \
+      ZOOMR_TEST_OVERLAP_URL=http://127.0.0.1:30014 \
       ZOOMR_TEST_SMALL_POOL_URL=http://127.0.0.1:30013 ZOOMR_TEST_SERVER_TIMEOUT=$(left 60 420) \
       ZOOMR_TEST_SERVER_ARGS="--max-total-tokens 200000 ${extra[*]}" \
-        timeout $(left 40 420) python3 -m pytest -p no:cacheprovider -o addopts="" -q -rA \
-        -m server "${files[@]}" \
+        timeout $(left ${SUITE_RESERVE_S:-40} 420) python3 -m pytest -p no:cacheprovider -o addopts="" -q -rA \
+        -m server "${deselect[@]}" "${files[@]}" \
         > "$OUT/suite_tests.log" 2>&1
       echo "server tests rc=$?"; grep -E "passed|failed|error" "$OUT/suite_tests.log" | tail -3
-      kill $z $st $sm 2>/dev/null; wait $z $st $sm 2>/dev/null
+      grep -E "^(FAILED|ERROR)" "$OUT/suite_tests.log" | head -20
+      kill $z $ov $st $sm 2>/dev/null; wait $z $ov $st $sm 2>/dev/null
       ;;
     capacity-launch)
       # Start the capacity servers detached and go on (e.g. with `tests`) while they come up; `capacity-start` or
@@ -226,16 +237,30 @@ PY
       # CAPACITY_MAX_TOTAL_TOKENS; CAPACITY_WHOLE_GPU=1: no pool cap (other ports). Stops itself before the budget
       # (SIGTERM: the points measured so far are written). The servers keep running for a later call unless
       # CAPACITY_STOP=1.
-      stamp "capacity: lengths $CAP_LENGTHS, ${CAPACITY_REQUESTS:-32} requests"
+      # CAPACITY_PLAN="LENGTHS:ROWS:REQUESTS:MODE ..." (MODE window or complete) runs one benchmark per entry
+      # (e.g. "4096:stock,zoomr,full:16:complete 16384:stock,zoomr:32:window") and merges them into results/.
+      plan=(${CAPACITY_PLAN:-"$CAP_LENGTHS:all:${CAPACITY_REQUESTS:-32}:window"})
+      stamp "capacity: ${plan[*]}"
       if cap_start; then
         urls=(); for i in "${!CAP_NAMES[@]}"; do
           cap_wanted "${CAP_NAMES[$i]}" && urls+=("${CAP_URL_FLAGS[$i]}" "http://127.0.0.1:$((CAP_BASE_PORT + i))")
         done
-        eval "timeout -s TERM $(left 30) python3 benchmarks/capacity.py $(cap_flags) --servers $CAP_SERVERS ${urls[*]} \
-          --requests ${CAPACITY_REQUESTS:-32} --whole-gpu-requests ${CAPACITY_WHOLE_GPU_REQUESTS:-128} \
-          --whole-gpu-length ${CAPACITY_WHOLE_GPU_LENGTH:-16384} --window ${CAPACITY_WINDOW:-45} \
-          --window-from ${CAPACITY_WINDOW_FROM:-4096} ${CAPACITY_ARGS:-} --out $OUT/results" > "$OUT/capacity.log" 2>&1
-        echo "capacity rc=$?"; tr '\r' '\n' < "$OUT/capacity.log" | grep -v '^\s*$' | tail -40
+        n=0; outs=()
+        for entry in "${plan[@]}"; do
+          IFS=: read -r lengths rows requests mode <<< "$entry"
+          n=$((n + 1)); out_dir=$OUT/cap_$n; outs+=("$out_dir/capacity.json")
+          rows_arg=""; [[ $rows != all ]] && rows_arg="--rows $rows"
+          from=$([[ $mode == complete ]] && echo 1000000 || echo "${CAPACITY_WINDOW_FROM:-4096}")
+          eval "timeout -s TERM $(left ${CAPACITY_RESERVE_S:-30}) python3 benchmarks/capacity.py $(cap_flags) \
+            --lengths $lengths $rows_arg --servers $CAP_SERVERS ${urls[*]} --requests $requests \
+            --whole-gpu-requests ${CAPACITY_WHOLE_GPU_REQUESTS:-128} \
+            --whole-gpu-length ${CAPACITY_WHOLE_GPU_LENGTH:-16384} --window ${CAPACITY_WINDOW:-45} \
+            --window-from $from ${CAPACITY_ARGS:-} --out $out_dir" > "$OUT/capacity_$n.log" 2>&1
+          echo "capacity $entry rc=$?"; tr '\r' '\n' < "$OUT/capacity_$n.log" | grep -v '^\s*$' | grep '^|' | tail -12
+        done
+        existing=(); for f in "${outs[@]}"; do [[ -s $f ]] && existing+=("$f"); done
+        if (( ${#existing[@]} == 1 )); then mkdir -p "$OUT/results" && cp "$(dirname "${existing[0]}")"/capacity.* "$OUT/results/"
+        elif (( ${#existing[@]} > 1 )); then python3 benchmarks/capacity.py --from-json "${existing[@]}" --out "$OUT/results"; fi
       fi
       for f in "$CAP_DIR"/*.log; do [[ -e $f ]] && cp "$f" "$OUT/capacity_server_$(basename "$f")"; done
       [[ ${CAPACITY_STOP:-0} == 1 ]] && cap_stop
