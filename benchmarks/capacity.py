@@ -74,7 +74,8 @@ def engine_params(policy: str, args) -> dict:
     return {"zoomr_policy": policy, "zoomr_summary_mode": "engine", "zoomr_min_thought_tokens": args.min_thought,
             "zoomr_max_thought_tokens": args.max_thought, "zoomr_max_summary_tokens": args.summary_tokens,
             "zoomr_zoom_budget": args.zoom_budget, "zoomr_zoom_topk": args.zoom_topk,
-            "zoomr_zoom_interval": args.zoom_interval}
+            "zoomr_zoom_interval": args.zoom_interval,
+            "zoomr_thinking_end": ""}  # random weights: the whole generation is reasoning (no answer after </think>)
 
 
 def server_argv(name: str, args, extra: list[str]) -> list[str]:

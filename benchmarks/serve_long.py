@@ -33,7 +33,8 @@ POLICIES = ("full", "zoomr")
 def engine_params(policy: str, args) -> dict:
     return {"zoomr_policy": policy, "zoomr_summary_mode": "engine", "zoomr_min_thought_tokens": args.min_thought,
             "zoomr_max_thought_tokens": args.max_thought, "zoomr_max_summary_tokens": args.summary_tokens,
-            "zoomr_zoom_budget": args.zoom_budget, "zoomr_zoom_topk": 2, "zoomr_zoom_interval": 16}
+            "zoomr_zoom_budget": args.zoom_budget, "zoomr_zoom_topk": 2, "zoomr_zoom_interval": 16,
+            "zoomr_thinking_end": ""}  # random weights: the whole generation is reasoning
 
 
 def one_request(url: str, ids: list[int], policy: str, args) -> dict:

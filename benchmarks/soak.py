@@ -41,7 +41,8 @@ except ImportError:  # run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 ENGINE = {"zoomr_summary_mode": "engine", "zoomr_min_thought_tokens": 24, "zoomr_max_thought_tokens": 64,
-          "zoomr_max_summary_tokens": 8, "zoomr_zoom_interval": 4, "zoomr_zoom_budget": 128, "zoomr_zoom_topk": 2}
+          "zoomr_max_summary_tokens": 8, "zoomr_zoom_interval": 4, "zoomr_zoom_budget": 128, "zoomr_zoom_topk": 2,
+          "zoomr_thinking_end": ""}  # thoughts to the end: the embedded model writes </think> at random
 PROMPTS = ["Question: Tom has 12 apples and buys 7 more. How many apples now?\n<think>\n",
            "Anna reads 15 pages a day for 4 days.\n<think>\n", "Count: 1 2 3", "Let me think step by step."]
 KINDS = ("long", "short", "plain", "full", "summary_only", "cut_stream", "abort", "timeout")

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.server
 
 OUTPUT, K = 1200, 4
 BOUNDED = {"zoomr_summary_mode": "engine", "zoomr_min_thought_tokens": 56, "zoomr_max_thought_tokens": 64,
-           "zoomr_max_summary_tokens": 8, "zoomr_zoom_budget": 128, "zoomr_zoom_topk": 2, "zoomr_zoom_interval": 8}
+           "zoomr_max_summary_tokens": 8, "zoomr_zoom_budget": 128, "zoomr_zoom_topk": 2, "zoomr_zoom_interval": 8,
+           "zoomr_thinking_end": ""}  # all reasoning: an answer after </think> stays on the device, unbounded
 PROMPT = "Let me think about this step by step.\n"
 
 

@@ -1,5 +1,6 @@
 """launch.py's own flags: platform defaults, the user's flags win, and every bad ZoomR flag is one line + exit 2."""
 
+import json
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import pytest
 
 from tests.server_process import REPO
 from zoomr_sgl.config import ENV_VAR, ZoomRConfig
-from zoomr_sgl.launcher import LaunchError, plan_launch
+from zoomr_sgl.launcher import LaunchError, model_refusal, plan_launch
 
 
 def test_cpu_plan_adds_cpu_settings_and_default_model():
@@ -125,3 +126,36 @@ def test_zoomr_selects_the_zoomr_radix_tree_unless_the_user_names_one():
                        default_model="M").sglang_argv
     assert argv.count("--radix-cache-backend") == 1 and argv[argv.index("--radix-cache-backend") + 1] == "other"
     assert "--radix-cache-backend" not in plan_launch([], cuda_available=False, default_model="M").sglang_argv
+
+
+WINDOWED_OR_ENCODER = [
+    ({"architectures": ["GptOssForCausalLM"], "sliding_window": 128}, "sliding-window attention layers"),
+    ({"architectures": ["Qwen3ForCausalLM"], "is_hybrid_swa": True}, "sliding-window attention layers"),
+    ({"architectures": ["Llama4ForConditionalGeneration"], "text_config": {"attention_chunk_size": 8192}},
+     "sliding-window attention layers"),
+    ({"architectures": ["LlamaForCausalLM"], "attention_chunk_size": 8192}, "chunked local attention"),
+    ({"architectures": ["WhisperForConditionalGeneration"]}, "encoder-decoder"),
+]
+
+
+@pytest.mark.parametrize("config, message", WINDOWED_OR_ENCODER)
+def test_models_zoomr_would_serve_wrongly_are_refused_with_one_line(tmp_path, config, message):
+    """SGLang attends a window of some layers (or an encoder) for these: holes ZoomR leaves there would be read.
+    The launcher reads a local model folder's config.json with SGLang's own tests; the scheduler checks the same for
+    any model source at start."""
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert model_refusal(str(tmp_path)) is not None and message in model_refusal(str(tmp_path))
+    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "--enable-zoomr", "--model-path", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr[-2000:]
+    assert lines[0].startswith("launch.py: error: --enable-zoomr cannot serve this model")
+
+
+def test_plain_decoder_models_are_not_refused(tmp_path):
+    for config in ({"architectures": ["Qwen3ForCausalLM"], "sliding_window": None, "use_sliding_window": False},
+                   {"architectures": ["Qwen3ForCausalLM"], "num_hidden_layers": 36, "head_dim": 128},  # Qwen3-8B's
+                   {"architectures": ["LlamaForCausalLM"]}):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        assert model_refusal(str(tmp_path)) is None, config
+    assert model_refusal(str(tmp_path / "missing")) is None  # a hub id or no config: the scheduler checks at start

@@ -22,6 +22,7 @@ ENGINE = {  # small thoughts so a short generation has many of them
     "zoomr_zoom_interval": 4,
     "zoomr_zoom_budget": 128,
     "zoomr_zoom_topk": 2,
+    "zoomr_thinking_end": "",  # thoughts to the end: the embedded model writes </think> early and at random
 }
 
 

@@ -20,7 +20,8 @@ Contract:
   requests that opted out. The bound assumes the host store takes every detail; when it refuses (``keep_on_device``) a
   detail stays and SGLang's own retraction is the backstop.
 - ``running_growth(req)``: for a running bounded request, ``peak - device_now`` (its device KV now, from the manager's
-  counters; 0 once finished): what the adder must keep free for it. No ``new_token_ratio``: the bound holds, so a
+  counters; 0 once finished): what the adder must keep free for it. Once its thinking has ended (engine mode's
+  ``thinking_end``) its answer stays on the device, so it keeps at least the rest of ``max_new_tokens`` free too. No ``new_token_ratio``: the bound holds, so a
   batch of bounded requests that was admitted never needs a retraction.
 - ``new_growth(req)``: for a waiting bounded request, ``peak - prompt_len`` (what it adds beyond its prefill).
 - ``is_bounded(req)``: the request is charged by its bound (running or waiting).
@@ -78,7 +79,11 @@ class ZoomRAdmission:
         peak = st.bound
         if peak is None:
             return None
-        return 0 if req.finished() else max(0, peak - st.device_tokens())
+        if req.finished():
+            return 0
+        if st.thinking_done:  # the answer stays on the device: it may grow to the request's limit
+            return max(0, peak - st.device_tokens(), req.sampling_params.max_new_tokens - len(req.output_ids))
+        return max(0, peak - st.device_tokens())
 
     def new_growth(self, req) -> int | None:
         cfg = getattr(req, "zoomr_config", None)  # set when the request was queued (ZoomRManager.screen)

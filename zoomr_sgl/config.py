@@ -49,6 +49,9 @@ class ZoomRConfig:
         choices=SUMMARY_MODES,
     )
     thought_delimiter: str = _opt("\n\n", "text that ends a thought in engine mode once min_thought_tokens are out")
+    thinking_end: str = _opt(
+        "</think>", "engine mode: once the output holds this text the answer has begun and no further thought is "
+        "closed (empty: thoughts are closed to the end)")
     min_thought_tokens: int = _opt(64, "engine mode: shortest thought before a delimiter may close it")
     max_thought_tokens: int = _opt(512, "engine mode: a thought is closed at this length regardless")
     max_summary_tokens: int = _opt(48, "engine mode: the closing marker is forced after this many summary tokens")
@@ -113,6 +116,8 @@ class ZoomRConfig:
             )
         if not self.thought_delimiter:
             raise ZoomRConfigError("zoomr thought_delimiter must not be empty")
+        if self.thinking_end and self.thinking_end in (self.summary_open, self.summary_close):
+            raise ZoomRConfigError("zoomr thinking_end must differ from the summary markers")
         self.scoring_layer_ids(num_layers=None)
 
     def scoring_layer_ids(self, num_layers: int | None) -> tuple[int, ...]:

@@ -10,6 +10,10 @@ Contract:
   (``st.forced_forward``): with the overlap scheduler the forward after the processed one is already running, so
   the token decided now is emitted one token later than without it (a thought or summary one token longer).
   ``last_two`` are the stream's last two token ids (the delimiter test decodes them once per distinct pair, cached).
+  Once the request's output holds ``thinking_end`` (``st.thinking_done``, kept by ``see_output``) the answer has
+  begun: no thought is opened any more; a summary still open is closed as usual.
+- ``see_output(st, output, new)`` after the request's ``new`` last output tokens were fed: marks the end of thinking when they complete
+  the ``thinking_end`` marker's ids (tokenized once, like the summary markers).
 - ``launch(forward_iter, rows)`` right before a decode forward is launched: each queued request whose row is in
   ``rows`` hands its next token to that forward; returns ``{row: token}`` for ``ForwardSlots.launch``. A token is
   handed only to a decode forward that holds the row, so a prefill between two decodes never loses one.
@@ -36,12 +40,22 @@ class EngineMarkers:
             self._marker_cache[text] = ids
         return ids
 
+    def see_output(self, st: RequestZoom, output: list[int], new: int) -> None:
+        """``output``: the request's output ids, the last ``new`` of them just fed."""
+        end = self.marker_ids(st.config.thinking_end) if st.config.thinking_end else ()
+        if st.thinking_done or not end:
+            return
+        tail = output[-(new + len(end) - 1):]
+        st.thinking_done = any(tuple(tail[i:i + len(end)]) == end for i in range(len(tail) - len(end) + 1))
+
     def decide(self, st: RequestZoom, last_two: tuple[int, int] | None, processed: int) -> None:
         if st.forced or st.forced_forward > processed:  # a marker is queued or still in flight
             return
         seg, cfg = st.table.segmenter, st.config
         open_summary = seg.open_summary
         if open_summary is None:
+            if st.thinking_done:  # the answer: no more thoughts
+                return
             n = seg.length - seg.detail_start
             boundary = n >= cfg.max_thought_tokens or (
                 n >= cfg.min_thought_tokens and last_two is not None

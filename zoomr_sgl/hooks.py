@@ -22,7 +22,9 @@ Hooks now:
 - ``Scheduler.__init__`` (AFTER, scheduler processes): builds the process's ``ZoomRManager`` once the scheduler has
   its allocator, pools and model runner, and hands it to the attention backend (query capture at scoring layers).
   A scheduler whose model runner did not build a ZoomR attention backend (another backend, a hybrid one) refuses to
-  start: it would attend the holes. The backend gets the manager as ``hole_source`` (its plans read the rows' hole
+  start: it would attend the holes. So does one whose model SGLang serves with windowed or chunked attention
+  layers or as an encoder-decoder (``model_runner.sliding_window_size``, ``model_config.is_encoder_decoder``): holes
+  inside a window or cross-attention are read by SGLang's own kernels. The backend gets the manager as ``hole_source`` (its plans read the rows' hole
   counts from it instead of the device).
 - ``SchedulerBatchResultProcessor.process_batch_result_prefill`` / ``process_batch_result_decode`` (AFTER): the
   step's sampled tokens are in ``req.output_ids``; the manager segments, offloads, decides markers and zooms there.
@@ -196,6 +198,10 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
         if not isinstance(backend, tuple(RESIDENT_BACKENDS.values())):  # it would attend holes: refuse to serve
             raise RuntimeError(f"ZoomR needs a resident-set attention backend ({', '.join(RESIDENT_BACKENDS)}); this "
                                f"scheduler built {type(backend).__name__}")
+        runner = scheduler.tp_worker.model_runner
+        if getattr(runner, "sliding_window_size", None) is not None or runner.model_config.is_encoder_decoder:
+            raise RuntimeError("ZoomR cannot serve this model: SGLang runs it with windowed or chunked attention "
+                               "layers or as an encoder-decoder, whose kernels would read the holes ZoomR leaves")
         MANAGER = ZoomRManager(config, scheduler, query_buffers=getattr(backend, "query_buffers", None))
         if hasattr(backend, "query_sink"):
             backend.query_sink = MANAGER

@@ -11,7 +11,10 @@ Contract:
   greedy near-ties), in bfloat16 on CUDA (FlashInfer's kernels take 16-bit inputs).
 - With ``--enable-zoomr`` it refuses, one line and exit 2, every setup ZoomR would serve wrongly: an
   ``--attention-backend`` other than the two it replaces, separate prefill/decode backends, tensor or pipeline
-  parallelism above 1, page sizes other than 1, and the SGLang features in ``ZOOMR_INCOMPATIBLE``.
+  parallelism above 1, page sizes other than 1, and the SGLang features in ``ZOOMR_INCOMPATIBLE``; and, for a model
+  folder on disk, a model SGLang would serve with windowed or chunked attention layers or as an encoder-decoder
+  (``model_refusal``, read from its ``config.json`` with SGLang's own tests). The scheduler refuses the same at start
+  for any model source (``zoomr_sgl.hooks``).
 - With ``--enable-zoomr`` it also passes ``--page-size 1`` and, unless the user gave ``--radix-cache-backend``,
   ``--radix-cache-backend zoomr`` (the ZoomR radix tree). SGLang's overlap scheduler stays on where stock has it on
   (CUDA); ``--disable-overlap-schedule`` is the user's choice.
@@ -165,6 +168,38 @@ def plan_launch(argv: Sequence[str], cuda_available: bool, default_model: str | 
     return LaunchPlan(defaults + rest, env, config if ours.enable_zoomr else None, "cuda" if cuda_available else "cpu")
 
 
+def model_refusal(model_path: str | None) -> str | None:
+    """Why ZoomR cannot serve the model in folder ``model_path`` (None: it can, or there is no local config to read):
+    SGLang attends a window of some layers (hybrid sliding-window architectures, chunked local attention) or runs an
+    encoder beside the decoder, and ZoomR's resident set would leave holes inside those windows, or in cross-attention,
+    that SGLang's own kernels read."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    config_file = Path(model_path or "") / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None
+    import warnings
+
+    with warnings.catch_warnings():  # importing SGLang's config module warns about CPU-only kernels: one line stays one
+        warnings.simplefilter("ignore")
+        from sglang.srt.configs.model_config import is_encoder_decoder_model, is_hybrid_swa_model
+
+    archs = list(config.get("architectures") or [])
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    text_config = SimpleNamespace(**text)
+    if is_encoder_decoder_model(archs):
+        return f"{archs[0]} is an encoder-decoder model (cross-attention is not served)"
+    if is_hybrid_swa_model(archs, text_config):
+        return f"{archs[0]} has sliding-window attention layers"
+    if text.get("attention_chunk_size"):
+        return f"{archs[0] if archs else 'the model'} has chunked local attention (attention_chunk_size)"
+    return None
+
+
 def _print_help() -> None:
     zoomr_parser().print_help()
     print("\nEvery other flag goes to SGLang's server; its own help follows.\n")
@@ -191,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from zoomr_sgl import embedded_model
 
     plan = plan_launch(argv, torch.cuda.is_available(), "<embedded>")
+    refusal = model_refusal(_flag_value(plan.sglang_argv, "--model-path", "--model")) if plan.zoomr else None
+    if refusal is not None:
+        print(f"{PROG}: error: --enable-zoomr cannot serve this model: {refusal}", file=sys.stderr)
+        return 2
     if wants_default_model:
         model_dir = str(embedded_model.build(embedded_model.default_model_path()))
         plan = plan._replace(sglang_argv=[model_dir if a == "<embedded>" else a for a in plan.sglang_argv])

@@ -386,6 +386,7 @@ class ZoomRManager:
         for thought in closed:
             self._close_thought(st, thought)
         if st.engine:
+            self.markers.see_output(st, out, min(len(new), len(out)))
             last_two = tuple(out[-2:]) if len(out) >= 2 else None
             self.markers.decide(st, last_two, processed)
         st.peak_device = max(st.peak_device, st.device_tokens())

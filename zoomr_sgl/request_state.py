@@ -83,6 +83,7 @@ class RequestZoom:
     recalling: list[Copy] = field(default_factory=list)
     forced: deque = field(default_factory=deque)  # engine-mode marker tokens not yet handed to a forward
     forced_forward: int = -1  # the forward the last forced token was handed to (in flight until it is processed)
+    thinking_done: bool = False  # engine mode: the output holds the thinking-end marker (the answer has begun)
     bound: int | None = -1  # admission's peak device KV (None: stock accounting), computed once (-1: not yet)
     forced_markers: int = 0
     peak_device: int = 0
