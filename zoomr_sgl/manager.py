@@ -99,9 +99,8 @@ METRICS_PERIOD_S = 0.5
 
 
 class ForwardHoles(NamedTuple):
-    """Hole counts of the rows of one forward, in batch order (host), and their total."""
+    """Hole counts of the rows of the forward being launched, in batch order (host), and their total."""
 
-    forward_iter: int
     per_row: torch.Tensor  # int32 [bs], CPU
     total: int
 
@@ -223,7 +222,7 @@ class ZoomRManager:
                 if req.rid not in self.requests:
                     self.mover.set_prefix_holes(row, self.borrow.prefix_holes(req))
         holes = self.mover.holes_of(rows)
-        self._holes = ForwardHoles(forward_iter, torch.from_numpy(holes.astype("int32")), int(holes.sum()))
+        self._holes = ForwardHoles(torch.from_numpy(holes.astype("int32")), int(holes.sum()))
 
     def _launch_decode(self, forward_iter: int, rows: list[int]) -> None:
         self.mover.land_busy()
