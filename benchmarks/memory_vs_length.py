@@ -27,7 +27,7 @@ def engine_params(policy: str, zoom_budget: int) -> dict:
     return {"zoomr_policy": policy, "zoomr_summary_mode": "engine", "zoomr_min_thought_tokens": 48,
             "zoomr_max_thought_tokens": 160, "zoomr_max_summary_tokens": 12, "zoomr_zoom_budget": zoom_budget,
             "zoomr_zoom_topk": 2, "zoomr_zoom_interval": 8,
-            "zoomr_thinking_end": ""}  # the whole generation is reasoning (the embedded model writes </think> at random)
+            "zoomr_thinking_end": ""}  # all reasoning: the embedded model writes </think> at random
 
 
 def trace(url: str, policy: str, tokens: int, zoom_budget: int) -> list[dict]:

@@ -21,8 +21,8 @@ Contract:
   detail stays and SGLang's own retraction is the backstop.
 - ``running_growth(req)``: for a running bounded request, ``peak - device_now`` (its device KV now, from the manager's
   counters; 0 once finished): what the adder must keep free for it. Once its thinking has ended (engine mode's
-  ``thinking_end``) its answer stays on the device, so it keeps at least the rest of ``max_new_tokens`` free too. No ``new_token_ratio``: the bound holds, so a
-  batch of bounded requests that was admitted never needs a retraction.
+  ``thinking_end``) its answer stays on the device, so it keeps at least the rest of ``max_new_tokens`` free too. No
+  ``new_token_ratio``: the bound holds, so a batch of bounded requests that was admitted never needs a retraction.
 - ``new_growth(req)``: for a waiting bounded request, ``peak - prompt_len`` (what it adds beyond its prefill).
 - ``is_bounded(req)``: the request is charged by its bound (running or waiting).
 The hooks in ``zoomr_sgl.hooks`` apply these to SGLang's adder (``running_offset``, ``admit_new``) and keep bounded

@@ -73,7 +73,6 @@ class DetailMover:
         self.row_holes[row] = 0
 
     def _add_holes(self, st: RequestZoom, n: int) -> None:
-        st.holes += n
         self.row_holes[st.row] += n
 
     def _unmap(self, st: RequestZoom, lo: int, hi: int) -> torch.Tensor:

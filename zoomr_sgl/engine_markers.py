@@ -12,8 +12,8 @@ Contract:
   ``last_two`` are the stream's last two token ids (the delimiter test decodes them once per distinct pair, cached).
   Once the request's output holds ``thinking_end`` (``st.thinking_done``, kept by ``see_output``) the answer has
   begun: no thought is opened any more; a summary still open is closed as usual.
-- ``see_output(st, output, new)`` after the request's ``new`` last output tokens were fed: marks the end of thinking when they complete
-  the ``thinking_end`` marker's ids (tokenized once, like the summary markers).
+- ``see_output(st, output, new)`` after the request's ``new`` last output tokens were fed: marks the end of thinking
+  when they complete the ``thinking_end`` marker's ids (tokenized once, like the summary markers).
 - ``launch(forward_iter, rows)`` right before a decode forward is launched: each queued request whose row is in
   ``rows`` hands its next token to that forward; returns ``{row: token}`` for ``ForwardSlots.launch``. A token is
   handed only to a decode forward that holds the row, so a prefill between two decodes never loses one.

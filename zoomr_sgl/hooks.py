@@ -24,8 +24,8 @@ Hooks now:
   A scheduler whose model runner did not build a ZoomR attention backend (another backend, a hybrid one) refuses to
   start: it would attend the holes. So does one whose model SGLang serves with windowed or chunked attention
   layers or as an encoder-decoder (``model_runner.sliding_window_size``, ``model_config.is_encoder_decoder``): holes
-  inside a window or cross-attention are read by SGLang's own kernels. The backend gets the manager as ``hole_source`` (its plans read the rows' hole
-  counts from it instead of the device).
+  inside a window or cross-attention are read by SGLang's own kernels. The backend gets the manager as
+  ``hole_source`` (its plans read the rows' hole counts from it instead of the device).
 - ``SchedulerBatchResultProcessor.process_batch_result_prefill`` / ``process_batch_result_decode`` (AFTER): the
   step's sampled tokens are in ``req.output_ids``; the manager segments, offloads, decides markers and zooms there.
   With the overlap scheduler the next forward is already running then (``zoomr_sgl.manager``'s contract).

@@ -273,19 +273,19 @@ class ZoomRManager:
         self.mover.end(st, evict_zoom=self.tree is not None)
         st.table.append(req.output_ids[st.table.length - st.prompt_len:])  # the final token, for the stats
         final = request_stats(st)._asdict()
+        if st.holes and self.tree is None:
+            # The stock radix tree cannot hold host-backed positions: insert nothing rather than holes.
+            req.skip_radix_cache_insert = True
         insert = is_insert and not getattr(req, "skip_radix_cache_insert", False)
         self.borrow.release(st, req, insert)
         self.markers.clear(st.row)
-        self.mover.forget_row(st.row)
+        self.mover.forget_row(st.row)  # from here on the record reads no holes: the row is SGLang's again
         st.table.free()
         view = (req.customized_info or {}).get("zoomr")
         if isinstance(view, LatestStats):
             view.read = lambda: final  # the same view: what it already answered stays aligned
         else:
             req.customized_info = {"zoomr": LatestStats(lambda: final)}
-        if st.holes and self.tree is None:
-            # The stock radix tree cannot hold host-backed positions: insert nothing rather than holes.
-            req.skip_radix_cache_insert = True
 
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict:
@@ -348,7 +348,7 @@ class ZoomRManager:
             rid=req.rid, row=req.req_pool_idx, config=cfg, policy=policy_for(cfg.policy),
             table=self._new_table(cfg, open_ids, close_ids, req.origin_input_ids), prompt_len=prompt_len,
             protected_len=len(req.prefix_indices) if req.prefix_indices is not None else 0,
-            engine=engine, open_ids=open_ids, close_ids=close_ids, req=req,
+            engine=engine, open_ids=open_ids, close_ids=close_ids, req=req, row_holes=self.mover.row_holes,
         )
         st.protected_len = max(st.protected_len, prompt_len)  # the prefill inserted the prompt into the tree
         self.borrow.admit(st, req)

@@ -3,8 +3,8 @@
 Contract:
 - ``RequestZoom`` is a plain record: the request's settings, policy and ``ThoughtTable``, where its row is, and the
   counters the step keeps as it goes (no device reads): ``holes`` is the number of positions below the table's
-  length whose ``req_to_token`` entry is 0, kept by ``DetailMover`` (the only writer of holes, which also keeps it per
-  row for the attention backend) and set once at admission from the radix tree's prefix; ``inflight_slots`` the
+  length whose ``req_to_token`` entry is 0, read from ``DetailMover.row_holes`` (the only writer of holes keeps one
+  count per row, for this record and for the attention backend alike); ``inflight_slots`` the
   device slots held by copies in flight.
   ``device_tokens(st)`` is therefore exact without reading the row: positions that hold a slot, plus copies.
 - ``RequestStats`` is what ``meta_info['zoomr']`` carries. ``request_stats(st)`` builds it from those counters and the
@@ -75,7 +75,7 @@ class RequestZoom:
     open_ids: tuple[int, ...]
     close_ids: tuple[int, ...]
     req: Any = None  # the SGLang Req (demotion writes its prefix_indices; the stream is read from it)
-    holes: int = 0  # positions below table.length that are holes (DetailMover keeps it)
+    row_holes: Any = None  # DetailMover.row_holes (hole count per req_to_token row), shared; None: no holes
     inflight_slots: int = 0  # slots held by copies in flight
     offloading_slots: int = 0  # of those, device->host copies
     blocks: dict[int, HostBlock] = field(default_factory=dict)
@@ -104,6 +104,11 @@ class RequestZoom:
             return span
         t = self.table.thought(index)
         return t.detail_start, t.detail_end
+
+    @property
+    def holes(self) -> int:
+        """Positions below the table's length whose ``req_to_token`` entry is 0 (``DetailMover`` keeps the count)."""
+        return 0 if self.row_holes is None else int(self.row_holes[self.row])
 
     def device_tokens(self) -> int:
         """Device slots held now: the row's non-holes (the last sampled token has no KV yet) plus copies in flight."""

@@ -5,7 +5,7 @@ Contract (the manager's module docstring tells the whole story; this is the mech
 - ``prefix_holes(req)``: how many host-backed holes the prefix the tree matched for ``req`` holds (host data: the
   tree's host spans, clipped to ``len(req.prefix_indices)``); the extend that writes that prefix sets the row's
   count from it (``DetailMover.set_prefix_holes``).
-- ``admit(st, req)``: the prefix holes (``st.reused_host_tokens``, ``st.holes``, from the row's count, no device
+- ``admit(st, req)``: the prefix holes (``st.reused_host_tokens``, from the row's count ``st.holes``, no device
   read) and which block backs which run (``st.tree_spans``).
 - ``close_prompt_thought(st, index)``: a thought starting below ``protected_len``. Device detail stays (and is
   demoted when the policy offloads and the detail is wholly tree-owned); holes backed by exactly one whole, live tree
@@ -48,7 +48,7 @@ class TreeBorrow:
     def admit(self, st: RequestZoom, req) -> None:
         if self.tree is None or req.last_node is None:
             return
-        st.reused_host_tokens = st.holes = int(self.mover.row_holes[st.row])
+        st.reused_host_tokens = st.holes  # the row's count, set from the tree when its prefill was launched
         if CHECKS:
             on_device = int((self.mover.req_to_token[st.row, :st.protected_len] == 0).sum())
             if on_device != st.holes:

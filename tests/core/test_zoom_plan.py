@@ -32,7 +32,7 @@ def world(pool: int = 64):
     cfg = ZoomRConfig(zoom_budget=8, zoom_topk=1, summary_mode="program")
     table = ThoughtTable(cfg, (OPEN,), (CLOSE,), 0)
     st = RequestZoom(rid="r", row=1, config=cfg, policy=policy_for("zoomr"), table=table, prompt_len=0,
-                     protected_len=0, engine=False, open_ids=(OPEN,), close_ids=(CLOSE,))
+                     protected_len=0, engine=False, open_ids=(OPEN,), close_ids=(CLOSE,), row_holes=mover.row_holes)
     ids = [*range(1, 9), OPEN, 50, CLOSE, *range(11, 19), OPEN, 51, CLOSE, 60, 61, 62]  # two thoughts, then open
     req_to_token[1, :len(ids)] = allocator.alloc(len(ids)).to(torch.int32)
     for t in table.append(ids):
