@@ -83,6 +83,11 @@ def markdown(result: dict) -> str:
              f"{pool_text}. ZoomR engine settings, per request: `{json.dumps(m['zoomr_settings'])}`."
              + (f" Extra SGLang flags on every server: `{' '.join(m['sglang_flags'])}`." if m["sglang_flags"] else ""),
              ""]
+    if len(m.get("runs", [])) > 1:  # merged: each length's rows come from one run, so each ratio is within a run
+        lines += [f"Merged from {len(m['runs'])} runs (each output length measured in one run, its ratios within "
+                  "that run): " + "; ".join(
+                      f"{r['date']}: {', '.join(f'{x:,}' for x in r['lengths'])} tokens, seed {r['seed']}, "
+                      f"`{json.dumps(r['zoomr_settings'])}`" for r in m["runs"]) + ".", ""]
     if m.get("incomplete"):
         lines += [f"**Incomplete run**: {m['incomplete']}", ""]
     lines += ["| server | launch.py flags | pool tokens | overlap scheduler | page size | ready (s) |",
@@ -161,7 +166,9 @@ def plot(result: dict, path: Path) -> bool:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     a.legend(fontsize=8)
-    fig.suptitle(f"{m.get('model')} on {m['gpu']}: {m['requests']} concurrent requests, "
+    counts = sorted({p["requests"] for p in result["points"]}) or [m["requests"]]
+    span = "-".join(map(str, dict.fromkeys([counts[0], counts[-1]])))
+    fig.suptitle(f"{m.get('model')} on {m['gpu']}: {span} concurrent requests, "
                  + ("whole GPU" if m.get("whole_gpu") else "same KV pool")
                  + "; filled: to completion, hollow: steady-state window", fontsize=9)
     fig.tight_layout()

@@ -268,6 +268,14 @@ PY
     capacity-stop)
       cap_stop
       ;;
+    train)
+      # The embedded reasoner (reasoner/train.py): trained here, its held-out full-attention accuracy measured in
+      # torch; the checkpoint comes back as $OUT/reasoner.tgz (the device returns at most 8 files).
+      stamp "train: the reasoner"
+      timeout $(left 45) python3 -m reasoner.train --out "$OUT/zoomr-reasoner" ${TRAIN_ARGS:-} > "$OUT/train.log" 2>&1
+      echo "train rc=$?"; grep -E "^\[train\] (held-out|wrote|[0-9]+ problems)" "$OUT/train.log"; tail -3 "$OUT/train.log"
+      [[ -d $OUT/zoomr-reasoner ]] && tar czf "$OUT/reasoner.tgz" -C "$OUT" zoomr-reasoner && rm -rf "$OUT/zoomr-reasoner"
+      ;;
     *) stamp "unknown phase $phase"; exit 2 ;;
   esac
 done
@@ -279,5 +287,6 @@ stamp "done"
 # The device returns at most 8 files: keep the results and this log loose, bundle every other log.
 cd "$OUT" && mv results/*.log . 2>/dev/null
 sleep 2  # let background writers settle
-tar czf logs.tgz --exclude=./results --exclude=./gpu_run.log --exclude=./logs.tgz --warning=no-file-changed . \
-  ; [[ -s logs.tgz ]] && find . -maxdepth 1 -type f ! -name logs.tgz ! -name gpu_run.log -delete
+tar czf logs.tgz --exclude=./results --exclude=./gpu_run.log --exclude=./logs.tgz --exclude=./reasoner.tgz \
+  --warning=no-file-changed . \
+  ; [[ -s logs.tgz ]] && find . -maxdepth 1 -type f ! -name logs.tgz ! -name gpu_run.log ! -name reasoner.tgz -delete

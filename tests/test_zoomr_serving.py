@@ -118,6 +118,8 @@ def test_meta_info_reports_zoomr_stats(zoomr_server):
         assert key in stats
     assert stats["thoughts"] >= 3 and stats["offloaded_tokens"] > 0
     assert stats["full_kv_tokens"] == out["meta_info"]["prompt_tokens"] + 300 - 1
+    # the mean over the steps: below the peak (detail left the device), above the prompt alone
+    assert out["meta_info"]["prompt_tokens"] < stats["mean_device_kv_tokens"] < stats["peak_device_kv_tokens"]
     opted_out = generate(zoomr_server, QUESTION, {"zoomr_enable": False}, 8, ignore_eos=False)
     assert "zoomr" not in opted_out["meta_info"]
 
@@ -146,6 +148,21 @@ def test_summary_only_drops_details_and_never_recalls(any_zoomr_server):
     out = generate(any_zoomr_server, QUESTION, {**ENGINE, "zoomr_policy": "summary_only"}, 300)
     stats = out["meta_info"]["zoomr"]
     assert stats["dropped_tokens"] > 0 and stats["zoom_recalls"] == 0 and stats["offloaded_tokens"] == 0
+
+
+def test_streaming_window_frees_what_it_leaves_behind(any_zoomr_server):
+    """Policy streaming: the prompt stays (the sink lies inside it), the output keeps its last recent_tokens (plus at
+    most one window chunk not yet freed); the rest leaves the device for good and every slot comes back."""
+    start = empty_tree_state(any_zoomr_server)
+    recent, chunk, new = 64, 32, 400
+    params = {**ENGINE, "zoomr_policy": "streaming", "zoomr_recent_tokens": recent, "zoomr_sink_tokens": 4}
+    out = generate(any_zoomr_server, QUESTION, params, new)
+    stats, prompt = out["meta_info"]["zoomr"], out["meta_info"]["prompt_tokens"]
+    assert stats["offloaded_tokens"] == 0 and stats["zoom_recalls"] == 0
+    assert stats["dropped_tokens"] >= new - 2 - recent - chunk  # the last token has no KV, the final one no step
+    assert stats["peak_device_kv_tokens"] <= prompt + recent + chunk + 1
+    assert stats["mean_device_kv_tokens"] < stats["full_kv_tokens"] / 2
+    check_all_returned(any_zoomr_server, start)
 
 
 BAD_PARAMS = [
@@ -216,7 +233,8 @@ def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(any_zoomr_se
     def one(i: int):
         params = dict(ENGINE) if i % 3 else {"zoomr_enable": False}
         if i % 5 == 0:
-            params = {**ENGINE, "zoomr_policy": rng.choice(["full", "summary_only"])}
+            params = {**ENGINE, "zoomr_policy": rng.choice(["full", "summary_only", "streaming"]),
+                      "zoomr_recent_tokens": 48}
         rid = f"mix-{i}-{rng.random()}"
         body = {"text": f"Case {i}: " + QUESTION, "rid": rid,
                 "sampling_params": {"max_new_tokens": rng.randint(20, 160), "temperature": 0.7, "ignore_eos": True,

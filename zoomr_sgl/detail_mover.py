@@ -10,6 +10,9 @@ Contract:
   when the store is full), the copy starts, the detail becomes holes at once (not attended from the next step on) and
   its slots stay held until the copy has landed. Returns False, changing nothing, when the store refuses.
 - ``drop`` (DEVICE -> DROPPED): holes, slots freed. ``evict`` (ZOOM -> HOST): holes, slots freed (the host copy stays).
+- ``forget(st, lo, hi)``: positions ``[lo, hi)`` a windowed policy no longer attends become holes and their slots are
+  freed, outside the thought table (``st.forgotten_tokens`` counts them); the caller gives only positions the
+  request owns that still hold a slot.
 - ``recall`` (HOST -> RECALLING -> ZOOM): takes slots from the allocator (the caller checked the room) and starts
   the copy; the slots are written into the row when the copy has landed (``land``), from the next step on.
 - ``land(st, wait)`` finishes the copies of ``st`` that have landed (all of them with ``wait``); ``land_busy`` does
@@ -115,6 +118,10 @@ class DetailMover:
         t = st.table.thought(index)
         self._free(self._unmap(st, t.detail_start, t.detail_end))
         st.table.drop(index)
+
+    def forget(self, st: RequestZoom, lo: int, hi: int) -> None:
+        self._free(self._unmap(st, lo, hi))
+        st.forgotten_tokens += hi - lo
 
     def evict(self, st: RequestZoom, index: int) -> None:
         lo, hi = st.span(index)

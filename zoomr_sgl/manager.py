@@ -55,6 +55,9 @@ Contract (with or without SGLang's overlap scheduler; ``docs/overlap.md`` tells 
   gets it as holes). The tree refuses when another running request locks those nodes (it may read the slots): the
   detail then stays on the device (``kept_shared_tokens``); a full host store likewise keeps it there. Demoted tokens
   count in ``offloaded_tokens`` and ``demoted_tokens``, the thought in ``thoughts_from_tree``.
+- A windowed policy (``streaming``) frees, after each step, what its window left behind (``Policy.forgotten``), at
+  least ``WINDOW_CHUNK`` tokens at a time and never below ``protected_len``: the radix tree's prefix, the prompt
+  with it, stays. Those holes are gone for good (``dropped_tokens``); the tree's insert stops at the first of them.
 - ``release(req, is_insert)`` runs on finish, abort and retraction (SGLang's ``release_kv_cache``, before the tree's
   ``cache_finished_req``): it frees the slots of copies in flight, clears forced tokens and publishes final stats.
   With the ZoomR tree it also evicts the zoom buffer (frees those slots, writes 0), so every offloaded detail is a
@@ -96,6 +99,7 @@ from zoomr_sgl.zoom_plan import ZoomPlanner
 
 logger = logging.getLogger("zoomr_sgl")
 METRICS_PERIOD_S = 0.5
+WINDOW_CHUNK = 32  # a window slides in steps of this many tokens: one free per 32 steps, not one per step
 
 
 class ForwardHoles(NamedTuple):
@@ -388,7 +392,20 @@ class ZoomRManager:
             self.markers.see_output(st, out, min(len(new), len(out)))
             last_two = tuple(out[-2:]) if len(out) >= 2 else None
             self.markers.decide(st, last_two, processed)
-        st.peak_device = max(st.peak_device, st.device_tokens())
+        self._slide_window(st)
+        device = st.device_tokens()
+        st.peak_device = max(st.peak_device, device)
+        st.device_sum += device
+        st.device_steps += 1
+
+    def _slide_window(self, st: RequestZoom) -> None:
+        """A windowed policy (``streaming``): free what it never attends again, ``WINDOW_CHUNK`` tokens or more at a
+        time, from the first position the request owns (the radix tree's prefix, the prompt with it, stays)."""
+        lo, hi = st.policy.forgotten(max(st.table.length - 1, 0), st.config)  # the last token has no KV yet
+        lo = max(lo, st.protected_len, st.forgotten_to)
+        if hi - lo >= WINDOW_CHUNK:
+            self.mover.forget(st, lo, hi)
+            st.forgotten_to = hi
 
     def _close_thought(self, st: RequestZoom, t) -> None:
         st.summary_tokens += t.summary_len

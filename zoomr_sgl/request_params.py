@@ -14,8 +14,9 @@ from typing import Any, Mapping
 
 from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError, request_enables_zoomr
 
-# The core implements every policy; the server attends what req_to_token holds, which serves these three.
-SERVED_POLICIES = ("zoomr", "full", "summary_only")
+# The core implements every policy; the server attends what req_to_token holds, which serves these (streaming's
+# window frees what it leaves behind; quest's per-step page choice is not a slot table).
+SERVED_POLICIES = ("zoomr", "full", "summary_only", "streaming")
 
 
 def check_scoring_layers(server: ZoomRConfig, request: ZoomRConfig, num_layers: int) -> tuple[int, ...]:

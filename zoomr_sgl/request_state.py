@@ -35,12 +35,13 @@ class RequestStats(NamedTuple):
     device_kv_tokens: int  # device slots the request holds now (its row's non-holes + copies in flight)
     offloading_tokens: int  # of those, detail slots held until a device->host copy lands (CUDA: a step or so)
     peak_device_kv_tokens: int
+    mean_device_kv_tokens: float  # device KV after each processed step, averaged over the request's steps so far
     full_kv_tokens: int  # what full KV would hold
     detail_tokens: int  # closed thoughts' detail, wherever it is
     zoom_tokens: int
     zoom_recalls: int
     zoom_evictions: int
-    dropped_tokens: int
+    dropped_tokens: int  # detail dropped (summary_only) or out of a window (streaming): gone for good
     forced_markers: int
     summary_tokens: int
     prompt_tokens: int
@@ -87,6 +88,10 @@ class RequestZoom:
     bound: int | None = -1  # admission's peak device KV (None: stock accounting), computed once (-1: not yet)
     forced_markers: int = 0
     peak_device: int = 0
+    forgotten_to: int = 0  # a windowed policy's positions below this have left the device for good
+    forgotten_tokens: int = 0
+    device_sum: int = 0  # device KV summed over the steps processed (mean_device_kv_tokens = device_sum / steps)
+    device_steps: int = 0
     spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # thought -> host-backed run, when not its detail
     borrowed: set[int] = field(default_factory=set)  # thoughts whose block belongs to the radix tree
     tree_spans: list = field(default_factory=list)  # radix_tree.HostSpan of the matched prefix
@@ -121,8 +126,10 @@ def request_stats(st: RequestZoom) -> RequestStats:
     return RequestStats(
         policy=st.config.policy, thoughts=len(st.table.thoughts), offloaded_tokens=acc.host_tokens,
         device_kv_tokens=device, offloading_tokens=st.offloading_slots, peak_device_kv_tokens=max(st.peak_device, device),
+        mean_device_kv_tokens=round(st.device_sum / st.device_steps, 1) if st.device_steps else float(device),
         full_kv_tokens=max(st.table.length - 1, 0), detail_tokens=st.detail_tokens, zoom_tokens=acc.zoom_tokens,
-        zoom_recalls=acc.recalls, zoom_evictions=acc.evictions, dropped_tokens=acc.dropped_tokens,
+        zoom_recalls=acc.recalls, zoom_evictions=acc.evictions,
+        dropped_tokens=acc.dropped_tokens + st.forgotten_tokens,
         forced_markers=st.forced_markers, summary_tokens=st.summary_tokens, prompt_tokens=st.prompt_len,
         reused_host_tokens=st.reused_host_tokens, thoughts_from_tree=len(st.borrowed),
         demoted_tokens=st.demoted_tokens, kept_shared_tokens=st.kept_shared_tokens, recalls_trimmed=st.recalls_trimmed,

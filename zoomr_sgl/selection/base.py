@@ -17,6 +17,9 @@ Contract:
   before deciding.
 - ``detail_action`` says what the caller does with a thought's detail when it closes: keep it on the device,
   offload it to the host store, or drop it.
+- ``forgotten(length, config)`` is ``[lo, hi)``: positions the policy never attends again once the sequence holds
+  ``length`` tokens, whatever the thoughts (``streaming``'s window), so the server may free them for good; empty by
+  default. The server frees only what the request owns (never the radix tree's prompt).
 - Subclasses say only what differs: ``detail_action``, ``zoom`` (which thoughts to recall and evict) and/or
   ``positions`` (which positions to attend).
 """
@@ -82,6 +85,10 @@ class Policy:
     def decide(self, table: ThoughtTable, inputs: StepInputs) -> ZoomDecision:
         selected, recall, evict = self.zoom(table, inputs)
         return ZoomDecision(tuple(selected), tuple(recall), tuple(evict))
+
+    def forgotten(self, length: int, config) -> tuple[int, int]:
+        """Positions never attended again at this length (see the module contract); by default none."""
+        return 0, 0
 
     def to_score(self, table: ThoughtTable) -> tuple[int, ...]:
         """Thoughts whose summaries ``zoom`` scores now, in the order it asks for them; by default none."""

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Accuracy against device KV per policy: greedy pass@1 of a served reasoning model on a problem file.
+
+Problems come from a JSONL file (``--problems``): each line has ``problem`` (the prompt text, sent as is to
+``/generate``; ours already carry the chat template, see ``python -m reasoner.tasks``) and ``answer``; optional
+``needs_detail`` (the answer needs a value written only in an earlier thought's detail), ``family``, ``kind`` and
+``max_new_tokens``. A MATH-500-style file with ``problem`` and ``answer`` works too: ``--template`` wraps each
+problem in the user's model's prompt format (``{problem}`` marks where it goes). Answers are compared after
+``reasoner.answers.normalise`` (``\\boxed{}`` extracted, else the last ``Answer:`` line).
+
+Per policy of ``--policies`` and budget of ``--budgets`` (``zoomr``: zoom budget in tokens; ``streaming``: recent
+window in tokens; ``quest``: pages; ``full`` and ``summary_only`` take none), every problem is sent greedy with the
+request's ZoomR settings in ``custom_params`` (``--summary-mode``, default ``trained``: the model writes its own
+summaries), ``--concurrency`` at a time. Recorded per problem: correct, peak device KV (``meta_info.zoomr``),
+the mean device KV over its decode steps, full KV, zoom recalls, output tokens. A policy the server refuses (400,
+e.g. one it does not serve yet) is recorded as refused with the server's message, not as wrong answers.
+
+Writes ``accuracy.{json,md,png}`` under ``--out`` (``benchmarks/accuracy_report.py``): accuracy (overall, on the
+problems that need an earlier detail, on the others) against peak device KV per policy, ratios to ``full``.
+Runs against ``--url`` or starts ``launch.py --enable-zoomr --model-path M`` here. A progress bar on stderr.
+Bad input: one line ``accuracy: error: ...``, status 2.
+
+    python -m benchmarks.accuracy --problems heldout.jsonl [--url URL | --model-path DIR] [--policies ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import accuracy_report  # noqa: E402
+from reasoner import answers  # noqa: E402
+
+BUDGET_KEY = {"zoomr": "zoomr_zoom_budget", "streaming": "zoomr_recent_tokens", "quest": "zoomr_quest_top_pages",
+              "full": None, "summary_only": None}
+
+
+class Outcome(NamedTuple):
+    correct: bool
+    answered: str | None  # what the completion answered (extracted)
+    peak_kv: int | None
+    mean_kv: float | None
+    full_kv: int | None
+    recalls: int
+    output_tokens: int
+    error: str | None
+
+
+def load_problems(path: Path, limit: int | None) -> list[dict]:
+    rows = []
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("problem"), str) or "answer" not in row:
+                raise ValueError(f"{path}:{n}: a problem needs the string field 'problem' and the field 'answer'")
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    if not rows:
+        raise ValueError(f"{path}: no problems")
+    return rows
+
+
+def request_params(policy: str, budget: int | None, args) -> dict:
+    params = {"zoomr_policy": policy, "zoomr_summary_mode": args.summary_mode, "zoomr_zoom_topk": args.zoom_topk,
+              "zoomr_zoom_interval": args.zoom_interval}
+    if budget is not None:
+        params[BUDGET_KEY[policy]] = budget
+    return params
+
+
+def solve(url: str, row: dict, params: dict, max_new: int, template: str = "{problem}") -> Outcome:
+    sampling = {"temperature": 0, "max_new_tokens": int(row.get("max_new_tokens", max_new)), "custom_params": params}
+    body = {"text": template.replace("{problem}", row["problem"]), "sampling_params": sampling}
+    try:
+        r = requests.post(url + "/generate", json=body, timeout=3600)
+    except requests.RequestException as e:
+        return Outcome(False, None, None, None, None, 0, 0, f"{type(e).__name__}: {e}")
+    if r.status_code != 200:
+        return Outcome(False, None, None, None, None, 0, 0, f"HTTP {r.status_code}: {r.text[:300]}")
+    out = r.json()
+    meta, z = out["meta_info"], out["meta_info"].get("zoomr") or {}
+    got = answers.extract(out["text"])
+    full = meta["prompt_tokens"] + meta["completion_tokens"]
+    return Outcome(answers.is_correct(out["text"], str(row["answer"])), got, z.get("peak_device_kv_tokens", full),
+                   z.get("mean_device_kv_tokens"), z.get("full_kv_tokens", full), z.get("zoom_recalls", 0),
+                   meta["completion_tokens"], None)
+
+
+def run_point(url: str, rows: list[dict], policy: str, budget: int | None, args, bar) -> dict:
+    params = request_params(policy, budget, args)
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        futures = [pool.submit(solve, url, row, params, args.max_new_tokens, args.template) for row in rows]
+        outcomes = []
+        for f in futures:
+            outcomes.append(f.result())
+            bar.update(1)
+    refused = [o.error for o in outcomes if o.error and o.error.startswith("HTTP 400")]
+    return {"policy": policy, "budget": budget, "params": params,
+            "refused": refused[0] if len(refused) == len(rows) else None,
+            "problems": [{**{k: row.get(k) for k in ("family", "kind", "needs_detail", "answer")}, **o._asdict()}
+                         for row, o in zip(rows, outcomes)]}
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n")[0])
+    ap.add_argument("--problems", type=Path, required=True, help="JSONL: problem, answer[, needs_detail, ...]")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    ap.add_argument("--url", help="a running launch.py --enable-zoomr server (default: start one here)")
+    ap.add_argument("--model-path", type=Path, default=None, help="the model a started server serves")
+    ap.add_argument("--policies", default="full,zoomr,summary_only,streaming,quest")
+    ap.add_argument("--budgets", default="128,256,512", help="budgets of the policies that take one")
+    ap.add_argument("--template", default="{problem}", help="prompt format; {problem} is replaced by the problem")
+    ap.add_argument("--summary-mode", default="trained", choices=("trained", "engine"))
+    ap.add_argument("--zoom-topk", type=int, default=2)
+    ap.add_argument("--zoom-interval", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=8192)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("server_args", nargs="*", help="after --: flags for a started server")
+    args = ap.parse_args(argv)
+    try:
+        args.policy_list = [p for p in args.policies.split(",") if p]
+        bad = [p for p in args.policy_list if p not in BUDGET_KEY]
+        if bad or not args.policy_list:
+            raise ValueError(f"unknown policy {','.join(bad) or '(none)'}; expected some of {', '.join(BUDGET_KEY)}")
+        args.budget_list = [int(b) for b in args.budgets.split(",") if b]
+        for name in ("zoom_topk", "zoom_interval", "max_new_tokens", "concurrency"):
+            if getattr(args, name) <= 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if any(b <= 0 for b in args.budget_list) or not args.budget_list:
+            raise ValueError("--budgets must be positive integers")
+        if "{problem}" not in args.template:
+            raise ValueError("--template must contain {problem}")
+        if args.limit is not None and args.limit <= 0:
+            raise ValueError("--limit must be positive")
+        args.rows = load_problems(args.problems, args.limit)
+    except (ValueError, OSError) as e:
+        ap.exit(2, f"accuracy: error: {e}\n")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    from tqdm import tqdm
+
+    points = [(p, b) for p in args.policy_list for b in ([None] if BUDGET_KEY[p] is None else args.budget_list)]
+    server = None
+    if args.url is None:
+        from tests.server_process import ServerProcess
+
+        flags = ["--enable-zoomr"] + (["--model-path", str(args.model_path)] if args.model_path else [])
+        print(f"accuracy: starting launch.py {' '.join(flags + args.server_args)}", file=sys.stderr)
+        server = ServerProcess.start(flags + args.server_args, timeout=900)
+        url = server.url
+    else:
+        url = args.url.rstrip("/")
+    t0 = time.time()
+    try:
+        info = requests.get(url + "/server_info", timeout=30).json()
+        bar = tqdm(total=len(points) * len(args.rows), desc="accuracy", unit="problem", file=sys.stderr)
+        results = [run_point(url, args.rows, p, b, args, bar) for p, b in points]
+        bar.close()
+    except requests.RequestException as e:
+        print(f"accuracy: error: cannot reach {url}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if server is not None:
+            server.stop()
+    meta = {"model": Path(info["model_path"]).name, "device": info.get("device"), "sglang": info.get("version"),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": platform.machine(), "gpu": _gpu_name(info), "problems_file": str(args.problems),
+            "problems": len(args.rows), "seconds": round(time.time() - t0, 1),
+            "argv": sys.argv[1:] if argv is None else argv}
+    print(accuracy_report.write(args.out, meta, results))
+    return 0
+
+
+def _gpu_name(info: dict) -> str | None:
+    if info.get("device") != "cuda":
+        return None
+    try:
+        import torch
+
+        return torch.cuda.get_device_name()
+    except Exception:  # noqa: BLE001 - the name is decoration
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

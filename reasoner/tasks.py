@@ -1,0 +1,181 @@
+"""The task generator: seeded, offline problems whose late reasoning needs an early thought's detail.
+
+Two families, both chat prompts (``chat_text`` wraps them in the model's chat template):
+
+- ``chain`` (the reasoning family). The prompt lists a table of boxes (``box kis holds mun.``: a random map on 90
+  box labels, ``boxes`` of them) and 8-48 items (``item kilo starts at box kis and takes 3 steps.``), then a
+  question. The trace is ``<think>``, one thought per item (follow the item's chain hop by hop through the table, then
+  ``item kilo ends at rit.``), each followed by ``<summary>item kilo traced over 3 steps.</summary>`` (what the thought handled,
+  without the value it found), ``</think>``, then an answer that restates the question, names the item again, and
+  gives ``Answer: N``. Question kinds: ``end`` (where an item ends: the value is written only inside that item's
+  thought, so the answer needs an earlier thought's detail, found through its summary's item name), ``start`` and
+  ``steps`` (the prompt and the summary say it). ``END_SHARE`` of the problems ask ``end``.
+- ``records`` (the long-prompt family, for prompt-side retrieval). The prompt lists records
+  (``record kilo 17 has color red and code 4 9 1 7.``: one sentence each) up to a target length, then asks for one
+  record's code; the trace is a short thought that names the record, then the answer. The value is in the prompt only.
+
+A ``Problem`` carries ``prompt`` (the user message), ``trace`` (what the model writes, ending with the answer),
+``answer`` (the normalised string an evaluator compares), ``needs_detail`` (the answer needs a value written only in an
+earlier thought's detail) and sizes. ``generate(split, n, family=None)`` is deterministic: problem ``i`` of a split
+comes from ``random.Random(f"{SPLIT_SEEDS[split]}:{family}:{i}")``, and the train and held-out splits use different
+seeds. Bad arguments raise ``ValueError``.
+
+CLI: ``python -m reasoner.tasks --split heldout --n 200 [--family chain] --out problems.jsonl`` writes JSONL with
+``problem`` (the chat prompt), ``answer`` and the rest of the fields, the format ``benchmarks/accuracy.py`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SPLIT_SEEDS = {"train": 1_000_003, "heldout": 7_000_019, "smoke": 31_337}
+FAMILIES = ("chain", "records")
+END_SHARE = 0.6  # chain problems asking where an item ends (the answer needs an earlier thought's detail)
+NAMES = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo "
+    "sierra tango uniform victor whiskey xray yankee zulu amber cedar dune ember fern grove harbor iris jade lotus "
+    "maple nova onyx pearl quartz raven slate thorn umber violet willow yarrow zephyr"
+).split()
+COLORS = "red blue green gold gray pink teal plum rust jade".split()
+# Box labels: made-up two-syllable words, one BPE token each once the tokenizer has seen them, so a lookup in the box
+# table matches one token (two-digit labels split into two digits and took far longer to learn to look up).
+BOXES = tuple(a + b for a in ("ba", "de", "ki", "lo", "mu", "ne", "po", "ri", "su") for b in
+              ("k", "l", "m", "n", "p", "r", "s", "t", "v", "x"))
+THINK, END_THINK, OPEN, CLOSE = "<think>", "</think>", "<summary>", "</summary>"
+
+
+@dataclass(frozen=True)
+class Problem:
+    family: str
+    kind: str  # chain: end / start / steps; records: code
+    prompt: str
+    trace: str
+    answer: str
+    needs_detail: bool
+    thoughts: int
+    seed: str
+
+    def record(self) -> dict:
+        """The JSONL row: ``problem`` is the chat prompt the model is served."""
+        return {"problem": chat_text(self.prompt), **asdict(self)}
+
+
+def chat_text(user: str) -> str:
+    """The prompt as the embedded chat template renders one user turn with the generation prompt."""
+    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int = len(BOXES)) -> Problem:
+    n_items = items or rng.randint(8, 48)
+    labels = rng.sample(BOXES, boxes)
+    table = {b: rng.choice(labels) for b in labels}
+    names = rng.sample(NAMES, n_items)
+    plan = [(name, rng.choice(labels), rng.randint(3, 8)) for name in names]
+    lines = ["Boxes:"] + [f"box {b} holds {table[b]}." for b in labels]
+    lines += ["Items:"] + [f"item {n} starts at box {s} and takes {k} steps." for n, s, k in plan]
+    kind = "end" if rng.random() < END_SHARE else rng.choice(("start", "steps"))
+    target, start, steps = rng.choice(plan)
+    question = {"end": f"where does item {target} end?", "start": f"where does item {target} start?",
+                "steps": f"how many steps does item {target} take?"}[kind]
+    prompt = "\n".join(lines) + f"\nTrace every item, then answer: {question}"
+    thoughts, ends = [], {}
+    for name, box, k in plan:
+        body = [f"item {name} starts at box {box}."]
+        for step in range(1, k + 1):
+            body.append(f"step {step}: box {box} holds {table[box]}.")
+            box = table[box]
+        ends[name] = box
+        body.append(f"item {name} ends at {box}.")
+        thoughts.append("\n".join(body) + f"\n{OPEN}item {name} traced over {k} steps.{CLOSE}\n")
+    answer = {"end": ends[target], "start": start, "steps": steps}[kind]
+    lead = {"end": f"The question asks where item {target} ends. I look back at item {target}: "
+                   f"item {target} ends at {answer}.",
+            "start": f"The question asks where item {target} starts. Item {target} starts at box {answer}.",
+            "steps": f"The question asks how many steps item {target} takes. Item {target} takes {answer} steps."}[kind]
+    trace = f"{THINK}\n" + "".join(thoughts) + f"{END_THINK}\n{lead}\nAnswer: {answer}"
+    return Problem("chain", kind, prompt, trace, str(answer), kind == "end", n_items, seed)
+
+
+def _records(rng: random.Random, seed: str, prompt_chars: int | None = None) -> Problem:
+    target_chars = prompt_chars or rng.randint(6_000, 24_000)  # about 2K-8K tokens with the trained tokenizer
+    seen, lines = set(), ["Records:"]
+    while sum(len(x) + 1 for x in lines) < target_chars:
+        key = (rng.choice(NAMES), rng.randint(10, 99))
+        if key in seen:
+            continue
+        seen.add(key)
+        code = " ".join(str(rng.randint(0, 9)) for _ in range(4))
+        lines.append(f"record {key[0]} {key[1]} has color {rng.choice(COLORS)} and code {code}.")
+    pick = rng.randrange(1, len(lines))
+    words = lines[pick].split()
+    name, num, code = words[1], words[2], " ".join(words[8:12]).rstrip(".")
+    prompt = "\n".join(lines) + f"\nAnswer: what is the code of record {name} {num}?"
+    trace = (f"{THINK}\nThe question asks for the code of record {name} {num}. I look for record {name} {num}.\n"
+             f"{OPEN}looked up record {name} {num}.{CLOSE}\n{END_THINK}\n"
+             f"Record {name} {num} has code {code}.\nAnswer: {code}")
+    return Problem("records", "code", prompt, trace, code, False, 1, seed)
+
+
+def problem(split: str, family: str, index: int, **size) -> Problem:
+    """Problem ``index`` of ``family`` in ``split`` (``size``: ``items`` for chain, ``prompt_chars`` for records)."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLIT_SEEDS)}")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    seed = f"{SPLIT_SEEDS[split]}:{family}:{index}"
+    rng = random.Random(seed)
+    return _chain(rng, seed, **size) if family == "chain" else _records(rng, seed, **size)
+
+
+def generate(split: str, n: int, family: str | None = None, records_share: float = 0.25, **size) -> list[Problem]:
+    """``n`` problems of one family, or a mix with ``records_share`` of ``records`` (problem ``i``'s family is
+    fixed by the index, so a longer list starts with the shorter one)."""
+    if n < 0:
+        raise ValueError(f"n must be zero or more, got {n}")
+    if not 0.0 <= records_share <= 1.0:
+        raise ValueError(f"records_share must be within [0, 1], got {records_share}")
+    if size and family is None:
+        raise ValueError("problem sizes need one family")
+    return [problem(split, family or family_of(i, records_share), i, **size) for i in range(n)]
+
+
+def family_of(index: int, records_share: float = 0.25) -> str:
+    """The family of problem ``index`` in a mixed list (fixed by the index alone)."""
+    return "records" if random.Random(f"family:{index}").random() < records_share else "chain"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m reasoner.tasks", description=__doc__.split("\n")[0])
+    ap.add_argument("--split", default="heldout", choices=sorted(SPLIT_SEEDS))
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--family", choices=FAMILIES, default=None, help="one family (default: a mix)")
+    ap.add_argument("--items", type=int, default=None, help="chain: items (thoughts) per problem")
+    ap.add_argument("--prompt-chars", type=int, default=None, help="records: prompt length in characters")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    size = {k: v for k, v in (("items", args.items), ("prompt_chars", args.prompt_chars)) if v is not None}
+    try:
+        if size and args.family is None:
+            raise ValueError("--items and --prompt-chars need --family")
+        if args.items is not None and not 1 <= args.items <= len(NAMES):
+            raise ValueError(f"--items must be within 1..{len(NAMES)}")
+        problems = generate(args.split, args.n, args.family, **size)
+    except ValueError as e:
+        print(f"tasks: error: {e}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("w") as f:
+        for p in problems:
+            f.write(json.dumps(p.record()) + "\n")
+    detail = sum(p.needs_detail for p in problems)
+    print(f"{len(problems)} problems ({detail} need an earlier thought's detail) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Train the reasoner, the embedded reasoning model: one command, seeded, on one GPU in minutes (CPU works, slowly).
+
+    python -m reasoner.train --out models/zoomr-reasoner [--minutes 12] [--steps 4000] [--eval 200]
+
+What it does, in order: trains the tokenizer on task text (``reasoner.data``); generates and encodes
+``--train-problems`` problems of the train split; trains ``reasoner.qwen3.Qwen3`` (``--layers``, ``--hidden``, ...)
+with AdamW, linear warm-up and cosine decay over ``--steps`` steps or ``--minutes`` minutes, whichever ends first (the
+schedule follows the larger of the two fractions), bf16 autocast on CUDA; evaluates greedy pass@1 with full attention
+on ``--eval`` held-out problems (``reasoner.evaluate``); writes a servable checkpoint into ``--out`` (``config.json``,
+``generation_config.json``, tokenizer files, ``model.safetensors`` in bfloat16, and ``reasoner_manifest.json`` with
+the settings, the loss curve, the held-out accuracy, the device and the time taken). Bad arguments: one line
+``train: error: ...``, status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from reasoner import data
+from reasoner.evaluate import evaluate
+from reasoner.qwen3 import Qwen3, Qwen3Config, hf_config
+from zoomr_sgl import embedded_model as em
+
+MANIFEST = "reasoner_manifest.json"
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser(prog="python -m reasoner.train", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=20261201)
+    ap.add_argument("--minutes", type=float, default=12.0, help="training time cap (the eval and save come after)")
+    ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--train-problems", type=int, default=24000)
+    ap.add_argument("--eval", type=int, default=200, help="held-out problems for the full-attention accuracy")
+    ap.add_argument("--records-share", type=float, default=0.25, help="share of long-prompt (records) problems")
+    ap.add_argument("--items", type=int, default=None, help="chain problems: items each (default 8-48 at random)")
+    ap.add_argument("--boxes", type=int, default=None, help="chain problems: box labels each (default all 90)")
+    ap.add_argument("--tokens-per-step", type=int, default=65536)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary target (the corpus may give fewer)")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--intermediate", type=int, default=768)
+    ap.add_argument("--workers", type=int, default=max(1, min(16, (os.cpu_count() or 2) - 1)))
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    for name in ("minutes", "steps", "train_problems", "tokens_per_step", "lr", "layers", "hidden", "heads"):
+        if getattr(args, name) <= 0:
+            ap.error(f"--{name.replace('_', '-')} must be positive")
+    if args.eval < 0 or args.heads % args.kv_heads or args.hidden % args.heads:
+        ap.error("--eval must be >= 0 and --heads a multiple of --kv-heads, --hidden of --heads")
+    return args
+
+
+def write_checkpoint(out: Path, model: Qwen3, tok_json: str, manifest: dict) -> None:
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer.from_str(tok_json)
+    eos, pad = tok.token_to_id(data.EOS), tok.token_to_id(data.PAD)
+    (out / "tokenizer.json").write_text(tok_json, encoding="utf-8")
+    for name, text in em._tokenizer_files(0).items():
+        (out / name).write_text(text, encoding="utf-8")
+    (out / "config.json").write_text(json.dumps(hf_config(model.cfg, eos, pad), indent=2) + "\n")
+    gen = {"eos_token_id": [eos, pad], "pad_token_id": pad, "transformers_version": "5.12.1"}
+    (out / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    sd = {k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
+    files = sorted(f.name for f in out.iterdir() if f.name != MANIFEST)
+    manifest["sha256"] = {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in files}
+    manifest["token_ids"] = {t: tok.token_to_id(t) for t in em.SPECIAL_TOKENS + em.ADDED_TOKENS}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    from tokenizers import Tokenizer
+
+    t_start = time.time()
+    torch.manual_seed(args.seed)
+    dev = torch.device(args.device)
+    tok_json = data.build_tokenizer(args.vocab)
+    tok = Tokenizer.from_str(tok_json)
+    vocab = -(-tok.get_vocab_size() // 64) * 64
+    chain = {k: v for k, v in (("items", args.items), ("boxes", args.boxes)) if v is not None}
+    train = data.examples(tok_json, "train", args.train_problems, args.workers, args.records_share, chain)
+    print(f"[train] {len(train)} problems, {sum(len(e.ids) for e in train) / 1e6:.1f}M tokens, vocab {vocab}, "
+          f"data in {time.time() - t_start:.0f}s", flush=True)
+    cfg = Qwen3Config(vocab_size=vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                      num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                      head_dim=args.hidden // args.heads, intermediate_size=args.intermediate)
+    model = Qwen3(cfg)
+    model.init_weights(torch.Generator().manual_seed(args.seed))
+    model.to(dev)
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    rest = [p for p in model.parameters() if p.dim() <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
+    batches = iter(data.Batches(train, args.tokens_per_step, tok.token_to_id(data.PAD), args.seed))
+    curve, t0, step, seen = [], time.time(), 0, 0
+    budget_s = args.minutes * 60
+    while True:
+        frac = max(step / args.steps, (time.time() - t0) / budget_s)
+        if frac >= 1.0:
+            break
+        lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        ids, tgt = next(batches)
+        seen += int((tgt != data.IGNORE).sum())  # on the host: no device sync per step
+        ids, tgt = ids.to(dev, non_blocking=True), tgt.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = model(ids)
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, vocab), tgt.view(-1), ignore_index=data.IGNORE)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0 or step == 1:
+            curve.append({"step": step, "loss": round(loss.item(), 5), "lr": lr, "trained_tokens": seen,
+                          "elapsed_s": round(time.time() - t0, 1)})
+            print(f"[train] step {step} loss {curve[-1]['loss']:.4f} lr {lr:.2e} {time.time() - t0:.0f}s", flush=True)
+    train_s = time.time() - t0
+    model.eval()
+    manifest = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "model": cfg.to_dict(), "parameters": n_params, "steps": step, "train_seconds": round(train_s, 1),
+        "trained_tokens": seen, "loss_curve": curve, "heldout_full_attention": None,
+        "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_checkpoint(args.out, model, tok_json, manifest)  # first, so a cut-short evaluation loses nothing
+    print(f"[train] wrote {args.out} ({n_params / 1e6:.2f}M parameters, {step} steps, {train_s:.0f}s)", flush=True)
+    result = evaluate(model, tok, "heldout", args.eval, dev, args.records_share, chain) if args.eval else None
+    if result:
+        print(f"[train] held-out full-attention accuracy {result['accuracy']:.3f} on {result['n']}", flush=True)
+    manifest.update(heldout_full_attention=result, total_seconds=round(time.time() - t_start, 1))
+    write_checkpoint(args.out, model, tok_json, manifest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

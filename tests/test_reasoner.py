@@ -1,0 +1,137 @@
+"""The reasoner's pieces on CPU: the task generator's promises, answer normalisation, the torch Qwen3 against
+transformers' own, cached greedy decoding against the plain forward, the training command end to end (tiny)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reasoner import answers, tasks
+from reasoner.qwen3 import KVCache, Qwen3, Qwen3Config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_generator_is_seeded_and_splits_differ():
+    a, b = tasks.generate("train", 30), tasks.generate("train", 30)
+    assert a == b
+    held = tasks.generate("heldout", 30)
+    assert not {p.prompt for p in a} & {p.prompt for p in held}
+    assert tasks.generate("train", 10) == a[:10]  # a longer list starts with the shorter one
+
+
+def test_chain_traces_have_the_promised_shape():
+    problems = tasks.generate("heldout", 200, family="chain")
+    for p in problems:
+        assert p.trace.startswith(tasks.THINK) and tasks.END_THINK in p.trace
+        thinking, answer_part = p.trace.split(tasks.END_THINK)
+        summaries = re.findall(r"<summary>(.*?)</summary>", thinking)
+        assert len(summaries) == p.thoughts and 8 <= p.thoughts <= 48
+        assert answers.extract(p.trace) == p.answer
+        if p.kind == "end":
+            target = re.search(r"where does item (\w+) end\?", p.prompt).group(1)
+            # the value is written only in the target's thought, and its summary names the item without the value
+            assert f"item {target} ends at {p.answer}." in thinking
+            summary = next(s for s in summaries if f"item {target} " in s)
+            assert p.answer not in summary.split()
+            assert p.needs_detail
+    share = sum(p.needs_detail for p in problems) / len(problems)
+    assert 0.5 <= share <= 0.7
+
+
+def test_records_answer_is_in_the_prompt_only():
+    p = tasks.problem("heldout", "records", 3, prompt_chars=5000)
+    name_num = re.search(r"code of record (\w+ \d+)\?", p.prompt).group(1)
+    assert re.search(rf"record {name_num} has color \w+ and code {p.answer}\.", p.prompt)
+    assert 5000 <= len(p.prompt) < 5200 and not p.needs_detail
+
+
+def test_bad_generator_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown split"):
+        tasks.problem("nope", "chain", 0)
+    with pytest.raises(ValueError, match="one family"):
+        tasks.generate("train", 3, items=4)
+    r = subprocess.run([sys.executable, "-m", "reasoner.tasks", "--out", str(tmp_path / "x.jsonl"), "--items", "3"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "tasks: error:" in r.stderr
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("so \\boxed{\\frac{1}{2}} is it", "\\frac{1}{2}"), ("x\nAnswer: 52\n", "52"), ("Answer: 5 0 3 1", "5 0 3 1"),
+    ("no answer here", None), ("Answer: 1\nAnswer: 2", "2"),
+])
+def test_answer_extraction(text, expected):
+    assert answers.extract(text) == expected
+
+
+def test_answer_normalisation():
+    assert answers.normalise(" $1,234$. ") == "1234" == answers.normalise("1234.00")
+    assert answers.normalise("\\text{Red}") == "red"
+    assert answers.is_correct("Answer: 52.", "52") and not answers.is_correct("Answer: 53", "52")
+
+
+def _tiny(seed=0) -> Qwen3:
+    cfg = Qwen3Config(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, intermediate_size=96)
+    m = Qwen3(cfg)
+    m.init_weights(torch.Generator().manual_seed(seed))
+    with torch.no_grad():  # norms away from 1 so that a missing norm would show
+        for name, p in m.named_parameters():
+            if p.dim() == 1:
+                p.uniform_(0.5, 1.5)
+    return m.eval()
+
+
+def test_torch_qwen3_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from reasoner.qwen3 import hf_config
+
+    m = _tiny()
+    cfg = dict(hf_config(m.cfg, 1, 0, dtype="float32"), rope_theta=m.cfg.rope_theta)
+    hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**cfg)).eval()
+    missing, unexpected = hf.load_state_dict(m.state_dict(), strict=False)
+    assert not unexpected and all("rotary" in k for k in missing)
+    ids = torch.randint(0, 128, (2, 37), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids), hf(ids).logits.float(), atol=2e-5, rtol=1e-4)
+
+
+def test_cached_decoding_with_left_padding_matches_the_plain_forward():
+    m = _tiny(3)
+    g = torch.Generator().manual_seed(5)
+    short, long = torch.randint(0, 128, (9,), generator=g), torch.randint(0, 128, (14,), generator=g)
+    cache = KVCache(m.cfg, 2, 20, "cpu", torch.float32)
+    ids = torch.zeros(2, 14, dtype=torch.int64)
+    pos = torch.zeros(2, 14, dtype=torch.int64)
+    ids[0, 5:], pos[0, 5:], cache.valid[0, 5:14] = short, torch.arange(9), True
+    ids[1], pos[1], cache.valid[1, :14] = long, torch.arange(14), True
+    with torch.no_grad():
+        last = m(ids, pos, cache)[:, -1]
+        torch.testing.assert_close(last[0], m(short[None])[0, -1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(last[1], m(long[None])[0, -1], atol=1e-5, rtol=1e-5)
+        nxt = torch.tensor([[7], [9]])
+        cache.valid[:, 14] = True
+        step = m(nxt, torch.tensor([[9], [14]]), cache)[:, -1]
+        torch.testing.assert_close(step[0], m(torch.cat([short, nxt[0]])[None])[0, -1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(step[1], m(torch.cat([long, nxt[1]])[None])[0, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_training_command_writes_a_servable_checkpoint(tmp_path):
+    out = tmp_path / "m"
+    r = subprocess.run([sys.executable, "-m", "reasoner.train", "--out", str(out), "--steps", "3",
+                        "--train-problems", "12", "--eval", "1", "--tokens-per-step", "4096", "--layers", "1",
+                        "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--intermediate", "64", "--workers", "1",
+                        "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    manifest = json.loads((out / "reasoner_manifest.json").read_text())
+    assert manifest["steps"] == 3 and manifest["heldout_full_attention"]["n"] == 1
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
+    bad = subprocess.run([sys.executable, "-m", "reasoner.train", "--out", str(out), "--steps", "0"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "must be positive" in bad.stderr
