@@ -25,7 +25,6 @@ Bad input: one line ``accuracy: error: ...``, status 2.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import platform
@@ -42,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import accuracy_report  # noqa: E402
 from reasoner import answers  # noqa: E402
+from reasoner.cli import OneLineParser  # noqa: E402
 
 BUDGET_KEY = {"zoomr": "zoomr_zoom_budget", "streaming": "zoomr_recent_tokens", "quest": "zoomr_quest_top_pages",
               "full": None, "summary_only": None}
@@ -120,7 +120,7 @@ def run_point(url: str, rows: list[dict], policy: str, budget: int | None, args,
 
 
 def parse(argv):
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n")[0])
+    ap = OneLineParser("accuracy", prog="python -m benchmarks.accuracy", description=__doc__.split("\n")[0])
     ap.add_argument("--problems", type=Path, required=True, help="JSONL: problem, answer[, needs_detail, ...]")
     ap.add_argument("--limit", type=int, default=None, help="only the first N problems")
     ap.add_argument("--url", help="a running launch.py --enable-zoomr server (default: start one here)")
@@ -153,7 +153,7 @@ def parse(argv):
             raise ValueError("--limit must be positive")
         args.rows = load_problems(args.problems, args.limit)
     except (ValueError, OSError) as e:
-        ap.exit(2, f"accuracy: error: {e}\n")
+        ap.error(str(e))
     return args
 
 

@@ -4,11 +4,14 @@ Contract:
 - ``greedy(model, prompts, max_new, eos_id, device, batch_size)``: one completion (ids, eos excluded) per prompt,
   greedy, at most ``max_new[i]`` tokens; prompts are batched by length, left-padded (``reasoner.qwen3.KVCache``).
 - ``evaluate(model, tok, split, n, device, records_share, chain)``: the first ``n`` problems of ``split`` (mixed and
-  sized as ``reasoner.data.examples`` makes them), each generated up to its gold trace's length plus 64 tokens; returns
+  sized as ``reasoner.data.examples`` makes them; batches of ``batch_size`` in order, no new batch after
+  ``max_seconds``: ``n`` in the result is how many were evaluated), each generated up to its gold trace's length plus 64 tokens; returns
   ``{"n", "accuracy", "by_kind": {kind: {"n", "accuracy"}}, "needs_detail_accuracy", "examples": [3 texts]}``.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 
@@ -58,13 +61,19 @@ def greedy(model: Qwen3, prompts: list[list[int]], max_new: list[int], eos_id: i
 
 
 def evaluate(model: Qwen3, tok, split: str, n: int, device, records_share: float = 0.25,
-             chain: dict | None = None) -> dict:
+             chain: dict | None = None, max_seconds: float = float("inf"), batch_size: int = 64) -> dict:
     problems = [problem(split, f, i, **((chain or {}) if f == "chain" else {}))
                 for i, f in ((i, family_of(i, records_share)) for i in range(n))]
     encoded = [data.encode(tok, p) for p in problems]
     prompts = [e.ids[: e.prompt_len] for e in encoded]
     max_new = [len(e.ids) - e.prompt_len + 64 for e in encoded]
-    outs = greedy(model, prompts, max_new, tok.token_to_id(data.EOS), device)
+    outs, t0 = [], time.monotonic()
+    for lo in range(0, n, batch_size):  # in problem order, so a time cap keeps a prefix of the list
+        if outs and time.monotonic() - t0 > max_seconds:
+            break
+        outs += greedy(model, prompts[lo:lo + batch_size], max_new[lo:lo + batch_size], tok.token_to_id(data.EOS),
+                       device, batch_size)
+    n, problems = len(outs), problems[: len(outs)]
     texts = [tok.decode(o, skip_special_tokens=False) for o in outs]
     ok = [answers.is_correct(t, p.answer) for t, p in zip(texts, problems)]
     kinds: dict[str, list[bool]] = {}

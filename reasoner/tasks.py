@@ -26,12 +26,13 @@ CLI: ``python -m reasoner.tasks --split heldout --n 200 [--family chain] --out p
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from reasoner.cli import OneLineParser
 
 SPLIT_SEEDS = {"train": 1_000_003, "heldout": 7_000_019, "smoke": 31_337}
 FAMILIES = ("chain", "records")
@@ -150,7 +151,7 @@ def family_of(index: int, records_share: float = 0.25) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m reasoner.tasks", description=__doc__.split("\n")[0])
+    ap = OneLineParser("tasks", prog="python -m reasoner.tasks", description=__doc__.split("\n")[0])
     ap.add_argument("--split", default="heldout", choices=sorted(SPLIT_SEEDS))
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--family", choices=FAMILIES, default=None, help="one family (default: a mix)")
@@ -166,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--items must be within 1..{len(NAMES)}")
         problems = generate(args.split, args.n, args.family, **size)
     except ValueError as e:
-        print(f"tasks: error: {e}", file=sys.stderr)
-        return 2
+        ap.error(str(e))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w") as f:
         for p in problems:

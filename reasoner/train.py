@@ -5,16 +5,16 @@
 What it does, in order: trains the tokenizer on task text (``reasoner.data``); generates and encodes
 ``--train-problems`` problems of the train split; trains ``reasoner.qwen3.Qwen3`` (``--layers``, ``--hidden``, ...)
 with AdamW, linear warm-up and cosine decay over ``--steps`` steps or ``--minutes`` minutes, whichever ends first (the
-schedule follows the larger of the two fractions), bf16 autocast on CUDA; evaluates greedy pass@1 with full attention
-on ``--eval`` held-out problems (``reasoner.evaluate``); writes a servable checkpoint into ``--out`` (``config.json``,
-``generation_config.json``, tokenizer files, ``model.safetensors`` in bfloat16, and ``reasoner_manifest.json`` with
-the settings, the loss curve, the held-out accuracy, the device and the time taken). Bad arguments: one line
+schedule follows the larger of the two fractions), bf16 autocast on CUDA; writes a servable checkpoint into ``--out``
+(``config.json``, ``generation_config.json``, tokenizer files, ``model.safetensors`` in bfloat16, and
+``reasoner_manifest.json`` with the settings, the loss curve, the device and the time taken); then measures greedy
+pass@1 with full attention on ``--eval`` held-out problems (``reasoner.evaluate``, no new batch after
+``--eval-minutes``) and adds it to the manifest. Bad arguments: one line
 ``train: error: ...``, status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from reasoner import data
+from reasoner.cli import OneLineParser
 from reasoner.evaluate import evaluate
 from reasoner.qwen3 import Qwen3, Qwen3Config, hf_config
 from zoomr_sgl import embedded_model as em
@@ -34,13 +35,14 @@ MANIFEST = "reasoner_manifest.json"
 
 
 def parse(argv):
-    ap = argparse.ArgumentParser(prog="python -m reasoner.train", description=__doc__.split("\n")[0])
+    ap = OneLineParser("train", prog="python -m reasoner.train", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=20261201)
     ap.add_argument("--minutes", type=float, default=12.0, help="training time cap (the eval and save come after)")
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--train-problems", type=int, default=24000)
     ap.add_argument("--eval", type=int, default=200, help="held-out problems for the full-attention accuracy")
+    ap.add_argument("--eval-minutes", type=float, default=3.0, help="no new evaluation batch after this long")
     ap.add_argument("--records-share", type=float, default=0.25, help="share of long-prompt (records) problems")
     ap.add_argument("--items", type=int, default=None, help="chain problems: items each (default 8-48 at random)")
     ap.add_argument("--boxes", type=int, default=None, help="chain problems: box labels each (default all 90)")
@@ -146,7 +148,8 @@ def main(argv=None) -> int:
     }
     write_checkpoint(args.out, model, tok_json, manifest)  # first, so a cut-short evaluation loses nothing
     print(f"[train] wrote {args.out} ({n_params / 1e6:.2f}M parameters, {step} steps, {train_s:.0f}s)", flush=True)
-    result = evaluate(model, tok, "heldout", args.eval, dev, args.records_share, chain) if args.eval else None
+    result = (evaluate(model, tok, "heldout", args.eval, dev, args.records_share, chain, args.eval_minutes * 60)
+              if args.eval else None)
     if result:
         print(f"[train] held-out full-attention accuracy {result['accuracy']:.3f} on {result['n']}", flush=True)
     manifest.update(heldout_full_attention=result, total_seconds=round(time.time() - t_start, 1))

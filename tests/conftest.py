@@ -11,8 +11,10 @@ from tests.server_process import ServerProcess
 
 ZOOMR_ARGS = ["--enable-zoomr", "--zoomr-zoom-budget", "512", "--zoomr-zoom-topk", "3", "--enable-metrics"]
 # Debug checks on every ZoomR test server: the host hole counts are compared with the device at each plan, freed
-# slots are filled with NaN (zoomr_sgl.poison), and the step probe counts each decode step's device reads.
-ZOOMR_ENV = {"ZOOMR_SGL_STEP_PROBE": "1", "ZOOMR_SGL_CHECK_HOLES": "1", "ZOOMR_SGL_POISON_FREED": "1"}
+# slots are filled with NaN (zoomr_sgl.poison), the step probe counts each decode step's device reads, and with TP the
+# ranks compare their zoom decisions and free slots (zoomr_sgl.tp_consensus).
+ZOOMR_ENV = {"ZOOMR_SGL_STEP_PROBE": "1", "ZOOMR_SGL_CHECK_HOLES": "1", "ZOOMR_SGL_POISON_FREED": "1",
+             "ZOOMR_SGL_CHECK_TP": "1"}
 _started: list[ServerProcess] = []
 
 

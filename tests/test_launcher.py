@@ -91,9 +91,9 @@ def test_launch_py_exits_2_with_one_line(flags, message):
         (["--attention-backend=fa3"], "would attend holes"),
         (["--decode-attention-backend", "flashinfer"], "one attention backend"),
         (["--prefill-attention-backend", "triton"], "one attention backend"),
-        (["--tp-size", "2"], "own heads"),
-        (["--tp=2"], "own heads"),
         (["--pp-size", "2"], "every layer"),
+        (["--pipeline-parallel-size=2"], "every layer"),
+        (["--enable-dp-attention"], "data parallel inside the TP group"),
     ],
 )
 def test_zoomr_rejects_incompatible_sglang_settings(flags, message):

@@ -17,6 +17,8 @@ Contract:
   the copy; the slots are written into the row when the copy has landed (``land``), from the next step on.
 - ``land(st, wait)`` finishes the copies of ``st`` that have landed (all of them with ``wait``); ``land_busy`` does
   so for every request with copies in flight, and nothing for the others (no per-request work on a plain step).
+  With ``lockstep`` (tensor parallel, ``zoomr_sgl.tp_consensus``) every ``land`` waits for all the copies, so each
+  rank frees and maps the same slots at the same point.
 - ``lose(st, index)``: the thought's host block is gone (dropped by the store): copies in flight end, a zoomed
   detail leaves the device, the thought is DROPPED.
 - ``end(st)`` at release: waits for and frees copies in flight (an offload's block is complete then).
@@ -53,13 +55,14 @@ CHECKS = os.environ.get("ZOOMR_SGL_CHECK_HOLES") == "1"
 
 class DetailMover:
     def __init__(self, allocator, req_to_token: torch.Tensor, kv_pool, host: HostDetailStore,
-                 make_host_room: Callable[[int], object], recall_after=None):
+                 make_host_room: Callable[[int], object], recall_after=None, lockstep: bool = False):
         self.allocator = allocator
         self.req_to_token = req_to_token
         self.kv_pool = kv_pool
         self.host = host
         self.make_host_room = make_host_room
         self.recall_after = recall_after  # the forward stream with the overlap scheduler on CUDA, else None
+        self.lockstep = lockstep  # TP: copies land where asked, waited for, never "when done" (timing differs per rank)
         self.row_holes = np.zeros(req_to_token.shape[0], dtype=np.int64)
         self.busy: dict[str, RequestZoom] = {}  # requests with copies in flight
         self.totals = dict(offloaded_tokens=0, recalled_tokens=0, recalls=0, evictions=0)
@@ -148,9 +151,12 @@ class DetailMover:
 
     # ------------------------------------------------------------------ copies landing
     def land(self, st: RequestZoom, wait: bool) -> None:
+        wait = wait or self.lockstep
         if st.offloading:
             still = []
             for c in st.offloading:
+                if self.lockstep:
+                    c.handle.wait()
                 if c.handle.done():
                     self._free(c.slots)
                     st.inflight_slots -= len(c.slots)

@@ -52,6 +52,7 @@ ZOOMR_INCOMPATIBLE = {
     "--speculative-algorithm": "speculative decoding is not supported",
     "--enable-hierarchical-cache": "ZoomR keeps its own host tier",
     "--enable-hisparse": "ZoomR keeps its own host tier",
+    "--enable-dp-attention": "attention split by data parallel inside the TP group is not served (plain --dp is)",
 }
 
 
@@ -103,9 +104,7 @@ def _flag_value(argv: Sequence[str], *names: str) -> str | None:
 RESIDENT_BACKEND_NAMES = ("torch_native", "flashinfer")
 # One backend for prefill and decode: ZoomR replaces one, separate ones would leave the other attending holes.
 SPLIT_BACKEND_FLAGS = ("--decode-attention-backend", "--prefill-attention-backend")
-PARALLEL_FLAGS = {
-    ("--tp-size", "--tp", "--tensor-parallel-size"):
-        "each rank would score thoughts from its own heads and could choose different recalls (issue 14)",
+PARALLEL_FLAGS = {  # tensor parallel is served: the ranks agree on every zoom (zoomr_sgl.tp_consensus)
     ("--pp-size", "--pipeline-parallel-size"): "ZoomR reads every layer's KV from one process",
 }
 

@@ -94,6 +94,7 @@ from zoomr_sgl.selection import policy_for
 from zoomr_sgl.selection.base import DetailAction
 from zoomr_sgl.step_probe import StepProbe
 from zoomr_sgl.thought_table import ThoughtTable
+from zoomr_sgl.tp_consensus import TPConsensus
 from zoomr_sgl.tree_borrow import TreeBorrow
 from zoomr_sgl.zoom_plan import ZoomPlanner
 
@@ -134,9 +135,10 @@ class ZoomRManager:
         # forwards between the one whose results are processed and the first a decision taken then reaches
         self.lag = 2 if self.overlap else 1
         self.forward_stream = getattr(scheduler, "forward_stream", None) if self.device.type == "cuda" else None
+        self.tp = TPConsensus(scheduler)
         self.mover = DetailMover(self.allocator, self.req_to_token, self.kv_pool, self.host,
                                  make_host_room=lambda n: self.borrow.make_host_room(n),
-                                 recall_after=self.forward_stream if self.overlap else None)
+                                 recall_after=self.forward_stream if self.overlap else None, lockstep=self.tp.lockstep)
         self.borrow = TreeBorrow(tree, self.host, self.mover, self.requests)
         self.tree = tree
         if tree is not None:
@@ -144,7 +146,8 @@ class ZoomRManager:
         self.markers = EngineMarkers(scheduler.tokenizer)
         # query_buffers: layer id -> [max_bs, Hq, D] queries written by a CUDA-graph-safe backend in every forward
         self.slots = ForwardSlots(self.req_to_token.shape[0], self.device, query_buffers)
-        self.planner = ZoomPlanner(self.kv_pool, self.req_to_token, self.scoring_layers, self.mover, self.allocator)
+        self.planner = ZoomPlanner(self.kv_pool, self.req_to_token, self.scoring_layers, self.mover, self.allocator,
+                                   agree=self.tp.scores, verify=self.tp.verify)
         self.admission = ZoomRAdmission(self)
         self._captured: dict[int, torch.Tensor] = {}  # scoring layer -> the running forward's [bs, Hq, D] queries
         self.forward_iter = 0  # the forward being launched or running (SGLang's forward_ct)

@@ -8,7 +8,8 @@ Contract:
   silent). For each request, ``policy.to_score(table)`` names the thoughts to score; their summary keys are read
   from the pool by slot (``req_to_token``) and scored by each request's own query: on CUDA by the Triton kernel
   (``kernels.thought_scoring``), elsewhere by ``zoomr_sgl.scoring.thought_scores`` over the gathered keys; both one
-  launch for the whole step. The scores are read to the host once; ``policy.decide`` then runs per request on host
+  launch for the whole step. The scores are read to the host once (with tensor parallelism, averaged over the
+  ranks' heads, the same on every rank: ``zoomr_sgl.tp_consensus``); ``policy.decide`` then runs per request on host
   data.
 - Recall room: a recall takes fresh slots only if the allocator keeps ``headroom`` free slots afterwards (the next
   decode step's tokens), counting the slots its own evictions free. A recall that does not fit is trimmed
@@ -28,6 +29,7 @@ import torch
 from zoomr_sgl.detail_mover import DetailMover
 from zoomr_sgl.request_state import RequestZoom
 from zoomr_sgl.scoring import scores_over_padded
+from zoomr_sgl.tp_consensus import digest
 from zoomr_sgl.selection.base import StepInputs
 from zoomr_sgl.thought_table import ZoomDecision
 
@@ -36,12 +38,14 @@ logger = logging.getLogger("zoomr_sgl")
 
 class ZoomPlanner:
     def __init__(self, kv_pool, req_to_token: torch.Tensor, scoring_layers: Sequence[int], mover: DetailMover,
-                 allocator):
+                 allocator, agree=lambda scores: scores, verify=lambda what, values: None):
         self.k_buffers = [kv_pool.k_buffer[layer] for layer in scoring_layers]
         self.scoring_layers = tuple(scoring_layers)
         self.req_to_token = req_to_token
         self.mover = mover
         self.allocator = allocator
+        self.agree = agree  # this rank's scores -> the scores over every TP rank's heads (TPConsensus.scores)
+        self.verify = verify  # debug: the ranks took the same decisions (TPConsensus.verify)
         self.device = self.k_buffers[0].device
         self.totals = dict(zooms=0, zooms_skipped=0, recalls_trimmed=0, scored_thoughts=0)
         self._warned = False
@@ -60,7 +64,7 @@ class ZoomPlanner:
         plans = [(st, b, st.policy.to_score(st.table)) for st, b in due]
         scores = self._score(plans, queries)
         room = int(self.allocator.available_size()) - headroom
-        offset = 0
+        offset, taken = 0, []
         for st, _, scored in plans:
             mine = scores[offset:offset + len(scored)]
             offset += len(scored)
@@ -74,6 +78,8 @@ class ZoomPlanner:
                 decision = st.policy.decide(st.table, StepInputs(step, score_summaries=given))
             room = self._apply(st, decision, room)
             self.totals["zooms"] += 1
+            taken.append((st.rid, decision.recall, decision.evict))
+        self.verify(f"the zoom of step {step}", [digest(taken), int(self.allocator.available_size())])
 
     # ------------------------------------------------------------------ scoring, once for the step
     def _score(self, plans, queries) -> torch.Tensor:
@@ -108,7 +114,7 @@ class ZoomPlanner:
             picked = slots.long()[pad.to(dev)]  # [T, N]
             keys = torch.stack([buf[picked] for buf in self.k_buffers], dim=1)  # [T, L, N, Hkv, D]
             scores = scores_over_padded(q.float()[to_dev(owner)], keys, valid.to(dev))
-        return scores.cpu()  # the step's one device read
+        return self.agree(scores.cpu())  # the step's one device read; with TP, the same scores on every rank
 
     # ------------------------------------------------------------------ applying, with room
     def _apply(self, st: RequestZoom, decision: ZoomDecision, room: int) -> int:

@@ -1,0 +1,58 @@
+"""benchmarks/accuracy.py end to end against the real server (the embedded model: its answers are noise, so this
+checks the harness, not accuracy), and its one-line refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.server_process import REPO
+
+BENCH = [sys.executable, "-m", "benchmarks.accuracy"]
+
+
+def run(args, timeout=900):
+    return subprocess.run(BENCH + args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("lines, extra, needle", [
+    (None, [], "No such file"),
+    (["not json"], [], "not JSON"),
+    (['{"answer": 1}'], [], "'problem'"),
+    (['{"problem": "x", "answer": 1}'], ["--policies", "oracle"], "unknown policy"),
+    (['{"problem": "x", "answer": 1}'], ["--budgets", "0"], "--budgets"),
+    (['{"problem": "x", "answer": 1}'], ["--template", "no placeholder"], "{problem}"),
+])
+def test_bad_input_is_one_line_and_status_2(tmp_path, lines, extra, needle):
+    path = tmp_path / "p.jsonl"
+    if lines is not None:
+        path.write_text("\n".join(lines) + "\n")
+    r = run(["--problems", str(path), "--url", "http://127.0.0.1:9", *extra], timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("accuracy: error:"), r.stderr
+    assert needle in r.stderr
+
+
+@pytest.mark.server
+def test_every_policy_is_measured_or_reported_refused(zoomr_server, tmp_path):
+    problems = tmp_path / "smoke.jsonl"
+    subprocess.run([sys.executable, "-m", "reasoner.tasks", "--split", "smoke", "--n", "3", "--family", "chain",
+                    "--items", "8", "--out", str(problems)], cwd=REPO, check=True, capture_output=True)
+    out = tmp_path / "out"
+    r = run(["--problems", str(problems), "--url", zoomr_server.url, "--policies",
+             "full,zoomr,summary_only,streaming,quest", "--budgets", "64", "--max-new-tokens", "40",
+             "--summary-mode", "engine", "--out", str(out)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((out / "accuracy.json").read_text())
+    rows = {row["policy"]: row for row in result["rows"]}
+    assert set(rows) == {"full", "zoomr", "summary_only", "streaming", "quest"}
+    assert "not served yet" in rows["quest"]["refused"]
+    for name in ("full", "zoomr", "summary_only", "streaming"):
+        row = rows[name]
+        assert row["refused"] is None and row["answered"] == 3 and row["errors"] == 0
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["needs_detail_problems"] + (3 - row["needs_detail_problems"]) == 3
+        assert row["peak_device_kv"] <= row["full_kv"] and row["mean_device_kv"] <= row["peak_device_kv"]
+    assert rows["full"]["kv_reduction"] == pytest.approx(1.0)
+    assert (out / "accuracy.md").read_text().count("| streaming | 64 |") == 1 and (out / "accuracy.png").exists()
