@@ -11,9 +11,13 @@ Contract:
 - ``examples(tok, split, n, workers, records_share, chain)``: ``n`` encoded problems of the mixed split (problem
   ``i``'s family from ``reasoner.tasks.family_of``; ``chain`` problems sized by ``chain``, e.g. ``{"items": 4,
   "boxes": 20}``), generated in ``workers`` processes, in problem order.
-- ``Batches(examples, token_budget, seed)``: an endless, seeded stream of ``(ids, targets)`` int64 tensors; each batch
-  holds examples of similar length (right-padded with the pad id; targets are -100 on the prompt and the padding),
-  at most ``token_budget`` padded tokens, at least one example.
+- ``Batches(examples, token_budget, seed)``: an endless, seeded stream of ``(ids, targets, mask)``: int64 tensors;
+  each batch holds examples of similar length (right-padded with the pad id; targets are -100 on the prompt and the
+  padding), at most ``token_budget`` padded tokens, at least one example. ``mask`` is None (causal attention) unless
+  the examples are ZoomR-aware: then ``attention_mask`` of their ``seg``/``own``.
+- ZoomR-aware examples (``encode(..., zoomr_aware=True)``, ``zoomr_view``) train under ZoomR's view of the context:
+  a closed thought's detail is masked out for every later query, except the thought the answer needs, which the
+  answer's queries read (in the spirit of Breadcrumbs' training under compression).
 """
 
 from __future__ import annotations
@@ -34,6 +38,27 @@ IGNORE = -100
 class Example(NamedTuple):
     ids: list[int]
     prompt_len: int
+    seg: list[int] | None = None  # per position: the thought whose detail it is, or -1 (prompt, summary, answer)
+    own: list[int] | None = None  # per position: the thought detail a query there may read besides the -1s
+
+
+def zoomr_view(ids: list[int], prompt_len: int, open_ids, close_ids, end_think: int, target: int):
+    """``(seg, own)`` of ``Example``: what ZoomR leaves on the device for a query at each position. Thoughts are found
+    by the server's own segmenter from ``prompt_len``; a thought's detail is readable by its own detail and summary
+    tokens (the detail leaves once the summary closes); after ``</think>`` only the ``target`` thought's detail is
+    back (an oracle zoom: the thought the answer needs), else none."""
+    from zoomr_sgl.segmenter import segment
+
+    seg, own = [-1] * len(ids), [-1] * len(ids)
+    for t in segment(ids, open_ids, close_ids, start=prompt_len):
+        for pos in range(t.detail_start, t.detail_end):
+            seg[pos] = own[pos] = t.index
+        for pos in range(t.summary_start, t.summary_end):
+            own[pos] = t.index
+    if end_think in ids[prompt_len:]:
+        for pos in range(ids.index(end_think, prompt_len), len(ids)):
+            own[pos] = target
+    return seg, own
 
 
 def build_tokenizer(vocab_size: int, docs: int = 600) -> str:
@@ -41,10 +66,16 @@ def build_tokenizer(vocab_size: int, docs: int = 600) -> str:
     return em._train_tokenizer(texts, vocab_size)
 
 
-def encode(tok, p: Problem) -> Example:
+def encode(tok, p: Problem, zoomr_aware: bool = False) -> Example:
     prompt = tok.encode(chat_text(p.prompt), add_special_tokens=False).ids
     trace = tok.encode(p.trace, add_special_tokens=False).ids
-    return Example(prompt + trace + [tok.token_to_id(EOS)], len(prompt))
+    ids = prompt + trace + [tok.token_to_id(EOS)]
+    if not zoomr_aware:
+        return Example(ids, len(prompt))
+    marker = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    seg, own = zoomr_view(ids, len(prompt), marker("<summary>"), marker("</summary>"), tok.token_to_id("</think>"),
+                          p.target_thought)
+    return Example(ids, len(prompt), seg, own)
 
 
 _TOK = None
@@ -58,23 +89,31 @@ def _init(tok_json: str) -> None:
 
 
 def _encode_range(args: tuple) -> list[Example]:
-    split, lo, hi, share, chain = args
+    split, lo, hi, share, chain, aware = args
     out = []
     for i in range(lo, hi):
         family = family_of(i, share)
-        out.append(encode(_TOK, problem(split, family, i, **(chain if family == "chain" else {}))))
+        out.append(encode(_TOK, problem(split, family, i, **(chain if family == "chain" else {})), aware))
     return out
 
 
 def examples(tok_json: str, split: str, n: int, workers: int = 1, records_share: float = 0.25,
-             chain: dict | None = None) -> list[Example]:
+             chain: dict | None = None, zoomr_aware: bool = False) -> list[Example]:
     chunk = max(1, -(-n // (workers * 4)))
-    ranges = [(split, lo, min(n, lo + chunk), records_share, chain or {}) for lo in range(0, n, chunk)]
+    ranges = [(split, lo, min(n, lo + chunk), records_share, chain or {}, zoomr_aware) for lo in range(0, n, chunk)]
     if workers <= 1:
         _init(tok_json)
         return [e for r in ranges for e in _encode_range(r)]
     with ProcessPoolExecutor(workers, initializer=_init, initargs=(tok_json,)) as pool:
         return [e for part in pool.map(_encode_range, ranges) for e in part]
+
+
+def attention_mask(seg: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """``[B, 1, S, S]`` bool: query ``q`` reads key ``k <= q`` that is no thought's detail, or ``own[q]``'s."""
+    S = seg.shape[1]
+    causal = torch.ones(S, S, dtype=torch.bool).tril()
+    readable = (seg[:, None, :] < 0) | (seg[:, None, :] == own[:, :, None])
+    return (causal[None] & readable)[:, None]
 
 
 class Batches:
@@ -84,7 +123,7 @@ class Batches:
         self.data = sorted(data, key=lambda e: len(e.ids))
         self.budget, self.pad, self.rng = token_budget, pad_id, random.Random(seed)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         while True:
             i = self.rng.randrange(len(self.data))
             longest = len(self.data[i].ids)
@@ -94,8 +133,13 @@ class Batches:
             width = max(len(e.ids) for e in rows)
             ids = torch.full((len(rows), width), self.pad, dtype=torch.int64)
             tgt = torch.full((len(rows), width), IGNORE, dtype=torch.int64)
+            aware = rows[0].seg is not None
+            seg = torch.full((len(rows), width), -1, dtype=torch.int16) if aware else None
+            own = torch.full((len(rows), width), -1, dtype=torch.int16) if aware else None
             for r, e in enumerate(rows):
                 x = torch.tensor(e.ids)
                 ids[r, : len(x)] = x
                 tgt[r, e.prompt_len - 1: len(x) - 1] = x[e.prompt_len:]  # predict the trace and the eos
-            yield ids, tgt
+                if aware:
+                    seg[r, : len(x)], own[r, : len(x)] = torch.tensor(e.seg), torch.tensor(e.own)
+            yield ids, tgt, (None if seg is None else attention_mask(seg, own))

@@ -6,7 +6,8 @@ Contract:
 - ``Qwen3(cfg)(ids, positions=None, cache=None)`` returns logits ``[B, S, V]`` (float32). Per layer: RMSNorm, q/k/v
   projections without bias, per-head RMSNorm of q and k (``q_norm``/``k_norm``) before rotary embeddings (neox
   layout, ``rope_theta``), grouped-query attention with scale ``head_dim ** -0.5``, ``o_proj``; RMSNorm, SwiGLU MLP.
-  Without a cache the attention is causal over ``ids`` (right padding is harmless: no real token sees a later pad).
+  Without a cache the attention is causal over ``ids`` (right padding is harmless: no real token sees a later pad),
+  or follows ``mask`` (bool ``[B, 1, S, S]``, True: may attend) when given.
 - ``KVCache``: a preallocated per-layer cache for greedy decoding of a batch whose prompts are left-padded;
   ``valid[b, j]`` says which cache positions of row ``b`` hold real tokens (pads are never attended) and
   ``positions`` are per-row rotary positions (a row's first real token is position 0). The caller marks the
@@ -103,7 +104,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
 
-    def forward(self, x, positions, cache: KVCache | None, layer: int):
+    def forward(self, x, positions, cache: KVCache | None, layer: int, mask: torch.Tensor | None = None):
         B, S, _ = x.shape
         c = self.cfg
         q = self.q_norm(self.q_proj(x).view(B, S, c.num_attention_heads, c.head_dim)).transpose(1, 2)
@@ -113,7 +114,7 @@ class Attention(nn.Module):
         group = c.num_attention_heads // c.num_key_value_heads
         if cache is None:
             out = F.scaled_dot_product_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1),
-                                                 is_causal=True)
+                                                 is_causal=mask is None, attn_mask=mask)
         else:
             t0 = cache.length
             cache.k[layer][:, :, t0:t0 + S] = k
@@ -147,8 +148,8 @@ class Layer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, positions, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), positions, cache, layer)
+    def forward(self, x, positions, cache, layer, mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), positions, cache, layer, mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -178,12 +179,13 @@ class Qwen3(nn.Module):
                 with torch.no_grad():
                     p.copy_(torch.randn(p.shape, generator=generator) * std)
 
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None):
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None, cache: KVCache | None = None,
+                mask: torch.Tensor | None = None):
         if positions is None:
             positions = torch.arange(ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)
         x = self.model.embed_tokens(ids)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, positions, cache, i)
+            x = layer(x, positions, cache, i, mask)
         if cache is not None:
             cache.length += ids.shape[1]
         return self.lm_head(self.model.norm(x)).float()

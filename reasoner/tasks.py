@@ -16,7 +16,7 @@ Two families, both chat prompts (``chat_text`` wraps them in the model's chat te
 
 A ``Problem`` carries ``prompt`` (the user message), ``trace`` (what the model writes, ending with the answer),
 ``answer`` (the normalised string an evaluator compares), ``needs_detail`` (the answer needs a value written only in an
-earlier thought's detail) and sizes. ``generate(split, n, family=None)`` is deterministic: problem ``i`` of a split
+earlier thought's detail), ``target_thought`` (that thought's index, -1 when none) and sizes. ``generate(split, n, family=None)`` is deterministic: problem ``i`` of a split
 comes from ``random.Random(f"{SPLIT_SEEDS[split]}:{family}:{i}")``, and the train and held-out splits use different
 seeds. Bad arguments raise ``ValueError``.
 
@@ -60,6 +60,7 @@ class Problem:
     needs_detail: bool
     thoughts: int
     seed: str
+    target_thought: int = -1  # the thought whose detail the answer needs (-1: none)
 
     def record(self) -> dict:
         """The JSONL row: ``problem`` is the chat prompt the model is served."""
@@ -99,7 +100,8 @@ def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int =
             "start": f"The question asks where item {target} starts. Item {target} starts at box {answer}.",
             "steps": f"The question asks how many steps item {target} takes. Item {target} takes {answer} steps."}[kind]
     trace = f"{THINK}\n" + "".join(thoughts) + f"{END_THINK}\n{lead}\nAnswer: {answer}"
-    return Problem("chain", kind, prompt, trace, str(answer), kind == "end", n_items, seed)
+    target_index = [name for name, _, _ in plan].index(target) if kind == "end" else -1
+    return Problem("chain", kind, prompt, trace, str(answer), kind == "end", n_items, seed, target_index)
 
 
 def _records(rng: random.Random, seed: str, prompt_chars: int | None = None) -> Problem:

@@ -5,7 +5,8 @@
 What it does, in order: trains the tokenizer on task text (``reasoner.data``); generates and encodes
 ``--train-problems`` problems of the train split; trains ``reasoner.qwen3.Qwen3`` (``--layers``, ``--hidden``, ...)
 with AdamW, linear warm-up and cosine decay over ``--steps`` steps or ``--minutes`` minutes, whichever ends first (the
-schedule follows the larger of the two fractions), bf16 autocast on CUDA; writes a servable checkpoint into ``--out``
+schedule follows the larger of the two fractions), bf16 autocast on CUDA (``--zoomr-aware``: under ZoomR's view of
+the context, ``reasoner.data``); writes a servable checkpoint into ``--out``
 (``config.json``, ``generation_config.json``, tokenizer files, ``model.safetensors`` in bfloat16, and
 ``reasoner_manifest.json`` with the settings, the loss curve, the device and the time taken); then measures greedy
 pass@1 with full attention on ``--eval`` held-out problems (``reasoner.evaluate``, no new batch after
@@ -43,6 +44,8 @@ def parse(argv):
     ap.add_argument("--train-problems", type=int, default=24000)
     ap.add_argument("--eval", type=int, default=200, help="held-out problems for the full-attention accuracy")
     ap.add_argument("--eval-minutes", type=float, default=3.0, help="no new evaluation batch after this long")
+    ap.add_argument("--zoomr-aware", action="store_true",
+                    help="train under ZoomR's view: closed thoughts' detail masked, but the one the answer needs")
     ap.add_argument("--records-share", type=float, default=0.25, help="share of long-prompt (records) problems")
     ap.add_argument("--items", type=int, default=None, help="chain problems: items each (default 8-48 at random)")
     ap.add_argument("--boxes", type=int, default=None, help="chain problems: box labels each (default all 90)")
@@ -98,7 +101,8 @@ def main(argv=None) -> int:
     tok = Tokenizer.from_str(tok_json)
     vocab = -(-tok.get_vocab_size() // 64) * 64
     chain = {k: v for k, v in (("items", args.items), ("boxes", args.boxes)) if v is not None}
-    train = data.examples(tok_json, "train", args.train_problems, args.workers, args.records_share, chain)
+    train = data.examples(tok_json, "train", args.train_problems, args.workers, args.records_share, chain,
+                          args.zoomr_aware)
     print(f"[train] {len(train)} problems, {sum(len(e.ids) for e in train) / 1e6:.1f}M tokens, vocab {vocab}, "
           f"data in {time.time() - t_start:.0f}s", flush=True)
     cfg = Qwen3Config(vocab_size=vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
@@ -122,11 +126,12 @@ def main(argv=None) -> int:
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, tgt = next(batches)
+        ids, tgt, mask = next(batches)
         seen += int((tgt != data.IGNORE).sum())  # on the host: no device sync per step
         ids, tgt = ids.to(dev, non_blocking=True), tgt.to(dev, non_blocking=True)
+        mask = None if mask is None else mask.to(dev, non_blocking=True)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            logits = model(ids)
+            logits = model(ids, mask=mask)
         loss = torch.nn.functional.cross_entropy(logits.view(-1, vocab), tgt.view(-1), ignore_index=data.IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -4,7 +4,7 @@
 #
 #   here (CPU host), once:  scripts/gpu_run.sh --prepare     # fills .gpu/ (runtime archive, pure-python test deps)
 #   on the device:          bash scripts/gpu_run.sh [long] [tests] [bench] [e2e] [suite] [capacity-launch]
-#                           [capacity-start] [capacity] [capacity-stop]
+#                           [capacity-start] [capacity] [capacity-stop] [train]
 #                           (default: tests bench e2e; long runs in the background beside the later phases)
 #                           writes $OUT/results/{kernels,serve_long,capacity}.{json,md,png}, $OUT/gpu_run.log,
 #                           $OUT/logs.tgz
@@ -270,11 +270,21 @@ PY
       ;;
     train)
       # The embedded reasoner (reasoner/train.py): trained here, its held-out full-attention accuracy measured in
-      # torch; the checkpoint comes back as $OUT/reasoner.tgz (the device returns at most 8 files).
+      # torch; TRAIN_AWARE=1 trains the ZoomR-aware variant beside it (--zoomr-aware, same GPU). The checkpoints
+      # come back as $OUT/reasoner.tgz (the device returns at most 8 files). Size --minutes and --eval-minutes in
+      # TRAIN_ARGS so that both fit in the budget left: the checkpoint is written before the evaluation starts.
       stamp "train: the reasoner"
-      timeout $(left 45) python3 -m reasoner.train --out "$OUT/zoomr-reasoner" ${TRAIN_ARGS:-} > "$OUT/train.log" 2>&1
-      echo "train rc=$?"; grep -E "^\[train\] (held-out|wrote|[0-9]+ problems)" "$OUT/train.log"; tail -3 "$OUT/train.log"
-      [[ -d $OUT/zoomr-reasoner ]] && tar czf "$OUT/reasoner.tgz" -C "$OUT" zoomr-reasoner && rm -rf "$OUT/zoomr-reasoner"
+      timeout $(left 30) python3 -m reasoner.train --out "$OUT/zoomr-reasoner" ${TRAIN_ARGS:-} > "$OUT/train.log" 2>&1 &
+      t1=$!; t2=""
+      if [[ ${TRAIN_AWARE:-0} == 1 ]]; then
+        timeout $(left 30) python3 -m reasoner.train --out "$OUT/zoomr-reasoner-aware" --zoomr-aware ${TRAIN_ARGS:-} \
+          > "$OUT/train_aware.log" 2>&1 &
+        t2=$!
+      fi
+      wait $t1; echo "train rc=$?"; [[ -n $t2 ]] && { wait $t2; echo "train (zoomr-aware) rc=$?"; }
+      for f in "$OUT"/train*.log; do grep -E "^\[train\] (held-out|wrote|[0-9]+ problems)" "$f"; tail -2 "$f"; done
+      dirs=(); for d in zoomr-reasoner zoomr-reasoner-aware; do [[ -d $OUT/$d ]] && dirs+=("$d"); done
+      (( ${#dirs[@]} )) && tar czf "$OUT/reasoner.tgz" -C "$OUT" "${dirs[@]}" && (cd "$OUT" && rm -rf "${dirs[@]}")
       ;;
     *) stamp "unknown phase $phase"; exit 2 ;;
   esac

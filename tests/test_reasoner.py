@@ -122,16 +122,50 @@ def test_cached_decoding_with_left_padding_matches_the_plain_forward():
         torch.testing.assert_close(step[1], m(torch.cat([long, nxt[1]])[None])[0, -1], atol=1e-5, rtol=1e-5)
 
 
+def test_zoomr_aware_view_hides_closed_details_but_the_one_the_answer_needs():
+    from tokenizers import Tokenizer
+
+    from reasoner import data
+
+    tok = Tokenizer.from_str(data.build_tokenizer(1024, docs=60))
+    p = next(q for q in tasks.generate("heldout", 40, family="chain") if q.kind == "end" and q.target_thought > 0)
+    e = data.encode(tok, p, zoomr_aware=True)
+    assert e.ids == data.encode(tok, p).ids
+    mask = data.attention_mask(torch.tensor([e.seg], dtype=torch.int16), torch.tensor([e.own], dtype=torch.int16))[0, 0]
+    seg, own = torch.tensor(e.seg), torch.tensor(e.own)
+    details = [torch.nonzero(seg == t).flatten() for t in range(p.thoughts)]
+    assert all(len(d) for d in details) and int(seg[: e.prompt_len].max()) == -1
+    last = len(e.ids) - 1  # the eos: an answer query
+    assert int(own[last]) == p.target_thought
+    assert mask[last, details[p.target_thought]].all()  # the recalled thought
+    others = torch.cat([d for t, d in enumerate(details) if t != p.target_thought])
+    assert not mask[last, others].any()
+    assert mask[last, : e.prompt_len].all()  # the prompt stays
+    first, second = details[0], details[1]
+    assert mask[first[-1], first].all() and not mask[second[0], first].any()  # a closed detail leaves
+    summary_of_first = torch.arange(int(first[-1]) + 1, int(second[0]))
+    assert mask[second[0], summary_of_first].all()  # its summary stays
+
+
 def test_training_command_writes_a_servable_checkpoint(tmp_path):
     out = tmp_path / "m"
     r = subprocess.run([sys.executable, "-m", "reasoner.train", "--out", str(out), "--steps", "3",
                         "--train-problems", "12", "--eval", "1", "--tokens-per-step", "4096", "--layers", "1",
                         "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--intermediate", "64", "--workers", "1",
-                        "--device", "cpu"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                        "--device", "cpu", "--zoomr-aware"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     manifest = json.loads((out / "reasoner_manifest.json").read_text())
     assert manifest["steps"] == 3 and manifest["heldout_full_attention"]["n"] == 1
+    assert manifest["settings"]["zoomr_aware"]
     assert json.loads((out / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
     bad = subprocess.run([sys.executable, "-m", "reasoner.train", "--out", str(out), "--steps", "0"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "must be positive" in bad.stderr
+
+
+def test_a_causal_mask_gives_the_causal_forward():
+    m = _tiny(4)
+    ids = torch.randint(0, 128, (2, 21), generator=torch.Generator().manual_seed(9))
+    causal = torch.ones(21, 21, dtype=torch.bool).tril()[None, None].expand(2, 1, 21, 21)
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids, mask=causal), m(ids), atol=1e-5, rtol=1e-5)
