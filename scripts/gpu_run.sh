@@ -4,7 +4,7 @@
 #
 #   here (CPU host), once:  scripts/gpu_run.sh --prepare     # fills .gpu/ (runtime archive, pure-python test deps)
 #   on the device:          bash scripts/gpu_run.sh [long] [tests] [bench] [e2e] [suite] [capacity-launch]
-#                           [capacity-start] [capacity] [capacity-stop] [train]
+#                           [capacity-start] [capacity] [capacity-stop] [train] [accuracy]
 #                           (default: tests bench e2e; long runs in the background beside the later phases)
 #                           writes $OUT/results/{kernels,serve_long,capacity}.{json,md,png}, $OUT/gpu_run.log,
 #                           $OUT/logs.tgz
@@ -285,6 +285,16 @@ PY
       for f in "$OUT"/train*.log; do grep -E "^\[train\] (held-out|wrote|[0-9]+ problems)" "$f"; tail -2 "$f"; done
       dirs=(); for d in zoomr-reasoner zoomr-reasoner-aware; do [[ -d $OUT/$d ]] && dirs+=("$d"); done
       (( ${#dirs[@]} )) && tar czf "$OUT/reasoner.tgz" -C "$OUT" "${dirs[@]}" && (cd "$OUT" && rm -rf "${dirs[@]}")
+      ;;
+    accuracy)
+      # benchmarks/accuracy.py against a ZoomR server it starts on ACCURACY_MODEL (default the committed reasoner;
+      # carry only .gpu then: the model travels in the checkout), on ACCURACY_N held-out problems.
+      stamp "accuracy: ${ACCURACY_MODEL:-models/zoomr-reasoner}"
+      python3 -m reasoner.tasks --split heldout --n "${ACCURACY_N:-200}" --out /tmp/heldout.jsonl
+      timeout $(left 30) python3 -m benchmarks.accuracy --problems /tmp/heldout.jsonl \
+        --model-path "${ACCURACY_MODEL:-models/zoomr-reasoner}" ${ACCURACY_ARGS:-} --out "$OUT/results" \
+        -- --cuda-graph-max-bs 64 > "$OUT/accuracy.log" 2>&1
+      echo "accuracy rc=$?"; tr '\r' '\n' < "$OUT/accuracy.log" | grep '^|' | tail -14
       ;;
     *) stamp "unknown phase $phase"; exit 2 ;;
   esac

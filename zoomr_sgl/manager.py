@@ -58,6 +58,9 @@ Contract (with or without SGLang's overlap scheduler; ``docs/overlap.md`` tells 
 - A windowed policy (``streaming``) frees, after each step, what its window left behind (``Policy.forgotten``), at
   least ``WINDOW_CHUNK`` tokens at a time and never below ``protected_len``: the radix tree's prefix, the prompt
   with it, stays. Those holes are gone for good (``dropped_tokens``); the tree's insert stops at the first of them.
+- Tensor parallel: every rank runs this manager over its own heads' KV and host store; the zoom's scores are agreed
+  over the ranks and host copies land in lockstep (``zoomr_sgl.tp_consensus``), so every rank's table, row and
+  allocator take the same steps.
 - ``release(req, is_insert)`` runs on finish, abort and retraction (SGLang's ``release_kv_cache``, before the tree's
   ``cache_finished_req``): it frees the slots of copies in flight, clears forced tokens and publishes final stats.
   With the ZoomR tree it also evicts the zoom buffer (frees those slots, writes 0), so every offloaded detail is a
