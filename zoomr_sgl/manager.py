@@ -150,7 +150,7 @@ class ZoomRManager:
         # query_buffers: layer id -> [max_bs, Hq, D] queries written by a CUDA-graph-safe backend in every forward
         self.slots = ForwardSlots(self.req_to_token.shape[0], self.device, query_buffers)
         self.planner = ZoomPlanner(self.kv_pool, self.req_to_token, self.scoring_layers, self.mover, self.allocator,
-                                   agree=self.tp.scores, verify=self.tp.verify)
+                                   agree=self.tp.scores, verify=self.tp.verify if self.tp.checking else None)
         self.admission = ZoomRAdmission(self)
         self._captured: dict[int, torch.Tensor] = {}  # scoring layer -> the running forward's [bs, Hq, D] queries
         self.forward_iter = 0  # the forward being launched or running (SGLang's forward_ct)
@@ -398,7 +398,8 @@ class ZoomRManager:
             self.markers.see_output(st, out, min(len(new), len(out)))
             last_two = tuple(out[-2:]) if len(out) >= 2 else None
             self.markers.decide(st, last_two, processed)
-        self._slide_window(st)
+        if st.policy.windowed:
+            self._slide_window(st)
         device = st.device_tokens()
         st.peak_device = max(st.peak_device, device)
         st.device_sum += device

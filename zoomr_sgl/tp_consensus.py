@@ -50,6 +50,11 @@ class TPConsensus:
     def lockstep(self) -> bool:
         return self.size > 1
 
+    @property
+    def checking(self) -> bool:
+        """Whether ``verify`` compares anything (TP and ``ZOOMR_SGL_CHECK_TP``): callers build its values only then."""
+        return self.size > 1 and CHECKS
+
     def scores(self, local: torch.Tensor) -> torch.Tensor:
         if self.size == 1:
             return local
@@ -62,7 +67,7 @@ class TPConsensus:
         return total / self.size
 
     def verify(self, what: str, values: Sequence[int]) -> None:
-        if self.size == 1 or not CHECKS:
+        if not self.checking:
             return
         mine = torch.tensor(list(values), dtype=torch.int64)
         parts = [torch.empty_like(mine) for _ in range(self.size)]

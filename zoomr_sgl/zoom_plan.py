@@ -38,14 +38,14 @@ logger = logging.getLogger("zoomr_sgl")
 
 class ZoomPlanner:
     def __init__(self, kv_pool, req_to_token: torch.Tensor, scoring_layers: Sequence[int], mover: DetailMover,
-                 allocator, agree=lambda scores: scores, verify=lambda what, values: None):
+                 allocator, agree=lambda scores: scores, verify=None):
         self.k_buffers = [kv_pool.k_buffer[layer] for layer in scoring_layers]
         self.scoring_layers = tuple(scoring_layers)
         self.req_to_token = req_to_token
         self.mover = mover
         self.allocator = allocator
         self.agree = agree  # this rank's scores -> the scores over every TP rank's heads (TPConsensus.scores)
-        self.verify = verify  # debug: the ranks took the same decisions (TPConsensus.verify)
+        self.verify = verify  # debug, or None: the ranks took the same decisions (TPConsensus.verify)
         self.device = self.k_buffers[0].device
         self.totals = dict(zooms=0, zooms_skipped=0, recalls_trimmed=0, scored_thoughts=0)
         self._warned = False
@@ -78,8 +78,10 @@ class ZoomPlanner:
                 decision = st.policy.decide(st.table, StepInputs(step, score_summaries=given))
             room = self._apply(st, decision, room)
             self.totals["zooms"] += 1
-            taken.append((st.rid, decision.recall, decision.evict))
-        self.verify(f"the zoom of step {step}", [digest(taken), int(self.allocator.available_size())])
+            if self.verify is not None:
+                taken.append((st.rid, decision.recall, decision.evict))
+        if self.verify is not None:
+            self.verify(f"the zoom of step {step}", [digest(taken), int(self.allocator.available_size())])
 
     # ------------------------------------------------------------------ scoring, once for the step
     def _score(self, plans, queries) -> torch.Tensor:

@@ -72,6 +72,7 @@ class Policy:
     name: ClassVar[str]
     detail_action: ClassVar[DetailAction] = DetailAction.KEEP
     zooms: ClassVar[bool] = False  # whether zoom steps can recall or evict (the server plans only for these)
+    windowed: ClassVar[bool] = False  # whether ``forgotten`` can be non-empty (the server asks only these)
 
     def select(self, table: ThoughtTable, inputs: StepInputs) -> Selection:
         if table.finished:

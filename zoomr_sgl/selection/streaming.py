@@ -11,6 +11,7 @@ from zoomr_sgl.selection.base import DetailAction, Policy
 class StreamingPolicy(Policy):
     name = "streaming"
     detail_action = DetailAction.KEEP
+    windowed = True
 
     def forgotten(self, length: int, config) -> tuple[int, int]:
         sink = min(config.sink_tokens, length)
