@@ -8,13 +8,17 @@ Contract:
 - ``encode(tok, problem)`` -> ``Example``: ``ids`` = the chat prompt's ids, then the trace's, then the eos id (each
   part encoded alone, so the prompt ids are exactly what the server tokenizes and the trace ids what the model
   must write); ``prompt_len``: where the loss starts.
-- ``examples(tok, split, n, workers, records_share, chain)``: ``n`` encoded problems of the mixed split (problem
-  ``i``'s family from ``reasoner.tasks.family_of``; ``chain`` problems sized by ``chain``, e.g. ``{"items": 4,
-  "boxes": 20}``), generated in ``workers`` processes, in problem order.
-- ``Batches(examples, token_budget, seed)``: an endless, seeded stream of ``(ids, targets, mask)``: int64 tensors;
+- ``examples(tok, split, n, workers, records_share, chain, zoomr_aware, first)``: ``n`` encoded problems of the mixed
+  split, problems ``first .. first + n - 1`` (problem ``i``'s family from ``reasoner.tasks.family_of``; ``chain``
+  problems sized by ``chain``, e.g. ``{"items": 4, "boxes": 20}``), generated in ``workers`` processes, in problem
+  order.
+- ``warm_examples(tok, n, workers, zoomr_aware)``: the curriculum's warm-up set: ``n`` small train-split chain
+  problems (``WARM_SIZES``: 2-6 items over 8-24 boxes), indices far from the main set's.
+- ``Batches(examples, token_budget, seed)``: an endless, seeded stream of ``(ids, targets, view)``: int64 tensors;
   each batch holds examples of similar length (right-padded with the pad id; targets are -100 on the prompt and the
-  padding), at most ``token_budget`` padded tokens, at least one example. ``mask`` is None (causal attention) unless
-  the examples are ZoomR-aware: then ``attention_mask`` of their ``seg``/``own``.
+  padding), at most ``token_budget`` padded tokens, at least one example. ``view`` is None (causal attention) unless
+  the examples are ZoomR-aware: then their ``(seg, own)`` as int16 tensors, for ``attention_mask`` (built where the
+  model runs: the mask is quadratic in the length).
 - ZoomR-aware examples (``encode(..., zoomr_aware=True)``, ``zoomr_view``) train under ZoomR's view of the context:
   a closed thought's detail is masked out for every later query, except the thought the answer needs, which the
   answer's queries read (in the spirit of Breadcrumbs' training under compression).
@@ -98,9 +102,10 @@ def _encode_range(args: tuple) -> list[Example]:
 
 
 def examples(tok_json: str, split: str, n: int, workers: int = 1, records_share: float = 0.25,
-             chain: dict | None = None, zoomr_aware: bool = False) -> list[Example]:
+             chain: dict | None = None, zoomr_aware: bool = False, first: int = 0) -> list[Example]:
     chunk = max(1, -(-n // (workers * 4)))
-    ranges = [(split, lo, min(n, lo + chunk), records_share, chain or {}, zoomr_aware) for lo in range(0, n, chunk)]
+    ranges = [(split, lo, min(first + n, lo + chunk), records_share, chain or {}, zoomr_aware)
+              for lo in range(first, first + n, chunk)]
     if workers <= 1:
         _init(tok_json)
         return [e for r in ranges for e in _encode_range(r)]
@@ -108,10 +113,20 @@ def examples(tok_json: str, split: str, n: int, workers: int = 1, records_share:
         return [e for part in pool.map(_encode_range, ranges) for e in part]
 
 
+WARM_SIZES = ({"items": 2, "boxes": 8}, {"items": 3, "boxes": 12}, {"items": 4, "boxes": 16}, {"items": 6, "boxes": 24})
+WARM_FIRST = 10_000_000  # warm-up problems' indices: never a main-set problem
+
+
+def warm_examples(tok_json: str, n: int, workers: int = 1, zoomr_aware: bool = False) -> list[Example]:
+    per = -(-n // len(WARM_SIZES))
+    return [e for g, size in enumerate(WARM_SIZES)
+            for e in examples(tok_json, "train", per, workers, 0.0, size, zoomr_aware, WARM_FIRST + g * per)]
+
+
 def attention_mask(seg: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
     """``[B, 1, S, S]`` bool: query ``q`` reads key ``k <= q`` that is no thought's detail, or ``own[q]``'s."""
     S = seg.shape[1]
-    causal = torch.ones(S, S, dtype=torch.bool).tril()
+    causal = torch.ones(S, S, dtype=torch.bool, device=seg.device).tril()
     readable = (seg[:, None, :] < 0) | (seg[:, None, :] == own[:, :, None])
     return (causal[None] & readable)[:, None]
 
@@ -142,4 +157,4 @@ class Batches:
                 tgt[r, e.prompt_len - 1: len(x) - 1] = x[e.prompt_len:]  # predict the trace and the eos
                 if aware:
                     seg[r, : len(x)], own[r, : len(x)] = torch.tensor(e.seg), torch.tensor(e.own)
-            yield ids, tgt, (None if seg is None else attention_mask(seg, own))
+            yield ids, tgt, (None if seg is None else (seg, own))

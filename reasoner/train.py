@@ -3,7 +3,8 @@
     python -m reasoner.train --out models/zoomr-reasoner [--minutes 12] [--steps 4000] [--eval 200]
 
 What it does, in order: trains the tokenizer on task text (``reasoner.data``); generates and encodes
-``--train-problems`` problems of the train split; trains ``reasoner.qwen3.Qwen3`` (``--layers``, ``--hidden``, ...)
+``--train-problems`` problems of the train split (and ``--warm-problems`` small chain problems: the first ``--warm``
+of the schedule trains on those, a curriculum that lets in-context lookup form on short contexts); trains ``reasoner.qwen3.Qwen3`` (``--layers``, ``--hidden``, ...)
 with AdamW, linear warm-up and cosine decay over ``--steps`` steps or ``--minutes`` minutes, whichever ends first (the
 schedule follows the larger of the two fractions), bf16 autocast on CUDA (``--zoomr-aware``: under ZoomR's view of
 the context, ``reasoner.data``); writes a servable checkpoint into ``--out``
@@ -49,6 +50,9 @@ def parse(argv):
     ap.add_argument("--records-share", type=float, default=0.25, help="share of long-prompt (records) problems")
     ap.add_argument("--items", type=int, default=None, help="chain problems: items each (default 8-48 at random)")
     ap.add_argument("--boxes", type=int, default=None, help="chain problems: box labels each (default all 90)")
+    ap.add_argument("--warm", type=float, default=0.2,
+                    help="curriculum: share of the schedule trained on small chain problems first (0: none)")
+    ap.add_argument("--warm-problems", type=int, default=8000, help="size of the curriculum's warm-up set")
     ap.add_argument("--tokens-per-step", type=int, default=65536)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=150)
@@ -64,6 +68,8 @@ def parse(argv):
     for name in ("minutes", "steps", "train_problems", "tokens_per_step", "lr", "layers", "hidden", "heads"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
+    if not 0.0 <= args.warm < 1.0 or args.warm_problems <= 0:
+        ap.error("--warm must be within [0, 1) and --warm-problems positive")
     if args.eval < 0 or args.heads % args.kv_heads or args.hidden % args.heads:
         ap.error("--eval must be >= 0 and --heads a multiple of --kv-heads, --hidden of --heads")
     return args
@@ -103,8 +109,9 @@ def main(argv=None) -> int:
     chain = {k: v for k, v in (("items", args.items), ("boxes", args.boxes)) if v is not None}
     train = data.examples(tok_json, "train", args.train_problems, args.workers, args.records_share, chain,
                           args.zoomr_aware)
-    print(f"[train] {len(train)} problems, {sum(len(e.ids) for e in train) / 1e6:.1f}M tokens, vocab {vocab}, "
-          f"data in {time.time() - t_start:.0f}s", flush=True)
+    warm = data.warm_examples(tok_json, args.warm_problems, args.workers, args.zoomr_aware) if args.warm else []
+    print(f"[train] {len(train)} problems, {sum(len(e.ids) for e in train) / 1e6:.1f}M tokens (warm-up: {len(warm)}), "
+          f"vocab {vocab}, data in {time.time() - t_start:.0f}s", flush=True)
     cfg = Qwen3Config(vocab_size=vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                       num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
                       head_dim=args.hidden // args.heads, intermediate_size=args.intermediate)
@@ -117,6 +124,7 @@ def main(argv=None) -> int:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
     batches = iter(data.Batches(train, args.tokens_per_step, tok.token_to_id(data.PAD), args.seed))
+    warm_batches = iter(data.Batches(warm, args.tokens_per_step, tok.token_to_id(data.PAD), args.seed)) if warm else None
     curve, t0, step, seen = [], time.time(), 0, 0
     budget_s = args.minutes * 60
     while True:
@@ -126,10 +134,11 @@ def main(argv=None) -> int:
         lr = args.lr * min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        ids, tgt, mask = next(batches)
+        warming = warm_batches is not None and frac < args.warm
+        ids, tgt, view = next(warm_batches if warming else batches)
         seen += int((tgt != data.IGNORE).sum())  # on the host: no device sync per step
         ids, tgt = ids.to(dev, non_blocking=True), tgt.to(dev, non_blocking=True)
-        mask = None if mask is None else mask.to(dev, non_blocking=True)
+        mask = None if view is None else data.attention_mask(*(t.to(dev, non_blocking=True) for t in view))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             logits = model(ids, mask=mask)
         loss = torch.nn.functional.cross_entropy(logits.view(-1, vocab), tgt.view(-1), ignore_index=data.IGNORE)
@@ -140,8 +149,9 @@ def main(argv=None) -> int:
         step += 1
         if step % 25 == 0 or step == 1:
             curve.append({"step": step, "loss": round(loss.item(), 5), "lr": lr, "trained_tokens": seen,
-                          "elapsed_s": round(time.time() - t0, 1)})
-            print(f"[train] step {step} loss {curve[-1]['loss']:.4f} lr {lr:.2e} {time.time() - t0:.0f}s", flush=True)
+                          "elapsed_s": round(time.time() - t0, 1), "warm_up": warming})
+            print(f"[train] step {step} loss {curve[-1]['loss']:.4f} lr {lr:.2e} {time.time() - t0:.0f}s"
+                  + (" (warm-up)" if warming else ""), flush=True)
     train_s = time.time() - t0
     model.eval()
     manifest = {

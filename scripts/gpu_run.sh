@@ -270,21 +270,26 @@ PY
       ;;
     train)
       # The embedded reasoner (reasoner/train.py): trained here, its held-out full-attention accuracy measured in
-      # torch; TRAIN_AWARE=1 trains the ZoomR-aware variant beside it (--zoomr-aware, same GPU). The checkpoints
-      # come back as $OUT/reasoner.tgz (the device returns at most 8 files). Size --minutes and --eval-minutes in
-      # TRAIN_ARGS so that both fit in the budget left: the checkpoint is written before the evaluation starts.
+      # torch. TRAIN_VARIANTS="NAME=ARGS|NAME=ARGS..." trains several side by side on the one GPU (each with
+      # TRAIN_ARGS, then its own ARGS), default one, zoomr-reasoner; TRAIN_AWARE=1 adds zoomr-reasoner-aware
+      # (--zoomr-aware). Each checkpoint comes back as $OUT/reasoner_NAME.tgz (the device returns at most 8 files of
+      # 16 MiB). Size --minutes and --eval-minutes in TRAIN_ARGS so that both fit in the budget left: the checkpoint
+      # is written before the evaluation starts.
       stamp "train: the reasoner"
-      timeout $(left 30) python3 -m reasoner.train --out "$OUT/zoomr-reasoner" ${TRAIN_ARGS:-} > "$OUT/train.log" 2>&1 &
-      t1=$!; t2=""
-      if [[ ${TRAIN_AWARE:-0} == 1 ]]; then
-        timeout $(left 30) python3 -m reasoner.train --out "$OUT/zoomr-reasoner-aware" --zoomr-aware ${TRAIN_ARGS:-} \
-          > "$OUT/train_aware.log" 2>&1 &
-        t2=$!
-      fi
-      wait $t1; echo "train rc=$?"; [[ -n $t2 ]] && { wait $t2; echo "train (zoomr-aware) rc=$?"; }
-      for f in "$OUT"/train*.log; do grep -E "^\[train\] (held-out|wrote|[0-9]+ problems)" "$f"; tail -2 "$f"; done
-      dirs=(); for d in zoomr-reasoner zoomr-reasoner-aware; do [[ -d $OUT/$d ]] && dirs+=("$d"); done
-      (( ${#dirs[@]} )) && tar czf "$OUT/reasoner.tgz" -C "$OUT" "${dirs[@]}" && (cd "$OUT" && rm -rf "${dirs[@]}")
+      IFS='|' read -r -a variants <<< "${TRAIN_VARIANTS:-zoomr-reasoner=}"
+      [[ ${TRAIN_AWARE:-0} == 1 ]] && variants+=("zoomr-reasoner-aware=--zoomr-aware")
+      pids=(); names=()
+      for v in "${variants[@]}"; do
+        name=${v%%=*}; vargs=${v#*=}; names+=("$name")
+        timeout $(left 30) python3 -m reasoner.train --out "$OUT/$name" ${TRAIN_ARGS:-} $vargs \
+          > "$OUT/train_$name.log" 2>&1 &
+        pids+=($!)
+      done
+      for i in "${!pids[@]}"; do wait "${pids[$i]}"; echo "train ${names[$i]} rc=$?"; done
+      for name in "${names[@]}"; do
+        f=$OUT/train_$name.log; echo "== $name"; grep -E "^\[train\] (held-out|wrote|[0-9]+ problems)" "$f"; tail -2 "$f"
+        [[ -d $OUT/$name ]] && tar czf "$OUT/reasoner_$name.tgz" -C "$OUT" "$name" && rm -rf "${OUT:?}/$name"
+      done
       ;;
     accuracy)
       # benchmarks/accuracy.py against a ZoomR server it starts on ACCURACY_MODEL (default the committed reasoner;
@@ -307,6 +312,6 @@ stamp "done"
 # The device returns at most 8 files: keep the results and this log loose, bundle every other log.
 cd "$OUT" && mv results/*.log . 2>/dev/null
 sleep 2  # let background writers settle
-tar czf logs.tgz --exclude=./results --exclude=./gpu_run.log --exclude=./logs.tgz --exclude=./reasoner.tgz \
+tar czf logs.tgz --exclude=./results --exclude=./gpu_run.log --exclude=./logs.tgz --exclude='./reasoner_*.tgz' \
   --warning=no-file-changed . \
-  ; [[ -s logs.tgz ]] && find . -maxdepth 1 -type f ! -name logs.tgz ! -name gpu_run.log ! -name reasoner.tgz -delete
+  ; [[ -s logs.tgz ]] && find . -maxdepth 1 -type f ! -name logs.tgz ! -name gpu_run.log ! -name 'reasoner_*.tgz' -delete
