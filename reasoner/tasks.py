@@ -2,10 +2,13 @@
 
 Two families, both chat prompts (``chat_text`` wraps them in the model's chat template):
 
-- ``chain`` (the reasoning family). The prompt lists a table of boxes (``box kis holds mun.``: a random map on 90
-  box labels, ``boxes`` of them) and 8-48 items (``item kilo starts at box kis and takes 3 steps.``), then a
-  question. The trace is ``<think>``, one thought per item (follow the item's chain hop by hop through the table, then
-  ``item kilo ends at rit.``), each followed by ``<summary>item kilo traced over 3 steps.</summary>`` (what the thought handled,
+- ``chain`` (the reasoning family). The prompt lists a table of boxes (``box Kis mun.``: box ``Kis`` holds ``mun``, a
+  random map on ``boxes`` (default 40) of 90 box labels) and 8-48 items (``item kilo starts at box Kis and takes 5
+  steps.``), then a question. A label is written capitalised where it names a box to open and in lower case where it
+  is what a box holds, so a lookup is one token matching one earlier token (the table line's key is the only
+  capitalised occurrence in the prompt, and the value follows it). The trace is ``<think>``, one thought per item
+  (follow the item's chain hop by hop through the table: ``step 1: box Kis mun.``, ``step 2: box Mun rit.``, ...,
+  then ``item kilo ends at rit.``), each followed by ``<summary>item kilo traced over 3 steps.</summary>`` (what the thought handled,
   without the value it found), ``</think>``, then an answer that restates the question, names the item again, and
   gives ``Answer: N``. Question kinds: ``end`` (where an item ends: the value is written only inside that item's
   thought, so the answer needs an earlier thought's detail, found through its summary's item name), ``start`` and
@@ -36,6 +39,7 @@ from reasoner.cli import OneLineParser
 
 SPLIT_SEEDS = {"train": 1_000_003, "heldout": 7_000_019, "smoke": 31_337}
 FAMILIES = ("chain", "records")
+DEFAULT_BOXES = 40  # boxes in a chain problem's table (of the 90 labels)
 END_SHARE = 0.6  # chain problems asking where an item ends (the answer needs an earlier thought's detail)
 NAMES = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo "
@@ -43,8 +47,9 @@ NAMES = (
     "maple nova onyx pearl quartz raven slate thorn umber violet willow yarrow zephyr"
 ).split()
 COLORS = "red blue green gold gray pink teal plum rust jade".split()
-# Box labels: made-up two-syllable words, one BPE token each once the tokenizer has seen them, so a lookup in the box
-# table matches one token (two-digit labels split into two digits and took far longer to learn to look up).
+# Box labels: made-up two-syllable words, one BPE token each (capitalised and not) once the tokenizer has seen them, so
+# a lookup in the box table matches one token (two-digit labels split into two digits, and a key two tokens before its
+# value, ``box kis holds mun``, were not learnt to look up in an H200 training run of 6 minutes).
 BOXES = tuple(a + b for a in ("ba", "de", "ki", "lo", "mu", "ne", "po", "ri", "su") for b in
               ("k", "l", "m", "n", "p", "r", "s", "t", "v", "x"))
 THINK, END_THINK, OPEN, CLOSE = "<think>", "</think>", "<summary>", "</summary>"
@@ -72,13 +77,13 @@ def chat_text(user: str) -> str:
     return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int = len(BOXES)) -> Problem:
+def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int = DEFAULT_BOXES) -> Problem:
     n_items = items or rng.randint(8, 48)
     labels = rng.sample(BOXES, boxes)
     table = {b: rng.choice(labels) for b in labels}
     names = rng.sample(NAMES, n_items)
-    plan = [(name, rng.choice(labels), rng.randint(3, 8)) for name in names]
-    lines = ["Boxes:"] + [f"box {b} holds {table[b]}." for b in labels]
+    plan = [(name, rng.choice(labels).capitalize(), rng.randint(4, 10)) for name in names]
+    lines = ["Boxes:"] + [f"box {b.capitalize()} {table[b]}." for b in labels]
     lines += ["Items:"] + [f"item {n} starts at box {s} and takes {k} steps." for n, s, k in plan]
     kind = "end" if rng.random() < END_SHARE else rng.choice(("start", "steps"))
     target, start, steps = rng.choice(plan)
@@ -86,11 +91,13 @@ def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int =
                 "steps": f"how many steps does item {target} take?"}[kind]
     prompt = "\n".join(lines) + f"\nTrace every item, then answer: {question}"
     thoughts, ends = [], {}
-    for name, box, k in plan:
+    for name, box, k in plan:  # box: the capitalised key of the box to open next
         body = [f"item {name} starts at box {box}."]
         for step in range(1, k + 1):
-            body.append(f"step {step}: box {box} holds {table[box]}.")
-            box = table[box]
+            held = table[box.lower()]
+            body.append(f"step {step}: box {box} {held}.")
+            box = held.capitalize()
+        box = box.lower()
         ends[name] = box
         body.append(f"item {name} ends at {box}.")
         thoughts.append("\n".join(body) + f"\n{OPEN}item {name} traced over {k} steps.{CLOSE}\n")
