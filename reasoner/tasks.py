@@ -3,7 +3,7 @@
 Two families, both chat prompts (``chat_text`` wraps them in the model's chat template):
 
 - ``chain`` (the reasoning family). The prompt lists a table of boxes (``box Kis mun.``: box ``Kis`` holds ``mun``, a
-  random map on ``boxes`` (default 40) of 90 box labels) and 12-56 items (``item kilo starts at box Kis and takes 5
+  random map on ``boxes`` (default 40) of 90 box labels) and 12-48 items (``item kilo starts at box Kis and takes 5
   steps.``), then a question. A label is written capitalised where it names a box to open and in lower case where it
   is what a box holds, so a lookup is one token matching one earlier token (the table line's key is the only
   capitalised occurrence in the prompt, and the value follows it). The trace is ``<think>``, one thought per item
@@ -78,7 +78,7 @@ def chat_text(user: str) -> str:
 
 
 def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int = DEFAULT_BOXES) -> Problem:
-    n_items = items or rng.randint(12, 56)
+    n_items = items or rng.randint(12, 48)
     labels = rng.sample(BOXES, boxes)
     table = {b: rng.choice(labels) for b in labels}
     names = rng.sample(NAMES, n_items)

@@ -48,7 +48,7 @@ def parse(argv):
     ap.add_argument("--zoomr-aware", action="store_true",
                     help="train under ZoomR's view: closed thoughts' detail masked, but the one the answer needs")
     ap.add_argument("--records-share", type=float, default=0.25, help="share of long-prompt (records) problems")
-    ap.add_argument("--items", type=int, default=None, help="chain problems: items each (default 8-48 at random)")
+    ap.add_argument("--items", type=int, default=None, help="chain problems: items each (default 12-48 at random)")
     ap.add_argument("--boxes", type=int, default=None, help="chain problems: box labels each (default 40)")
     ap.add_argument("--warm", type=float, default=0.2,
                     help="curriculum: share of the schedule trained on small chain problems first (0: none)")
