@@ -15,7 +15,8 @@ summaries), ``--concurrency`` at a time. Recorded per problem: correct, peak dev
 the mean device KV over its decode steps, full KV, zoom recalls, output tokens. A policy the server refuses (400,
 e.g. one it does not serve yet) is recorded as refused with the server's message, not as wrong answers.
 
-Writes ``accuracy.{json,md,png}`` under ``--out`` (``benchmarks/accuracy_report.py``): accuracy (overall, on the
+Writes ``accuracy.{json,md,png}`` under ``--out`` (``benchmarks/accuracy_report.py``; rewritten after each point,
+``partial`` true until the last): accuracy (overall, on the
 problems that need an earlier detail, on the others) against peak device KV per policy, ratios to ``full``.
 Runs against ``--url`` or starts ``launch.py --enable-zoomr --model-path M`` here. A progress bar on stderr.
 Bad input: one line ``accuracy: error: ...``, status 2.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import sys
 import time
@@ -168,7 +170,9 @@ def main(argv=None) -> int:
 
         flags = ["--enable-zoomr"] + (["--model-path", str(args.model_path)] if args.model_path else [])
         print(f"accuracy: starting launch.py {' '.join(flags + args.server_args)}", file=sys.stderr)
-        server = ServerProcess.start(flags + args.server_args, timeout=900)
+        # without --model-path: launch.py's own default (the trained reasoner), not the test suite's bigram model
+        default = {"ZOOMR_SGL_DEFAULT_MODEL": os.environ.get("ZOOMR_SGL_DEFAULT_MODEL", "")}
+        server = ServerProcess.start(flags + args.server_args, timeout=900, env=default)
         url = server.url
     else:
         url = args.url.rstrip("/")
@@ -176,7 +180,10 @@ def main(argv=None) -> int:
     try:
         info = requests.get(url + "/server_info", timeout=30).json()
         bar = tqdm(total=len(points) * len(args.rows), desc="accuracy", unit="problem", file=sys.stderr)
-        results = [run_point(url, args.rows, p, b, args, bar) for p, b in points]
+        results = []
+        for p, b in points:  # the report is rewritten after each point: a run cut short keeps what it measured
+            results.append(run_point(url, args.rows, p, b, args, bar))
+            accuracy_report.write(args.out, _meta(info, args, t0, argv, partial=len(results) < len(points)), results)
         bar.close()
     except requests.RequestException as e:
         print(f"accuracy: error: cannot reach {url}: {e}", file=sys.stderr)
@@ -184,13 +191,16 @@ def main(argv=None) -> int:
     finally:
         if server is not None:
             server.stop()
-    meta = {"model": Path(info["model_path"]).name, "device": info.get("device"), "sglang": info.get("version"),
+    print(accuracy_report.write(args.out, _meta(info, args, t0, argv, partial=False), results))
+    return 0
+
+
+def _meta(info: dict, args, t0: float, argv, partial: bool) -> dict:
+    return {"model": Path(info["model_path"]).name, "device": info.get("device"), "sglang": info.get("version"),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.machine(), "gpu": _gpu_name(info), "problems_file": str(args.problems),
             "problems": len(args.rows), "seconds": round(time.time() - t0, 1),
-            "argv": sys.argv[1:] if argv is None else argv}
-    print(accuracy_report.write(args.out, meta, results))
-    return 0
+            "argv": sys.argv[1:] if argv is None else argv, "partial": partial}
 
 
 def _gpu_name(info: dict) -> str | None:

@@ -45,7 +45,8 @@ def _fmt(x, pct=False, digits=0):
 def markdown(meta: dict, rows: list[dict]) -> str:
     head = (f"# Accuracy against device KV ({meta['model']}, {meta.get('gpu') or meta['device']}, {meta['date']})\n\n"
             f"{meta['problems']} problems from `{meta['problems_file']}`, greedy pass@1, sglang {meta['sglang']}; "
-            f"{meta['seconds']:.0f} s. `benchmarks/accuracy.py {' '.join(meta['argv'])}`\n\n")
+            f"{meta['seconds']:.0f} s. `benchmarks/accuracy.py {' '.join(meta['argv'])}`\n\n"
+            + ("**Partial**: the run was cut short after the points below.\n\n" if meta.get("partial") else ""))
     lines = ["| policy | budget | accuracy | needs earlier detail | others | peak device KV / problem | mean device KV "
              "| full KV | x less than full | recalls / problem | errors |", "|" + "---|" * 11]
     for r in rows:

@@ -3,7 +3,9 @@
 Contract: ``ServerProcess.start(args)`` runs ``python launch.py ARGS --host 127.0.0.1 --port P`` in its own
 process group (``$ZOOMR_TEST_SERVER_ARGS`` appended), waits until ``/health`` answers 200 and a first ``/generate`` succeeds, and raises with the log's
 tail if the server dies or takes longer than ``timeout``. ``stop()`` ends the whole group (SIGTERM, then SIGKILL)
-and returns the processes that survived, which callers assert to be none.
+and returns the processes that survived, which callers assert to be none. Without ``--model-path`` the server
+serves the bigram model (``ZOOMR_SGL_DEFAULT_MODEL=bigram`` unless ``env`` or the caller's environment says
+otherwise; ``zoomr_sgl.default_model``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="zoomr-server-", suffix=".log", delete=False)
         self.env = {k: v for k, v in os.environ.items() if k != "ZOOMR_SGL_CONFIG"}
+        self.env.setdefault("ZOOMR_SGL_DEFAULT_MODEL", "bigram")  # the suite's exactness tests were tuned on it
         self.env.update(env or {})
         self.proc: subprocess.Popen | None = None
         self.ready_seconds: float | None = None

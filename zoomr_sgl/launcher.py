@@ -7,11 +7,12 @@ Contract:
 - Picks the platform by itself: without CUDA it sets ``SGLANG_USE_CPU_ENGINE=1`` and passes ``--device cpu
   --attention-backend torch_native --disable-overlap-schedule --max-total-tokens 65536 --sleep-on-idle``; with
   CUDA it passes ``--attention-backend flashinfer``. Flags given by the user come later on the command line and win.
-- Without ``--model-path`` it serves the embedded default model (building it if needed): in float32 on CPU (fewer
-  greedy near-ties), in bfloat16 on CUDA (FlashInfer's kernels take 16-bit inputs).
+- Without ``--model-path`` it serves the default model (``zoomr_sgl.default_model``: the committed reasoner, else the
+  bigram model, built if needed): in float32 on CPU (fewer greedy near-ties), in bfloat16 on CUDA (FlashInfer's
+  kernels take 16-bit inputs).
 - With ``--enable-zoomr`` it refuses, one line and exit 2, every setup ZoomR would serve wrongly: an
-  ``--attention-backend`` other than the two it replaces, separate prefill/decode backends, tensor or pipeline
-  parallelism above 1, page sizes other than 1, and the SGLang features in ``ZOOMR_INCOMPATIBLE``; and, for a model
+  ``--attention-backend`` other than the two it replaces, separate prefill/decode backends, pipeline parallelism
+  and data-parallel attention, page sizes other than 1, and the SGLang features in ``ZOOMR_INCOMPATIBLE``; and, for a model
   folder on disk, a model SGLang would serve with windowed or chunked attention layers or as an encoder-decoder
   (``model_refusal``, read from its ``config.json`` with SGLang's own tests). The scheduler refuses the same at start
   for any model source (``zoomr_sgl.hooks``).
@@ -222,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import torch
 
-    from zoomr_sgl import embedded_model
+    from zoomr_sgl import default_model
 
     plan = plan_launch(argv, torch.cuda.is_available(), "<embedded>")
     refusal = model_refusal(_flag_value(plan.sglang_argv, "--model-path", "--model")) if plan.zoomr else None
@@ -230,7 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: --enable-zoomr cannot serve this model: {refusal}", file=sys.stderr)
         return 2
     if wants_default_model:
-        model_dir = str(embedded_model.build(embedded_model.default_model_path()))
+        try:
+            model_dir = str(default_model.default_model_dir())
+        except default_model.DefaultModelError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 2
         plan = plan._replace(sglang_argv=[model_dir if a == "<embedded>" else a for a in plan.sglang_argv])
     for key, value in plan.env.items():
         if value is None:

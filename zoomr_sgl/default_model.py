@@ -1,0 +1,48 @@
+"""The model ``launch.py`` serves when no ``--model-path`` is given.
+
+Contract:
+- ``REASONER`` is ``<repo>/models/zoomr-reasoner``: the reasoning model trained by ``python -m reasoner.train`` on the
+  task of ``reasoner.tasks`` and committed to the repository (it writes its own ``<summary>`` markers, so ZoomR's
+  ``trained`` summary mode serves it as is).
+- ``default_model_dir()`` returns the folder to serve: the reasoner when its weights are there, else the bigram model
+  of ``zoomr_sgl.embedded_model`` (built if needed). ``ZOOMR_SGL_DEFAULT_MODEL`` picks one explicitly: ``reasoner``
+  (an error if it is not there) or ``bigram`` (the test suite's choice: its exactness tests were tuned on the
+  bigram model's float32 weights). Any other value, or a missing reasoner that was asked for, raises
+  ``DefaultModelError`` with a one-line message.
+- Both are served in float32 on CPU and bfloat16 on CUDA (``zoomr_sgl.launcher``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from zoomr_sgl import embedded_model
+
+ENV_VAR = "ZOOMR_SGL_DEFAULT_MODEL"
+CHOICES = ("reasoner", "bigram")
+REASONER = embedded_model.repo_root() / "models" / "zoomr-reasoner"
+
+
+class DefaultModelError(ValueError):
+    """The default model asked for cannot be served; the message is one line."""
+
+
+def reasoner_present() -> bool:
+    return all((REASONER / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
+
+
+def choice() -> str:
+    """``reasoner`` or ``bigram``: what ``default_model_dir`` serves (see the contract)."""
+    asked = os.environ.get(ENV_VAR, "").strip()
+    if asked and asked not in CHOICES:
+        raise DefaultModelError(f"{ENV_VAR} must be one of {', '.join(CHOICES)}; got {asked!r}")
+    if asked == "reasoner" and not reasoner_present():
+        raise DefaultModelError(f"{ENV_VAR}=reasoner but {REASONER} holds no trained model")
+    return asked or ("reasoner" if reasoner_present() else "bigram")
+
+
+def default_model_dir() -> Path:
+    if choice() == "reasoner":
+        return REASONER
+    return embedded_model.build(embedded_model.default_model_path())
