@@ -33,6 +33,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# The embedded default model: built offline and deterministically; skipped when already built.
+# The bigram model (the test suite's): built offline and deterministically; skipped when already built. The default
+# model launch.py serves is the trained reasoner committed in models/zoomr-reasoner (zoomr_sgl.default_model).
 "$VPY" -m zoomr_sgl.embedded_model build --quiet
-echo "setup.sh: ready ($VENV, model $("$VPY" -m zoomr_sgl.embedded_model path))"
+served=$("$VPY" -c "from zoomr_sgl.default_model import default_model_dir; print(default_model_dir())")
+echo "setup.sh: ready ($VENV, default model $served)"

@@ -18,7 +18,8 @@ e.g. one it does not serve yet) is recorded as refused with the server's message
 Writes ``accuracy.{json,md,png}`` under ``--out`` (``benchmarks/accuracy_report.py``; rewritten after each point,
 ``partial`` true until the last): accuracy (overall, on the
 problems that need an earlier detail, on the others) against peak device KV per policy, ratios to ``full``.
-Runs against ``--url`` or starts ``launch.py --enable-zoomr --model-path M`` here. A progress bar on stderr.
+Runs against ``--url`` or starts ``launch.py --enable-zoomr --model-path M`` here (its log is then kept as
+``accuracy_server.log`` under ``--out``). A progress bar on stderr.
 Bad input: one line ``accuracy: error: ...``, status 2.
 
     python -m benchmarks.accuracy --problems heldout.jsonl [--url URL | --model-path DIR] [--policies ...]
@@ -189,7 +190,12 @@ def main(argv=None) -> int:
         print(f"accuracy: error: cannot reach {url}: {e}", file=sys.stderr)
         return 2
     finally:
-        if server is not None:
+        if server is not None:  # its log is kept beside the report: a server that died says why there
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "accuracy_server.log").write_text(server.log_text())
+            if server.proc is not None and server.proc.poll() is not None:
+                print(f"accuracy: the server exited with {server.proc.returncode}; its log: "
+                      f"{args.out / 'accuracy_server.log'}", file=sys.stderr)
             server.stop()
     print(accuracy_report.write(args.out, _meta(info, args, t0, argv, partial=False), results))
     return 0

@@ -45,6 +45,8 @@ def parse(argv):
     ap.add_argument("--train-problems", type=int, default=24000)
     ap.add_argument("--eval", type=int, default=200, help="held-out problems for the full-attention accuracy")
     ap.add_argument("--eval-minutes", type=float, default=3.0, help="no new evaluation batch after this long")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this checkpoint (its tokenizer, shape and weights), e.g. to fine-tune ZoomR-aware")
     ap.add_argument("--zoomr-aware", action="store_true",
                     help="train under ZoomR's view: closed thoughts' detail masked, but the one the answer needs")
     ap.add_argument("--records-share", type=float, default=0.25, help="share of long-prompt (records) problems")
@@ -68,6 +70,8 @@ def parse(argv):
     for name in ("minutes", "steps", "train_problems", "tokens_per_step", "lr", "layers", "hidden", "heads"):
         if getattr(args, name) <= 0:
             ap.error(f"--{name.replace('_', '-')} must be positive")
+    if args.init and not (args.init / MANIFEST).is_file():
+        ap.error(f"--init {args.init}: no {MANIFEST} there (a checkpoint written by this script)")
     if not 0.0 <= args.warm < 1.0 or args.warm_problems <= 0:
         ap.error("--warm must be within [0, 1) and --warm-problems positive")
     if args.eval < 0 or args.heads % args.kv_heads or args.hidden % args.heads:
@@ -103,7 +107,7 @@ def main(argv=None) -> int:
     t_start = time.time()
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
-    tok_json = data.build_tokenizer(args.vocab)
+    tok_json = (args.init / "tokenizer.json").read_text() if args.init else data.build_tokenizer(args.vocab)
     tok = Tokenizer.from_str(tok_json)
     vocab = -(-tok.get_vocab_size() // 64) * 64
     chain = {k: v for k, v in (("items", args.items), ("boxes", args.boxes)) if v is not None}
@@ -112,11 +116,18 @@ def main(argv=None) -> int:
     warm = data.warm_examples(tok_json, args.warm_problems, args.workers, args.zoomr_aware) if args.warm else []
     print(f"[train] {len(train)} problems, {sum(len(e.ids) for e in train) / 1e6:.1f}M tokens (warm-up: {len(warm)}), "
           f"vocab {vocab}, data in {time.time() - t_start:.0f}s", flush=True)
-    cfg = Qwen3Config(vocab_size=vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
-                      num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
-                      head_dim=args.hidden // args.heads, intermediate_size=args.intermediate)
-    model = Qwen3(cfg)
-    model.init_weights(torch.Generator().manual_seed(args.seed))
+    if args.init:  # go on from a checkpoint: its tokenizer, shape and weights (the shape flags are ignored)
+        from safetensors.torch import load_file
+
+        cfg = Qwen3Config(**json.loads((args.init / MANIFEST).read_text())["model"])
+        model = Qwen3(cfg)
+        model.load_state_dict({k: v.float() for k, v in load_file(str(args.init / "model.safetensors")).items()})
+    else:
+        cfg = Qwen3Config(vocab_size=vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
+                          num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                          head_dim=args.hidden // args.heads, intermediate_size=args.intermediate)
+        model = Qwen3(cfg)
+        model.init_weights(torch.Generator().manual_seed(args.seed))
     model.to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() > 1]

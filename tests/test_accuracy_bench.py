@@ -56,3 +56,32 @@ def test_every_policy_is_measured_or_reported_refused(zoomr_server, tmp_path):
         assert row["peak_device_kv"] <= row["full_kv"] and row["mean_device_kv"] <= row["peak_device_kv"]
     assert rows["full"]["kv_reduction"] == pytest.approx(1.0)
     assert (out / "accuracy.md").read_text().count("| streaming | 64 |") == 1 and (out / "accuracy.png").exists()
+
+
+
+@pytest.mark.server
+def test_the_reasoner_writes_its_summaries_and_zoomr_holds_less(tmp_path):
+    """The default model (models/zoomr-reasoner) served by the harness, trained mode, on held-out chain problems
+    whose answer needs an earlier thought's detail: under ZoomR each trace closes its own thoughts, recalls detail,
+    ends with an answer before the token cap, and holds less device KV than its own full KV. (The accuracy ordering,
+    full and ZoomR right where summaries alone fail, is not reached by this model yet: see the issue notes.)"""
+    from reasoner.tasks import problem
+
+    rows, i = [], 0
+    while len(rows) < 2:
+        p = problem("heldout", "chain", i, items=12)
+        i += 1
+        if p.needs_detail:
+            rows.append(p.record())
+    problems = tmp_path / "needs_detail.jsonl"
+    problems.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    r = run(["--problems", str(problems), "--policies", "zoomr", "--budgets", "256", "--concurrency", "2",
+             "--max-new-tokens", "1400", "--out", str(out)], timeout=1200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((out / "accuracy.json").read_text())
+    assert result["meta"]["model"] == "zoomr-reasoner"
+    for p in result["points"][0]["problems"]:
+        assert p["error"] is None and p["answered"] is not None, p
+        assert p["output_tokens"] < 1400 and p["recalls"] > 0, p
+        assert p["peak_kv"] < p["full_kv"], p

@@ -9,7 +9,8 @@ Contract:
   CUDA it passes ``--attention-backend flashinfer``. Flags given by the user come later on the command line and win.
 - Without ``--model-path`` it serves the default model (``zoomr_sgl.default_model``: the committed reasoner, else the
   bigram model, built if needed): in float32 on CPU (fewer greedy near-ties), in bfloat16 on CUDA (FlashInfer's
-  kernels take 16-bit inputs).
+  kernels take 16-bit inputs). Serving the reasoner so, it passes ``--zoomr-summary-mode trained`` unless the user
+  chose a mode: the reasoner writes its own ``<summary>`` markers.
 - With ``--enable-zoomr`` it refuses, one line and exit 2, every setup ZoomR would serve wrongly: an
   ``--attention-backend`` other than the two it replaces, separate prefill/decode backends, pipeline parallelism
   and data-parallel attention, page sizes other than 1, and the SGLang features in ``ZOOMR_INCOMPATIBLE``; and, for a model
@@ -215,15 +216,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if _has_flag(argv, "-h", "--help"):
         _print_help()
         return 0
+    from zoomr_sgl import default_model  # light: no torch
+
     wants_default_model = not _has_flag(argv, "--model-path", "--model")
     try:  # validate before the heavy imports, so a bad flag answers at once
         plan_launch(argv, False, "<embedded>")
-    except LaunchError as e:
+        if wants_default_model:
+            if default_model.choice() == "reasoner" and not _has_flag(argv, "--zoomr-summary-mode"):
+                argv += ["--zoomr-summary-mode", "trained"]  # it writes its own summaries
+    except (default_model.DefaultModelError, LaunchError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
     import torch
-
-    from zoomr_sgl import default_model
 
     plan = plan_launch(argv, torch.cuda.is_available(), "<embedded>")
     refusal = model_refusal(_flag_value(plan.sglang_argv, "--model-path", "--model")) if plan.zoomr else None
