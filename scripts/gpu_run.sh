@@ -272,8 +272,9 @@ PY
       # The embedded reasoner (reasoner/train.py): trained here, its held-out full-attention accuracy measured in
       # torch. TRAIN_VARIANTS="NAME=ARGS|NAME=ARGS..." trains several side by side on the one GPU (each with
       # TRAIN_ARGS, then its own ARGS), default one, zoomr-reasoner; TRAIN_AWARE=1 adds zoomr-reasoner-aware
-      # (--zoomr-aware). Each checkpoint comes back as $OUT/reasoner_NAME.tgz (the device returns at most 8 files of
-      # 16 MiB). Size --minutes and --eval-minutes in TRAIN_ARGS so that both fit in the budget left: the checkpoint
+      # (--zoomr-aware); TRAIN_FINETUNE="ARGS" then fine-tunes the first variant (--init) into NAME-aware, e.g.
+      # "--zoomr-aware --warm 0 --minutes 2". Each checkpoint comes back as $OUT/reasoner_NAME.tgz (the device
+      # returns at most 8 files of 16 MiB). Size --minutes and --eval-minutes in TRAIN_ARGS so that both fit in the budget left: the checkpoint
       # is written before the evaluation starts.
       stamp "train: the reasoner"
       IFS='|' read -r -a variants <<< "${TRAIN_VARIANTS:-zoomr-reasoner=}"
@@ -286,6 +287,13 @@ PY
         pids+=($!)
       done
       for i in "${!pids[@]}"; do wait "${pids[$i]}"; echo "train ${names[$i]} rc=$?"; done
+      if [[ -n ${TRAIN_FINETUNE:-} && -d $OUT/${names[0]} ]]; then
+        # then a fine-tune of the first variant (e.g. "--zoomr-aware --warm 0 --minutes 2"), into NAME-aware
+        name=${names[0]}-aware; names+=("$name")
+        timeout $(left 30) python3 -m reasoner.train --init "$OUT/${names[0]}" --out "$OUT/$name" $TRAIN_FINETUNE \
+          > "$OUT/train_$name.log" 2>&1
+        echo "train $name rc=$?"
+      fi
       for name in "${names[@]}"; do
         f=$OUT/train_$name.log; echo "== $name"; grep -E "^\[train\] (held-out|wrote|[0-9]+ problems)" "$f"; tail -2 "$f"
         [[ -d $OUT/$name ]] && tar czf "$OUT/reasoner_$name.tgz" -C "$OUT" "$name" && rm -rf "${OUT:?}/$name"
