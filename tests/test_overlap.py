@@ -83,7 +83,11 @@ def test_markers_land_one_token_late_with_overlap_and_thoughts_stay_whole(overla
     assert stats["detail_tokens"] >= stats["thoughts"] * ENGINE["zoomr_min_thought_tokens"], stats
     assert stats["offloaded_tokens"] == stats["detail_tokens"] - stats["dropped_tokens"], stats
     text = out["text"]
-    assert text.count("<summary>") - text.count("</summary>") in (0, 1), text
+    # The bigram model writes summary markers of its own now and then; one that lands right beside a forced opening
+    # marker (the forced one comes one token late with overlap) leaves "<summary><summary>" in the text, one summary
+    # for the server (the thought stats above hold) but two openings in the text.
+    doubled = text.count("<summary><summary>")
+    assert text.count("<summary>") - doubled - text.count("</summary>") in (0, 1), text
 
 
 def test_poison_turns_a_read_of_a_freed_slot_into_nan():
