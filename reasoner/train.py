@@ -4,8 +4,8 @@
 
 What it does, in order: trains the tokenizer on task text (``reasoner.data``); generates and encodes
 ``--train-problems`` problems of the train split (and ``--warm-problems`` small chain problems: the first ``--warm``
-of the schedule trains on those, a curriculum that lets in-context lookup form on short contexts); trains ``reasoner.qwen3.Qwen3`` (``--layers``, ``--hidden``, ...)
-with AdamW, linear warm-up and cosine decay over ``--steps`` steps or ``--minutes`` minutes, whichever ends first (the
+of the schedule trains on those, a curriculum that lets in-context lookup form on short contexts); trains
+``reasoner.qwen3.Qwen3`` (``--layers``, ``--hidden``, ...; or the checkpoint ``--init`` names) with AdamW, linear warm-up and cosine decay over ``--steps`` steps or ``--minutes`` minutes, whichever ends first (the
 schedule follows the larger of the two fractions), bf16 autocast on CUDA (``--zoomr-aware``: under ZoomR's view of
 the context, ``reasoner.data``); writes a servable checkpoint into ``--out``
 (``config.json``, ``generation_config.json``, tokenizer files, ``model.safetensors`` in bfloat16, and
