@@ -42,7 +42,8 @@ def choice() -> str:
     return asked or ("reasoner" if reasoner_present() else "bigram")
 
 
-def default_model_dir() -> Path:
-    if choice() == "reasoner":
+def default_model_dir(chosen: str | None = None) -> Path:
+    """The folder for ``chosen`` (a value ``choice()`` returned; by default ``choice()`` now)."""
+    if (chosen or choice()) == "reasoner":
         return REASONER
     return embedded_model.build(embedded_model.default_model_path())

@@ -13,8 +13,9 @@ Contract:
   chose a mode: the reasoner writes its own ``<summary>`` markers.
 - With ``--enable-zoomr`` it refuses, one line and exit 2, every setup ZoomR would serve wrongly: an
   ``--attention-backend`` other than the two it replaces, separate prefill/decode backends, pipeline parallelism
-  and data-parallel attention, page sizes other than 1, and the SGLang features in ``ZOOMR_INCOMPATIBLE``; and, for a model
-  folder on disk, a model SGLang would serve with windowed or chunked attention layers or as an encoder-decoder
+  and data-parallel attention, page sizes other than 1, and the SGLang features in ``ZOOMR_INCOMPATIBLE``; and,
+  for a model folder on disk, a model SGLang would serve with windowed or chunked attention layers or as an
+  encoder-decoder
   (``model_refusal``, read from its ``config.json`` with SGLang's own tests). The scheduler refuses the same at start
   for any model source (``zoomr_sgl.hooks``).
 - With ``--enable-zoomr`` it also passes ``--page-size 1`` and, unless the user gave ``--radix-cache-backend``,
@@ -221,9 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     wants_default_model = not _has_flag(argv, "--model-path", "--model")
     try:  # validate before the heavy imports, so a bad flag answers at once
         plan_launch(argv, False, "<embedded>")
-        if wants_default_model:
-            if default_model.choice() == "reasoner" and not _has_flag(argv, "--zoomr-summary-mode"):
-                argv += ["--zoomr-summary-mode", "trained"]  # it writes its own summaries
+        chosen = default_model.choice() if wants_default_model else None
+        if chosen == "reasoner" and not _has_flag(argv, "--zoomr-summary-mode"):
+            argv += ["--zoomr-summary-mode", "trained"]  # it writes its own summaries
     except (default_model.DefaultModelError, LaunchError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
@@ -235,11 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: --enable-zoomr cannot serve this model: {refusal}", file=sys.stderr)
         return 2
     if wants_default_model:
-        try:
-            model_dir = str(default_model.default_model_dir())
-        except default_model.DefaultModelError as e:
-            print(f"{PROG}: error: {e}", file=sys.stderr)
-            return 2
+        model_dir = str(default_model.default_model_dir(chosen))
         plan = plan._replace(sglang_argv=[model_dir if a == "<embedded>" else a for a in plan.sglang_argv])
     for key, value in plan.env.items():
         if value is None:
