@@ -21,7 +21,9 @@ Contract:
   model runs: the mask is quadratic in the length).
 - ZoomR-aware examples (``encode(..., zoomr_aware=True)``, ``zoomr_view``) train under ZoomR's view of the context:
   a closed thought's detail is masked out for every later query, except the thought the answer needs, which the
-  answer's queries read (in the spirit of Breadcrumbs' training under compression).
+  answer's queries read (in the spirit of Breadcrumbs' training under compression). ``zoomr_aware`` in
+  ``examples`` is the share of problems so encoded (1: all; between 0 and 1: problem ``i`` is, or is under full
+  attention with every ``seg`` -1, by a draw fixed by ``i``), so one model can learn both views.
 """
 
 from __future__ import annotations
@@ -97,12 +99,15 @@ def _encode_range(args: tuple) -> list[Example]:
     out = []
     for i in range(lo, hi):
         family = family_of(i, share)
-        out.append(encode(_TOK, problem(split, family, i, **(chain if family == "chain" else {})), aware))
+        e = encode(_TOK, problem(split, family, i, **(chain if family == "chain" else {})), aware > 0)
+        if 0 < aware < 1 and random.Random(f"view:{i}").random() >= aware:  # this one under full attention
+            e = e._replace(seg=[-1] * len(e.ids))
+        out.append(e)
     return out
 
 
 def examples(tok_json: str, split: str, n: int, workers: int = 1, records_share: float = 0.25,
-             chain: dict | None = None, zoomr_aware: bool = False, first: int = 0) -> list[Example]:
+             chain: dict | None = None, zoomr_aware: float = 0.0, first: int = 0) -> list[Example]:
     chunk = max(1, -(-n // (workers * 4)))
     ranges = [(split, lo, min(first + n, lo + chunk), records_share, chain or {}, zoomr_aware)
               for lo in range(first, first + n, chunk)]
@@ -117,7 +122,7 @@ WARM_SIZES = ({"items": 2, "boxes": 8}, {"items": 3, "boxes": 12}, {"items": 4, 
 WARM_FIRST = 10_000_000  # warm-up problems' indices: never a main-set problem
 
 
-def warm_examples(tok_json: str, n: int, workers: int = 1, zoomr_aware: bool = False) -> list[Example]:
+def warm_examples(tok_json: str, n: int, workers: int = 1, zoomr_aware: float = 0.0) -> list[Example]:
     per = -(-n // len(WARM_SIZES))
     return [e for g, size in enumerate(WARM_SIZES)
             for e in examples(tok_json, "train", per, workers, 0.0, size, zoomr_aware, WARM_FIRST + g * per)]

@@ -3,16 +3,21 @@
 Two families, both chat prompts (``chat_text`` wraps them in the model's chat template):
 
 - ``chain`` (the reasoning family). The prompt lists a table of boxes (``box Kis mun.``: box ``Kis`` holds ``mun``, a
-  random map on ``boxes`` (default 40) of 90 box labels) and 12-48 items (``item kilo starts at box Kis and takes 5
-  steps.``), then a question. A label is written capitalised where it names a box to open and in lower case where it
-  is what a box holds, so a lookup is one token matching one earlier token (the table line's key is the only
-  capitalised occurrence in the prompt, and the value follows it). The trace is ``<think>``, one thought per item
-  (follow the item's chain hop by hop through the table: ``step 1: box Kis mun.``, ``step 2: box Mun rit.``, ...,
-  then ``item kilo ends at rit.``), each followed by ``<summary>item kilo traced over 3 steps.</summary>`` (what the thought handled,
-  without the value it found), ``</think>``, then an answer that restates the question, names the item again, and
-  gives ``Answer: N``. Question kinds: ``end`` (where an item ends: the value is written only inside that item's
-  thought, so the answer needs an earlier thought's detail, found through its summary's item name), ``start`` and
-  ``steps`` (the prompt and the summary say it). ``END_SHARE`` of the problems ask ``end``.
+  random map on ``boxes`` (default 40) of 90 box labels) and 12-48 items (``item kilo: start kilo Kis, steps kilo 5.``),
+  then a question. Every lookup is one token matching one earlier token whose next token is the value: a label is
+  written capitalised where it names a box to open and in lower case where it is what a box holds (a table line's key
+  is the only capitalised occurrence in the table), and an item's facts are written ``FACT NAME VALUE`` with values of
+  three types (capitalised box, digit, lower-case box), so the token after an item's name is its value of the type
+  asked for (``item kilo ends at rit``, which needs the name two tokens back, was not learnt to look up in an H200
+  training run: 19% of teacher-forced answer values right). The trace is ``<think>``, one thought per item (follow
+  the item's chain hop by hop through the table: ``item kilo: start kilo Kis.``, ``step 1: box Kis mun.``, ``step 2:
+  box Mun rit.``, ..., then ``end kilo rit.``), each followed by ``<summary>item kilo traced over 3
+  steps.</summary>`` (what the thought handled, without the value it found), ``</think>``, then an answer that
+  restates the question, names the item three times (so that a zoom decision, every 16 tokens by default, falls
+  between the first naming and the value) and gives ``FACT NAME VALUE``, then ``Answer: VALUE``. Question kinds:
+  ``end`` (where an item ends: the value is written only inside that item's thought, so the answer needs an earlier
+  thought's detail, found through its summary's item name), ``start`` and ``steps`` (the prompt says it).
+  ``END_SHARE`` of the problems ask ``end``.
 - ``records`` (the long-prompt family, for prompt-side retrieval). The prompt lists records
   (``record kilo 17 has color red and code 4 9 1 7.``: one sentence each) up to a target length, then asks for one
   record's code; the trace is a short thought that names the record, then the answer. The value is in the prompt only.
@@ -84,7 +89,7 @@ def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int =
     names = rng.sample(NAMES, n_items)
     plan = [(name, rng.choice(labels).capitalize(), rng.randint(4, 10)) for name in names]
     lines = ["Boxes:"] + [f"box {b.capitalize()} {table[b]}." for b in labels]
-    lines += ["Items:"] + [f"item {n} starts at box {s} and takes {k} steps." for n, s, k in plan]
+    lines += ["Items:"] + [f"item {n}: start {n} {s}, steps {n} {k}." for n, s, k in plan]
     kind = "end" if rng.random() < END_SHARE else rng.choice(("start", "steps"))
     target, start, steps = rng.choice(plan)
     question = {"end": f"where does item {target} end?", "start": f"where does item {target} start?",
@@ -92,20 +97,20 @@ def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int =
     prompt = "\n".join(lines) + f"\nTrace every item, then answer: {question}"
     thoughts, ends = [], {}
     for name, box, k in plan:  # box: the capitalised key of the box to open next
-        body = [f"item {name} starts at box {box}."]
+        body = [f"item {name}: start {name} {box}."]
         for step in range(1, k + 1):
             held = table[box.lower()]
             body.append(f"step {step}: box {box} {held}.")
             box = held.capitalize()
         box = box.lower()
         ends[name] = box
-        body.append(f"item {name} ends at {box}.")
+        body.append(f"end {name} {box}.")
         thoughts.append("\n".join(body) + f"\n{OPEN}item {name} traced over {k} steps.{CLOSE}\n")
     answer = {"end": ends[target], "start": start, "steps": steps}[kind]
-    lead = {"end": f"The question asks where item {target} ends. I look back at item {target}: "
-                   f"item {target} ends at {answer}.",
-            "start": f"The question asks where item {target} starts. Item {target} starts at box {answer}.",
-            "steps": f"The question asks how many steps item {target} takes. Item {target} takes {answer} steps."}[kind]
+    look = f"The answer is in the thought on item {target}, so I look back at item {target}:"
+    lead = {"end": f"The question asks where item {target} ends. {look} end {target} {answer}.",
+            "start": f"The question asks where item {target} starts. {look} start {target} {answer}.",
+            "steps": f"The question asks how many steps item {target} takes. {look} steps {target} {answer}."}[kind]
     trace = f"{THINK}\n" + "".join(thoughts) + f"{END_THINK}\n{lead}\nAnswer: {answer}"
     target_index = [name for name, _, _ in plan].index(target) if kind == "end" else -1
     return Problem("chain", kind, prompt, trace, str(answer), kind == "end", n_items, seed, target_index)

@@ -6,7 +6,7 @@ What it does, in order: trains the tokenizer on task text (``reasoner.data``); g
 ``--train-problems`` problems of the train split (and ``--warm-problems`` small chain problems: the first ``--warm``
 of the schedule trains on those, a curriculum that lets in-context lookup form on short contexts); trains
 ``reasoner.qwen3.Qwen3`` (``--layers``, ``--hidden``, ...; or the checkpoint ``--init`` names) with AdamW, linear warm-up and cosine decay over ``--steps`` steps or ``--minutes`` minutes, whichever ends first (the
-schedule follows the larger of the two fractions), bf16 autocast on CUDA (``--zoomr-aware``: under ZoomR's view of
+schedule follows the larger of the two fractions), bf16 autocast on CUDA, the answer's tokens weighted ``--answer-weight`` in the loss (``--zoomr-aware``: under ZoomR's view of
 the context, ``reasoner.data``); writes a servable checkpoint into ``--out``
 (``config.json``, ``generation_config.json``, tokenizer files, ``model.safetensors`` in bfloat16, and
 ``reasoner_manifest.json`` with the settings, the loss curve, the device and the time taken); then measures greedy
@@ -49,12 +49,16 @@ def parse(argv):
                     help="start from this checkpoint (its tokenizer, shape and weights), e.g. to fine-tune ZoomR-aware")
     ap.add_argument("--zoomr-aware", action="store_true",
                     help="train under ZoomR's view: closed thoughts' detail masked, but the one the answer needs")
+    ap.add_argument("--aware-share", type=float, default=1.0,
+                    help="with --zoomr-aware: share of the problems under ZoomR's view (the rest full attention)")
     ap.add_argument("--records-share", type=float, default=0.25, help="share of long-prompt (records) problems")
     ap.add_argument("--items", type=int, default=None, help="chain problems: items each (default 12-48 at random)")
     ap.add_argument("--boxes", type=int, default=None, help="chain problems: box labels each (default 40)")
     ap.add_argument("--warm", type=float, default=0.2,
                     help="curriculum: share of the schedule trained on small chain problems first (0: none)")
     ap.add_argument("--warm-problems", type=int, default=8000, help="size of the curriculum's warm-up set")
+    ap.add_argument("--answer-weight", type=float, default=1.0,
+                    help="loss weight of the tokens after </think> (the answer: a few tokens of each trace)")
     ap.add_argument("--tokens-per-step", type=int, default=65536)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=150)
@@ -74,9 +78,22 @@ def parse(argv):
         ap.error(f"--init {args.init}: no {MANIFEST} there (a checkpoint written by this script)")
     if not 0.0 <= args.warm < 1.0 or args.warm_problems <= 0:
         ap.error("--warm must be within [0, 1) and --warm-problems positive")
+    if args.answer_weight <= 0 or not 0.0 < args.aware_share <= 1.0:
+        ap.error("--answer-weight must be positive and --aware-share within (0, 1]")
     if args.eval < 0 or args.heads % args.kv_heads or args.hidden % args.heads:
         ap.error("--eval must be >= 0 and --heads a multiple of --kv-heads, --hidden of --heads")
     return args
+
+
+def weighted_loss(logits, ids, tgt, end_think: int, answer_weight: float) -> torch.Tensor:
+    """Cross-entropy over the target tokens, those after ``</think>`` (the answer) weighted ``answer_weight``: a
+    trace's answer is a few tokens among thousands, and its lookup is what accuracy measures."""
+    per = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=data.IGNORE,
+                                            reduction="none").view_as(tgt)
+    weight = (tgt != data.IGNORE).float()
+    if answer_weight != 1.0:  # position t predicts token t + 1: weighted from the </think> position on
+        weight = weight * (1.0 + (answer_weight - 1.0) * ((ids == end_think).cumsum(1) > 0).float())
+    return (per * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def write_checkpoint(out: Path, model: Qwen3, tok_json: str, manifest: dict) -> None:
@@ -110,10 +127,11 @@ def main(argv=None) -> int:
     tok_json = (args.init / "tokenizer.json").read_text() if args.init else data.build_tokenizer(args.vocab)
     tok = Tokenizer.from_str(tok_json)
     vocab = -(-tok.get_vocab_size() // 64) * 64
+    aware = args.aware_share if args.zoomr_aware else 0.0
     chain = {k: v for k, v in (("items", args.items), ("boxes", args.boxes)) if v is not None}
     train = data.examples(tok_json, "train", args.train_problems, args.workers, args.records_share, chain,
-                          args.zoomr_aware)
-    warm = data.warm_examples(tok_json, args.warm_problems, args.workers, args.zoomr_aware) if args.warm else []
+                          aware)
+    warm = data.warm_examples(tok_json, args.warm_problems, args.workers, aware) if args.warm else []
     print(f"[train] {len(train)} problems, {sum(len(e.ids) for e in train) / 1e6:.1f}M tokens (warm-up: {len(warm)}), "
           f"vocab {vocab}, data in {time.time() - t_start:.0f}s", flush=True)
     if args.init:  # go on from a checkpoint: its tokenizer, shape and weights (the shape flags are ignored)
@@ -136,6 +154,7 @@ def main(argv=None) -> int:
                             lr=args.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
     batches = iter(data.Batches(train, args.tokens_per_step, tok.token_to_id(data.PAD), args.seed))
     warm_batches = iter(data.Batches(warm, args.tokens_per_step, tok.token_to_id(data.PAD), args.seed)) if warm else None
+    end_think = tok.token_to_id("</think>")
     curve, t0, step, seen = [], time.time(), 0, 0
     budget_s = args.minutes * 60
     while True:
@@ -152,7 +171,7 @@ def main(argv=None) -> int:
         mask = None if view is None else data.attention_mask(*(t.to(dev, non_blocking=True) for t in view))
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             logits = model(ids, mask=mask)
-        loss = torch.nn.functional.cross_entropy(logits.view(-1, vocab), tgt.view(-1), ignore_index=data.IGNORE)
+        loss = weighted_loss(logits, ids, tgt, end_think, args.answer_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

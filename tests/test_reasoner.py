@@ -37,7 +37,7 @@ def test_chain_traces_have_the_promised_shape():
         if p.kind == "end":
             target = re.search(r"where does item (\w+) end\?", p.prompt).group(1)
             # the value is written only in the target's thought, and its summary names the item without the value
-            assert f"item {target} ends at {p.answer}." in thinking
+            assert f"end {target} {p.answer}." in thinking
             summary = next(s for s in summaries if f"item {target} " in s)
             assert p.answer not in summary.split()
             assert p.needs_detail
