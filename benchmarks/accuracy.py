@@ -11,16 +11,21 @@ problem in the user's model's prompt format (``{problem}`` marks where it goes).
 Per policy of ``--policies`` and budget of ``--budgets`` (``zoomr``: zoom budget in tokens; ``streaming``: recent
 window in tokens; ``quest``: pages; ``full`` and ``summary_only`` take none), every problem is sent greedy with the
 request's ZoomR settings in ``custom_params`` (``--summary-mode``, default ``trained``: the model writes its own
-summaries), ``--concurrency`` at a time. Recorded per problem: correct, peak device KV (``meta_info.zoomr``),
+summaries). Recorded per problem: correct, peak device KV (``meta_info.zoomr``),
 the mean device KV over its decode steps, full KV, zoom recalls, output tokens. A policy the server refuses (400,
 e.g. one it does not serve yet) is recorded as refused with the server's message, not as wrong answers.
 
 Writes ``accuracy.{json,md,png}`` under ``--out`` (``benchmarks/accuracy_report.py``; rewritten after each point,
 ``partial`` true until the last): accuracy (overall, on the
 problems that need an earlier detail, on the others) against peak device KV per policy, ratios to ``full``.
-Runs against ``--url`` or starts ``launch.py --enable-zoomr --model-path M`` here (its log is then kept as
-``accuracy_server.log`` under ``--out``). A progress bar on stderr.
-Bad input: one line ``accuracy: error: ...``, status 2.
+Runs against ``--url`` (one or more servers, comma-separated) or starts ``--servers`` copies of
+``launch.py --enable-zoomr --model-path M`` here side by side (their logs are then kept as ``accuracy_server*.log``
+under ``--out``). Every point's problems are queued at once, spread round robin over the servers, ``--concurrency``
+in flight per server, the points in order: one server's scheduler is one CPU core, so a small model's run scales with
+servers sharing the GPU. A progress bar on stderr.
+Bad input: one line ``accuracy: error: ...``, status 2. Stopped by SIGTERM (e.g. ``timeout``) or ^C: the report is
+written with the problems that had finished (``partial`` true; a cut point counts fewer problems), the servers it
+started are stopped, status 1.
 
     python -m benchmarks.accuracy --problems heldout.jsonl [--url URL | --model-path DIR] [--policies ...]
 """
@@ -31,6 +36,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -107,17 +113,46 @@ def solve(url: str, row: dict, params: dict, max_new: int, template: str = "{pro
                    meta["completion_tokens"], None)
 
 
-def run_point(url: str, rows: list[dict], policy: str, budget: int | None, args, bar) -> dict:
-    params = request_params(policy, budget, args)
-    with ThreadPoolExecutor(args.concurrency) as pool:
-        futures = [pool.submit(solve, url, row, params, args.max_new_tokens, args.template) for row in rows]
-        outcomes = []
-        for f in futures:
-            outcomes.append(f.result())
-            bar.update(1)
+class Point(NamedTuple):
+    policy: str
+    budget: int | None
+
+
+def submit_points(urls: list[str], rows: list[dict], points: list[Point], args, pools: list) -> list[list]:
+    """Every (point, problem) as a job, spread round robin over the servers (``pools[i]`` sends to ``urls[i]``,
+    ``--concurrency`` at a time). Points are submitted in order, so the first point's problems go first on every
+    server; returns, per point, its futures in problem order."""
+    futures, n = [], 0
+    for point in points:
+        params = request_params(point.policy, point.budget, args)
+        mine = []
+        for row in rows:
+            i = n % len(urls)
+            mine.append(pools[i].submit(solve, urls[i], row, params, args.max_new_tokens, args.template))
+            n += 1
+        futures.append(mine)
+    return futures
+
+
+def collect_point(point: Point, rows: list[dict], futures: list, args, bar) -> dict:
+    """Waits for one point's problems and returns the point as ``accuracy_report.summarise`` takes it."""
+    outcomes = []
+    for f in futures:
+        outcomes.append(f.result())
+        bar.update(1)
+    return point_result(point, rows, outcomes, args)
+
+
+def cut_point(point: Point, rows: list[dict], futures: list, args) -> dict:
+    """A point of an interrupted run: only its problems that had finished."""
+    done = [(row, f.result()) for row, f in zip(rows, futures) if f.done() and not f.cancelled()]
+    return point_result(point, [r for r, _ in done], [o for _, o in done], args)
+
+
+def point_result(point: Point, rows: list[dict], outcomes: list[Outcome], args) -> dict:
     refused = [o.error for o in outcomes if o.error and o.error.startswith("HTTP 400")]
-    return {"policy": policy, "budget": budget, "params": params,
-            "refused": refused[0] if len(refused) == len(rows) else None,
+    return {"policy": point.policy, "budget": point.budget, "params": request_params(point.policy, point.budget, args),
+            "refused": refused[0] if rows and len(refused) == len(rows) else None,
             "problems": [{**{k: row.get(k) for k in ("family", "kind", "needs_detail", "answer")}, **o._asdict()}
                          for row, o in zip(rows, outcomes)]}
 
@@ -126,7 +161,9 @@ def parse(argv):
     ap = OneLineParser("accuracy", prog="python -m benchmarks.accuracy", description=__doc__.split("\n")[0])
     ap.add_argument("--problems", type=Path, required=True, help="JSONL: problem, answer[, needs_detail, ...]")
     ap.add_argument("--limit", type=int, default=None, help="only the first N problems")
-    ap.add_argument("--url", help="a running launch.py --enable-zoomr server (default: start one here)")
+    ap.add_argument("--url", help="running launch.py --enable-zoomr servers, comma-separated (default: start "
+                    "--servers here); problems are spread over them")
+    ap.add_argument("--servers", type=int, default=1, help="without --url: how many servers to start side by side")
     ap.add_argument("--model-path", type=Path, default=None, help="the model a started server serves")
     ap.add_argument("--policies", default="full,zoomr,summary_only,streaming,quest")
     ap.add_argument("--budgets", default="128,256,512", help="budgets of the policies that take one")
@@ -145,7 +182,7 @@ def parse(argv):
         if bad or not args.policy_list:
             raise ValueError(f"unknown policy {','.join(bad) or '(none)'}; expected some of {', '.join(BUDGET_KEY)}")
         args.budget_list = [int(b) for b in args.budgets.split(",") if b]
-        for name in ("zoom_topk", "zoom_interval", "max_new_tokens", "concurrency"):
+        for name in ("zoom_topk", "zoom_interval", "max_new_tokens", "concurrency", "servers"):
             if getattr(args, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
         if any(b <= 0 for b in args.budget_list) or not args.budget_list:
@@ -154,58 +191,97 @@ def parse(argv):
             raise ValueError("--template must contain {problem}")
         if args.limit is not None and args.limit <= 0:
             raise ValueError("--limit must be positive")
+        args.urls = [u.strip().rstrip("/") for u in (args.url or "").split(",") if u.strip()]
+        if args.url is not None and not args.urls:
+            raise ValueError("--url names no server")
         args.rows = load_problems(args.problems, args.limit)
     except (ValueError, OSError) as e:
         ap.error(str(e))
     return args
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def main(argv=None) -> int:
     args = parse(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # e.g. timeout(1): keep the finished problems, stop the servers
     from tqdm import tqdm
 
-    points = [(p, b) for p in args.policy_list for b in ([None] if BUDGET_KEY[p] is None else args.budget_list)]
-    server = None
-    if args.url is None:
-        from tests.server_process import ServerProcess
-
-        flags = ["--enable-zoomr"] + (["--model-path", str(args.model_path)] if args.model_path else [])
-        print(f"accuracy: starting launch.py {' '.join(flags + args.server_args)}", file=sys.stderr)
-        # without --model-path: launch.py's own default (the trained reasoner), not the test suite's bigram model
-        default = {"ZOOMR_SGL_DEFAULT_MODEL": os.environ.get("ZOOMR_SGL_DEFAULT_MODEL", "")}
-        server = ServerProcess.start(flags + args.server_args, timeout=900, env=default)
-        url = server.url
-    else:
-        url = args.url.rstrip("/")
-    t0 = time.time()
+    points = [Point(p, b) for p in args.policy_list for b in ([None] if BUDGET_KEY[p] is None else args.budget_list)]
+    servers = []
     try:
-        info = requests.get(url + "/server_info", timeout=30).json()
+        if not args.urls:
+            servers = start_servers(args)
+            args.urls = [s.url for s in servers]
+        t0 = time.time()
+        info = requests.get(args.urls[0] + "/server_info", timeout=30).json()
         bar = tqdm(total=len(points) * len(args.rows), desc="accuracy", unit="problem", file=sys.stderr)
+        pools = [ThreadPoolExecutor(args.concurrency) for _ in args.urls]
+        futures = submit_points(args.urls, args.rows, points, args, pools)
         results = []
-        for p, b in points:  # the report is rewritten after each point: a run cut short keeps what it measured
-            results.append(run_point(url, args.rows, p, b, args, bar))
-            accuracy_report.write(args.out, _meta(info, args, t0, argv, partial=len(results) < len(points)), results)
+        try:
+            for point, mine in zip(points, futures):  # the report is rewritten after each point
+                results.append(collect_point(point, args.rows, mine, args, bar))
+                accuracy_report.write(args.out, _meta(info, args, t0, argv, len(results) < len(points)), results)
+        except KeyboardInterrupt:  # SIGTERM (timeout(1)) or ^C: what finished, the unfinished points cut short
+            for f in (f for mine in futures for f in mine):
+                f.cancel()
+            results = [cut_point(point, args.rows, mine, args) for point, mine in zip(points, futures)]
+            accuracy_report.write(args.out, _meta(info, args, t0, argv, partial=True), results)
+            print(f"accuracy: interrupted; the finished problems are in {args.out / 'accuracy.md'}", file=sys.stderr)
+            return 1
         bar.close()
+        for pool in pools:
+            pool.shutdown()
     except requests.RequestException as e:
-        print(f"accuracy: error: cannot reach {url}: {e}", file=sys.stderr)
+        print(f"accuracy: error: cannot reach {','.join(args.urls)}: {e}", file=sys.stderr)
         return 2
     finally:
-        if server is not None:  # its log is kept beside the report: a server that died says why there
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "accuracy_server.log").write_text(server.log_text())
-            if server.proc is not None and server.proc.poll() is not None:
-                print(f"accuracy: the server exited with {server.proc.returncode}; its log: "
-                      f"{args.out / 'accuracy_server.log'}", file=sys.stderr)
-            server.stop()
+        stop_servers(servers, args.out)
     print(accuracy_report.write(args.out, _meta(info, args, t0, argv, partial=False), results))
     return 0
+
+
+def start_servers(args) -> list:
+    """``--servers`` servers of ``launch.py --enable-zoomr [--model-path M] SERVER_ARGS``, started side by side."""
+    from tests.server_process import ServerProcess
+
+    flags = ["--enable-zoomr"] + (["--model-path", str(args.model_path)] if args.model_path else [])
+    print(f"accuracy: starting {args.servers} x launch.py {' '.join(flags + args.server_args)}", file=sys.stderr)
+    # without --model-path: launch.py's own default (the trained reasoner), not the test suite's bigram model
+    default = {"ZOOMR_SGL_DEFAULT_MODEL": os.environ.get("ZOOMR_SGL_DEFAULT_MODEL", "")}
+    with ThreadPoolExecutor(args.servers) as pool:
+        started = [pool.submit(ServerProcess.start, flags + args.server_args, 900, default)
+                   for _ in range(args.servers)]
+    servers = [f.result() for f in started if f.exception() is None]
+    if len(servers) < len(started):
+        stop_servers(servers, args.out)
+        raise next(f.exception() for f in started if f.exception() is not None)
+    return servers
+
+
+def stop_servers(servers: list, out: Path) -> None:
+    """Stops what ``start_servers`` started; each server's log is kept beside the report (a server that died says
+    why there): ``accuracy_server.log``, or ``accuracy_server_N.log`` for several."""
+    for n, server in enumerate(servers):
+        out.mkdir(parents=True, exist_ok=True)
+        name = "accuracy_server.log" if len(servers) == 1 else f"accuracy_server_{n}.log"
+        (out / name).write_text(server.log_text())
+        if server.proc is not None and server.proc.poll() is not None:
+            print(f"accuracy: a server exited with {server.proc.returncode}; its log: {out / name}", file=sys.stderr)
+    if servers:
+        with ThreadPoolExecutor(len(servers)) as pool:  # side by side: each may wait out its grace period
+            list(pool.map(lambda s: s.stop(), servers))
 
 
 def _meta(info: dict, args, t0: float, argv, partial: bool) -> dict:
     return {"model": Path(info["model_path"]).name, "device": info.get("device"), "sglang": info.get("version"),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.machine(), "gpu": _gpu_name(info), "problems_file": str(args.problems),
-            "problems": len(args.rows), "seconds": round(time.time() - t0, 1),
+            "problems": len(args.rows), "servers": len(args.urls), "concurrency_per_server": args.concurrency,
+            "seconds": round(time.time() - t0, 1),
             "argv": sys.argv[1:] if argv is None else argv, "partial": partial}
 
 

@@ -45,16 +45,19 @@ def _fmt(x, pct=False, digits=0):
 def markdown(meta: dict, rows: list[dict]) -> str:
     head = (f"# Accuracy against device KV ({meta['model']}, {meta.get('gpu') or meta['device']}, {meta['date']})\n\n"
             f"{meta['problems']} problems from `{meta['problems_file']}`, greedy pass@1, sglang {meta['sglang']}; "
+            f"{meta.get('servers', 1)} server(s), {meta.get('concurrency_per_server', '?')} requests in flight each; "
             f"{meta['seconds']:.0f} s. `benchmarks/accuracy.py {' '.join(meta['argv'])}`\n\n"
-            + ("**Partial**: the run was cut short after the points below.\n\n" if meta.get("partial") else ""))
-    lines = ["| policy | budget | accuracy | needs earlier detail | others | peak device KV / problem | mean device KV "
-             "| full KV | x less than full | recalls / problem | errors |", "|" + "---|" * 11]
+            + ("**Partial**: the run was cut short; a point with fewer problems than the others holds those that had "
+               "finished.\n\n" if meta.get("partial") else ""))
+    lines = ["| policy | budget | problems | accuracy | needs earlier detail | others | peak device KV / problem | mean device KV "
+             "| full KV | x less than full | recalls / problem | errors |", "|" + "---|" * 12]
     for r in rows:
         if r["refused"]:
-            lines.append(f"| {r['policy']} | {r['budget'] or '-'} | refused: {r['refused'][:90]} |" + " |" * 8)
+            lines.append(f"| {r['policy']} | {r['budget'] or '-'} | {r['problems']} | refused: {r['refused'][:90]} |"
+                         + " |" * 8)
             continue
         lines.append(
-            f"| {r['policy']} | {r['budget'] or '-'} | {_fmt(r['accuracy'], True)} | "
+            f"| {r['policy']} | {r['budget'] or '-'} | {r['problems']} | {_fmt(r['accuracy'], True)} | "
             f"{_fmt(r['needs_detail_accuracy'], True)} ({r['needs_detail_problems']}) | {_fmt(r['other_accuracy'], True)} | "
             f"{_fmt(r['peak_device_kv'])} | {_fmt(r['mean_device_kv'])} | {_fmt(r['full_kv'])} | "
             f"{_fmt(r['kv_reduction'], digits=2)} | {_fmt(r['recalls_per_problem'], digits=1)} | {r['errors']} |")

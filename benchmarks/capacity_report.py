@@ -49,6 +49,7 @@ def merge(results: list[dict]) -> dict:
             points[(p["row"], p["length"])] = p
     meta = dict(results[0]["meta"])
     meta["runs"] = [r["meta"] for r in results]
+    meta["servers"] = {name: s for r in results for name, s in r["meta"]["servers"].items()}  # each run's servers
     meta["lengths"] = sorted({p["length"] for p in points.values()})
     return {"meta": meta, "points": list(points.values())}
 

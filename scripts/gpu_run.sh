@@ -234,7 +234,10 @@ PY
     capacity)
       # The yardstick (benchmarks/capacity.py) on Qwen3-8B with random weights, attached to the capacity servers
       # (started here first unless they answer). Pool: 4 x (256 + longest length) tokens unless
-      # CAPACITY_MAX_TOTAL_TOKENS; CAPACITY_WHOLE_GPU=1: no pool cap (other ports). Stops itself before the budget
+      # CAPACITY_MAX_TOTAL_TOKENS; CAPACITY_WHOLE_GPU=1: no pool cap (other ports), so each server needs the GPU to
+      # itself: one server per call (CAPACITY_SERVERS=stock, then zoomr, CAPACITY_STOP=1), the JSONs merged after with
+      # `capacity.py --from-json` (stock alone took 378 s to be ready on a bare H200, 2026-12-02, leaving 110 s of a
+      # 540 s call: too little for a window; give it a call of its own). Stops itself before the budget
       # (SIGTERM: the points measured so far are written). The servers keep running for a later call unless
       # CAPACITY_STOP=1.
       # CAPACITY_PLAN="LENGTHS:ROWS:REQUESTS:MODE ..." (MODE window or complete) runs one benchmark per entry
@@ -300,13 +303,16 @@ PY
       done
       ;;
     accuracy)
-      # benchmarks/accuracy.py against a ZoomR server it starts on ACCURACY_MODEL (default the committed reasoner;
-      # carry only .gpu then: the model travels in the checkout), on ACCURACY_N held-out problems.
-      stamp "accuracy: ${ACCURACY_MODEL:-models/zoomr-reasoner}"
+      # benchmarks/accuracy.py against ACCURACY_SERVERS (default 1) ZoomR servers it starts side by side on
+      # ACCURACY_MODEL (default the committed reasoner; carry only .gpu then: the model travels in the checkout), on
+      # ACCURACY_N held-out problems. Each server's pool is capped (a small model's 64 requests need ~1 GB), so
+      # several share the GPU; each scheduler is its own CPU core.
+      stamp "accuracy: ${ACCURACY_SERVERS:-1} x ${ACCURACY_MODEL:-models/zoomr-reasoner}"
       python3 -m reasoner.tasks --split heldout --n "${ACCURACY_N:-200}" --out /tmp/heldout.jsonl
-      timeout $(left 30) python3 -m benchmarks.accuracy --problems /tmp/heldout.jsonl \
-        --model-path "${ACCURACY_MODEL:-models/zoomr-reasoner}" ${ACCURACY_ARGS:-} --out "$OUT/results" \
-        -- --cuda-graph-max-bs 64 > "$OUT/accuracy.log" 2>&1
+      timeout -s TERM $(left 30) python3 -m benchmarks.accuracy --problems /tmp/heldout.jsonl \
+        --model-path "${ACCURACY_MODEL:-models/zoomr-reasoner}" --servers "${ACCURACY_SERVERS:-1}" ${ACCURACY_ARGS:-} \
+        --out "$OUT/results" -- --cuda-graph-max-bs 64 --max-total-tokens 400000 --mem-fraction-static 0.85 \
+        --enable-metrics > "$OUT/accuracy.log" 2>&1
       echo "accuracy rc=$?"; tr '\r' '\n' < "$OUT/accuracy.log" | grep '^|' | tail -14
       ;;
     *) stamp "unknown phase $phase"; exit 2 ;;

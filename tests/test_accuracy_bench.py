@@ -25,28 +25,33 @@ def run(args, timeout=900):
     (['{"problem": "x", "answer": 1}'], ["--policies", "oracle"], "unknown policy"),
     (['{"problem": "x", "answer": 1}'], ["--budgets", "0"], "--budgets"),
     (['{"problem": "x", "answer": 1}'], ["--template", "no placeholder"], "{problem}"),
+    (['{"problem": "x", "answer": 1}'], ["--servers", "0"], "--servers"),
+    (['{"problem": "x", "answer": 1}'], ["--url", " , "], "names no server"),
 ])
 def test_bad_input_is_one_line_and_status_2(tmp_path, lines, extra, needle):
     path = tmp_path / "p.jsonl"
     if lines is not None:
         path.write_text("\n".join(lines) + "\n")
-    r = run(["--problems", str(path), "--url", "http://127.0.0.1:9", *extra], timeout=60)
+    url = [] if "--url" in extra else ["--url", "http://127.0.0.1:9"]
+    r = run(["--problems", str(path), *url, *extra], timeout=60)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("accuracy: error:"), r.stderr
     assert needle in r.stderr
 
 
 @pytest.mark.server
 def test_every_policy_is_measured_or_reported_refused(zoomr_server, tmp_path):
+    """The server is named twice: the problems are spread over the listed servers (here both are the one)."""
     problems = tmp_path / "smoke.jsonl"
     subprocess.run([sys.executable, "-m", "reasoner.tasks", "--split", "smoke", "--n", "3", "--family", "chain",
                     "--items", "8", "--out", str(problems)], cwd=REPO, check=True, capture_output=True)
     out = tmp_path / "out"
-    r = run(["--problems", str(problems), "--url", zoomr_server.url, "--policies",
+    r = run(["--problems", str(problems), "--url", f"{zoomr_server.url},{zoomr_server.url}/", "--policies",
              "full,zoomr,summary_only,streaming,quest", "--budgets", "64", "--max-new-tokens", "40",
              "--summary-mode", "engine", "--out", str(out)])
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads((out / "accuracy.json").read_text())
     rows = {row["policy"]: row for row in result["rows"]}
+    assert result["meta"]["servers"] == 2 and not result["meta"]["partial"]
     assert set(rows) == {"full", "zoomr", "summary_only", "streaming", "quest"}
     assert "not served yet" in rows["quest"]["refused"]
     for name in ("full", "zoomr", "summary_only", "streaming"):
