@@ -103,6 +103,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.num_attention_heads * d, h, bias=False)
         self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.keep_qk, self.qk = False, None
 
     def forward(self, x, positions, cache: KVCache | None, layer: int, mask: torch.Tensor | None = None):
         B, S, _ = x.shape
@@ -111,6 +112,8 @@ class Attention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(B, S, c.num_key_value_heads, c.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(B, S, c.num_key_value_heads, c.head_dim).transpose(1, 2)
         q, k = rotary(q, positions, c.rope_theta), rotary(k, positions, c.rope_theta)
+        if self.keep_qk:  # the zoom loss reads this layer's post-RoPE queries and keys (reasoner.zoom_loss)
+            self.qk = (q, k)
         group = c.num_attention_heads // c.num_key_value_heads
         if cache is None:
             out = F.scaled_dot_product_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1),

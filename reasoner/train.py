@@ -7,7 +7,8 @@ What it does, in order: trains the tokenizer on task text (``reasoner.data``); g
 of the schedule trains on those, a curriculum that lets in-context lookup form on short contexts); trains
 ``reasoner.qwen3.Qwen3`` (``--layers``, ``--hidden``, ...; or the checkpoint ``--init`` names) with AdamW, linear warm-up and cosine decay over ``--steps`` steps or ``--minutes`` minutes, whichever ends first (the
 schedule follows the larger of the two fractions), bf16 autocast on CUDA, the answer's tokens weighted ``--answer-weight`` in the loss (``--zoomr-aware``: under ZoomR's view of
-the context, ``reasoner.data``); writes a servable checkpoint into ``--out``
+the context, ``reasoner.data``; ``--zoom-loss-weight``: plus ``reasoner.zoom_loss``, which teaches the queries after
+``</think>`` to rank the needed thought's summary first by ZoomR's score); writes a servable checkpoint into ``--out``
 (``config.json``, ``generation_config.json``, tokenizer files, ``model.safetensors`` in bfloat16, and
 ``reasoner_manifest.json`` with the settings, the loss curve, the device and the time taken); then measures greedy
 pass@1 with full attention on ``--eval`` held-out problems (``reasoner.evaluate``, no new batch after
@@ -31,6 +32,8 @@ from reasoner import data
 from reasoner.cli import OneLineParser
 from reasoner.evaluate import evaluate
 from reasoner.qwen3 import Qwen3, Qwen3Config, hf_config
+from reasoner.zoom_loss import zoom_loss
+from zoomr_sgl.config import ZoomRConfig
 from zoomr_sgl import embedded_model as em
 
 MANIFEST = "reasoner_manifest.json"
@@ -57,6 +60,9 @@ def parse(argv):
     ap.add_argument("--warm", type=float, default=0.2,
                     help="curriculum: share of the schedule trained on small chain problems first (0: none)")
     ap.add_argument("--warm-problems", type=int, default=8000, help="size of the curriculum's warm-up set")
+    ap.add_argument("--zoom-loss-weight", type=float, default=0.0,
+                    help="with --zoomr-aware: weight of the zoom loss (reasoner.zoom_loss: ZoomR's summary score "
+                    "as a classifier of the thought the answer needs)")
     ap.add_argument("--answer-weight", type=float, default=1.0,
                     help="loss weight of the tokens after </think> (the answer: a few tokens of each trace)")
     ap.add_argument("--tokens-per-step", type=int, default=65536)
@@ -78,6 +84,8 @@ def parse(argv):
         ap.error(f"--init {args.init}: no {MANIFEST} there (a checkpoint written by this script)")
     if not 0.0 <= args.warm < 1.0 or args.warm_problems <= 0:
         ap.error("--warm must be within [0, 1) and --warm-problems positive")
+    if args.zoom_loss_weight < 0 or (args.zoom_loss_weight > 0 and not args.zoomr_aware):
+        ap.error("--zoom-loss-weight must be >= 0 and needs --zoomr-aware (the loss reads ZoomR's view)")
     if args.answer_weight <= 0 or not 0.0 < args.aware_share <= 1.0:
         ap.error("--answer-weight must be positive and --aware-share within (0, 1]")
     if args.eval < 0 or args.heads % args.kv_heads or args.hidden % args.heads:
@@ -155,6 +163,9 @@ def main(argv=None) -> int:
     batches = iter(data.Batches(train, args.tokens_per_step, tok.token_to_id(data.PAD), args.seed))
     warm_batches = iter(data.Batches(warm, args.tokens_per_step, tok.token_to_id(data.PAD), args.seed)) if warm else None
     end_think = tok.token_to_id("</think>")
+    scoring = [model.model.layers[i].self_attn for i in ZoomRConfig().scoring_layer_ids(cfg.num_hidden_layers)]
+    for attn in scoring if args.zoom_loss_weight > 0 else ():
+        attn.keep_qk = True
     curve, t0, step, seen = [], time.time(), 0, 0
     budget_s = args.minutes * 60
     while True:
@@ -172,6 +183,13 @@ def main(argv=None) -> int:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             logits = model(ids, mask=mask)
         loss = weighted_loss(logits, ids, tgt, end_think, args.answer_weight)
+        zl = None
+        if args.zoom_loss_weight > 0 and view is not None:
+            seg, own = (t.to(dev, non_blocking=True) for t in view)
+            zl = zoom_loss([a.qk[0] for a in scoring], [a.qk[1] for a in scoring], seg, own, ids, end_think)
+            loss = loss + args.zoom_loss_weight * zl.loss
+        for attn in scoring:
+            attn.qk = None  # the captured tensors live only until the loss has them
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -179,10 +197,14 @@ def main(argv=None) -> int:
         step += 1
         if step % 25 == 0 or step == 1:
             curve.append({"step": step, "loss": round(loss.item(), 5), "lr": lr, "trained_tokens": seen,
-                          "elapsed_s": round(time.time() - t0, 1), "warm_up": warming})
+                          "elapsed_s": round(time.time() - t0, 1), "warm_up": warming,
+                          **({"zoom_loss": round(zl.loss.item(), 5)} if zl is not None and zl.rows else {})})
             print(f"[train] step {step} loss {curve[-1]['loss']:.4f} lr {lr:.2e} {time.time() - t0:.0f}s"
+                  + (f" zoom loss {curve[-1]['zoom_loss']:.4f}" if "zoom_loss" in curve[-1] else "")
                   + (" (warm-up)" if warming else ""), flush=True)
     train_s = time.time() - t0
+    for attn in scoring:
+        attn.keep_qk = False
     model.eval()
     manifest = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -278,7 +278,9 @@ PY
       # (--zoomr-aware); TRAIN_FINETUNE="ARGS" then fine-tunes the first variant (--init) into NAME-aware, e.g.
       # "--zoomr-aware --warm 0 --minutes 2". Each checkpoint comes back as $OUT/reasoner_NAME.tgz (the device
       # returns at most 8 files of 16 MiB). Size --minutes and --eval-minutes in TRAIN_ARGS so that both fit in the budget left: the checkpoint
-      # is written before the evaluation starts.
+      # is written before the evaluation starts. Then `reasoner.view_probe` on each checkpoint (PROBE_N problems, up to
+      # 120 s; leave it room): teacher-forced values under ZoomR's view and how often the zoom ranks the needed thought
+      # first, into the variant's log.
       stamp "train: the reasoner"
       IFS='|' read -r -a variants <<< "${TRAIN_VARIANTS:-zoomr-reasoner=}"
       [[ ${TRAIN_AWARE:-0} == 1 ]] && variants+=("zoomr-reasoner-aware=--zoomr-aware")
@@ -297,8 +299,12 @@ PY
           > "$OUT/train_$name.log" 2>&1
         echo "train $name rc=$?"
       fi
+      for name in "${names[@]}"; do  # the view probe: its trace under ZoomR's view, and whether the zoom finds
+        [[ -d $OUT/$name ]] && timeout $(left 20 120) python3 -m reasoner.view_probe --model "$OUT/$name" --device cuda \
+          --n "${PROBE_N:-16}" --items 24 --keep 0,all >> "$OUT/train_$name.log" 2>&1  # the needed thought
+      done
       for name in "${names[@]}"; do
-        f=$OUT/train_$name.log; echo "== $name"; grep -E "^\[train\] (held-out|wrote|[0-9]+ problems)" "$f"; tail -2 "$f"
+        f=$OUT/train_$name.log; echo "== $name"; grep -E "^\[train\] (held-out|wrote|[0-9]+ problems)" "$f"; tail -7 "$f"
         [[ -d $OUT/$name ]] && tar czf "$OUT/reasoner_$name.tgz" -C "$OUT" "$name" && rm -rf "${OUT:?}/$name"
       done
       ;;

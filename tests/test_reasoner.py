@@ -152,15 +152,19 @@ def test_training_command_writes_a_servable_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, "-m", "reasoner.train", "--out", str(out), "--steps", "3",
                         "--train-problems", "12", "--eval", "1", "--tokens-per-step", "4096", "--layers", "1",
                         "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--intermediate", "64", "--workers", "1",
-                        "--device", "cpu", "--zoomr-aware"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                        "--device", "cpu", "--zoomr-aware", "--zoom-loss-weight", "0.5"], cwd=REPO, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     manifest = json.loads((out / "reasoner_manifest.json").read_text())
     assert manifest["steps"] == 3 and manifest["heldout_full_attention"]["n"] == 1
-    assert manifest["settings"]["zoomr_aware"]
+    assert manifest["settings"]["zoomr_aware"] and manifest["settings"]["zoom_loss_weight"] == 0.5
     assert json.loads((out / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
     bad = subprocess.run([sys.executable, "-m", "reasoner.train", "--out", str(out), "--steps", "0"], cwd=REPO,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "must be positive" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "reasoner.train", "--out", str(out), "--zoom-loss-weight", "1"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "needs --zoomr-aware" in bad.stderr and bad.stderr.count("\n") == 1
 
 
 def test_a_causal_mask_gives_the_causal_forward():
@@ -169,3 +173,87 @@ def test_a_causal_mask_gives_the_causal_forward():
     causal = torch.ones(21, 21, dtype=torch.bool).tril()[None, None].expand(2, 1, 21, 21)
     with torch.no_grad():
         torch.testing.assert_close(m(ids, mask=causal), m(ids), atol=1e-5, rtol=1e-5)
+
+
+def _zoom_layout():
+    """One row: prompt 0-3, thought 0 (detail 4-7, summary 8-10), thought 1 (detail 11-13, summary 14-16), thought 2
+    (detail 17-18, summary 19-21), </think> at 22, the answer 23-25 reading thought 1."""
+    S, end_think = 26, 99
+    seg, own = torch.full((1, S), -1), torch.full((1, S), -1)
+    for t, (d0, d1, s1) in enumerate(((4, 8, 11), (11, 14, 17), (17, 19, 22))):
+        seg[0, d0:d1] = t
+        own[0, d0:s1] = t
+    own[0, 22:] = 1
+    ids = torch.arange(S)[None] % 50
+    ids[0, 22] = end_think
+    return seg, own, ids, end_think
+
+
+def test_zoom_loss_scores_thoughts_exactly_as_zoomr_does():
+    from reasoner.zoom_loss import zoom_loss
+    from zoomr_sgl.scoring import thought_score
+
+    seg, own, ids, end_think = _zoom_layout()
+    g = torch.Generator().manual_seed(3)
+    qs = [torch.randn(1, 4, 26, 8, generator=g, requires_grad=True) for _ in range(2)]
+    ks = [torch.randn(1, 2, 26, 8, generator=g, requires_grad=True) for _ in range(2)]
+    got = zoom_loss(qs, ks, seg, own, ids, end_think)
+    assert got.rows == 1
+    spans = ((8, 11), (14, 17), (19, 22))
+    expected = []
+    for pos in range(22, 26):  # the positions after </think> that read a thought
+        query = torch.stack([q[0, :, pos] for q in qs])  # [L, Hq, D]
+        scores = torch.stack([thought_score(query, torch.stack([k[0, :, a:b].transpose(0, 1) for k in ks]))
+                              for a, b in spans])
+        expected.append(torch.nn.functional.cross_entropy(scores[None], torch.tensor([1])))
+    torch.testing.assert_close(got.loss, torch.stack(expected).mean())
+    got.loss.backward()
+    assert qs[0].grad[0, :, 22:].abs().sum() > 0 and ks[0].grad[0, :, 14:17].abs().sum() > 0
+    assert qs[0].grad[0, :, :22].abs().sum() == 0 and ks[0].grad[0, :, 4:8].abs().sum() == 0  # detail: no part
+    full_attention_row = zoom_loss(qs, ks, torch.full_like(seg, -1), own, ids, end_think)
+    assert full_attention_row.rows == 0 and float(full_attention_row.loss) == 0.0
+
+
+def test_the_zoom_loss_can_be_learnt():
+    """A few steps on the zoom loss alone make the needed thought's summary score first (a tiny model's own q, k)."""
+    from reasoner.zoom_loss import row_scores, zoom_loss
+
+    m = _tiny(2)
+    for layer in m.model.layers:
+        layer.self_attn.keep_qk = True
+    seg, own, ids, end_think = _zoom_layout()
+    ids = ids.clamp(max=127)
+    end_think = int(ids[0, 22])
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        m(ids)
+        qk = [layer.self_attn.qk for layer in m.model.layers]
+        z = zoom_loss([q for q, _ in qk], [k for _, k in qk], seg, own, ids, end_think)
+        opt.zero_grad()
+        z.loss.backward()
+        opt.step()
+        losses.append(float(z.loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+    with torch.no_grad():
+        m(ids)
+        qk = [layer.self_attn.qk for layer in m.model.layers]
+        spos = torch.nonzero((seg[0] < 0) & (own[0] >= 0) & (torch.arange(26) < 22)).flatten()
+        scores = row_scores([q for q, _ in qk], [k for _, k in qk], 0, torch.arange(22, 26), spos, own[0, spos], 3)
+    assert (scores.argmax(-1) == 1).all()
+
+
+def test_the_view_probe_masks_as_documented():
+    from reasoner.view_probe import window_mask
+
+    seg, own, _, _ = _zoom_layout()
+    seg, own = seg[0], own[0]
+    full = window_mask(seg, own, None)[0, 0]
+    assert torch.equal(full, torch.ones(26, 26, dtype=torch.bool).tril())
+    m0, m1 = window_mask(seg, own, 0)[0, 0], window_mask(seg, own, 1)[0, 0]
+    q = 17  # thought 2's first detail token
+    assert m0[q, :4].all() and m0[q, 8:11].all() and m0[q, 14:17].all()  # the prompt and every summary
+    assert not m0[q, 4:8].any() and not m0[q, 11:14].any()  # no earlier detail at keep 0
+    assert m1[q, 11:14].all() and not m1[q, 4:8].any()  # keep 1: the thought just before, not the one before it
+    assert m0[24, 11:14].all() and not m0[24, 4:8].any() and not m0[24, 17:19].any()  # the answer: its thought
+    assert not m0[2, :3].logical_not().any() and not m0[2, 3:].any()  # the prompt: causal, nothing else

@@ -1,0 +1,211 @@
+"""Teacher-forced accuracy of a trained reasoner under ZoomR-like views: which earlier detail does its trace lean on?
+
+Contract:
+- ``window_mask(seg, own, keep)`` ``[1, 1, S, S]`` bool: a query reads the prompt, every summary and marker (``seg``
+  -1), the detail of its own thought, and the detail of the ``keep`` thoughts before its own (``keep`` None: every
+  thought, i.e. full causal attention). After ``</think>`` a query's own thought is the one the answer needs (the
+  oracle zoom of ``reasoner.data.zoomr_view``); a query with no thought of its own (``own`` -1: the prompt) reads no
+  detail beyond the ``keep`` window, which is empty there.
+- ``probe(model, tok, problems, keeps)``: per view, the greedy next-token accuracy over the gold trace at the
+  positions that carry a looked-up value: ``start`` (the box after ``start NAME``, copied from the prompt), ``hop``
+  (the box a ``step`` line reaches, from the prompt's table), ``end`` (the box after ``end NAME``: the last hop) and
+  ``answer`` (the tokens after ``</think>``). Returns ``{view: {category: ProbeScore}}``.
+- ``zoom_hits(model, tok, problems, layers)``: whether ZoomR's scoring finds the thought the answer needs. Under the
+  ``keep`` 0 view with no detail at all after ``</think>`` (what a request holds before its first recall there), the
+  post-RoPE queries and keys of the scoring ``layers`` are captured; at every position after ``</think>`` up to the
+  answer's value, each closed thought is scored by ``zoomr_sgl.scoring.thought_score`` (its summary tokens' keys, the
+  markers included) and ranked. Returns a ``ZoomHits``: positions scored, where the needed thought ranked first or
+  within the top two, and per problem whether it ranked first at the position that predicts the value.
+- Nothing here changes a model; it reads ``reasoner.data``'s segmentation, so thoughts are what the server sees.
+
+    python -m reasoner.view_probe --model models/zoomr-reasoner --n 8 --items 24 --keep 0,1,2,4,all
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from reasoner import data
+from reasoner.cli import OneLineParser
+from reasoner.tasks import problem
+
+
+class ProbeScore(NamedTuple):
+    right: int
+    total: int
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.right / self.total if self.total else None
+
+
+def window_mask(seg: torch.Tensor, own: torch.Tensor, keep: int | None) -> torch.Tensor:
+    S = seg.shape[0]
+    causal = torch.ones(S, S, dtype=torch.bool).tril()
+    if keep is None:
+        return causal[None, None]
+    k, q = seg[None, :], own[:, None]
+    readable = (k < 0) | ((q >= 0) & (k <= q) & (k >= q - keep))
+    return (causal & readable)[None, None]
+
+
+_VALUE = {"start": re.compile(r"start \w+ (\w+)\."), "hop": re.compile(r"step \d+: box \w+ (\w+)\."),
+          "end": re.compile(r"end \w+ (\w+)\.")}
+
+
+def value_positions(tok, text: str, offset: int) -> dict[str, list[int]]:
+    """Token positions (in the full sequence, ``offset`` = where ``text`` starts) of each category's value tokens."""
+    enc = tok.encode(text, add_special_tokens=False)
+    spans: dict[str, list[int]] = {c: [] for c in (*_VALUE, "answer")}
+    think_end = text.index("</think>") + len("</think>")
+    for cat, rx in _VALUE.items():
+        for m in rx.finditer(text[:think_end]):
+            spans[cat] += [i for i, (a, b) in enumerate(enc.offsets) if a < m.end(1) and b > m.start(1)]
+    spans["answer"] = [i for i, (a, _) in enumerate(enc.offsets) if a >= think_end]
+    return {c: [offset + i for i in sorted(set(v))] for c, v in spans.items()}
+
+
+@torch.no_grad()
+def probe(model, tok, problems: list, keeps: list[int | None]) -> dict[str, dict[str, ProbeScore]]:
+    scores = {_name(k): {c: [0, 0] for c in (*_VALUE, "answer")} for k in keeps}
+    for p in problems:
+        ex = data.encode(tok, p, zoomr_aware=True)
+        dev = next(model.parameters()).device
+        ids = torch.tensor(ex.ids)[None].to(dev)
+        seg, own = torch.tensor(ex.seg), torch.tensor(ex.own)
+        where = value_positions(tok, p.trace, ex.prompt_len)
+        for keep in keeps:
+            pred = model(ids, mask=window_mask(seg, own, keep).to(dev))[0].argmax(-1).cpu()  # pred[i]: token i + 1
+            ids_cpu = ids.cpu()
+            for cat, positions in where.items():
+                s = scores[_name(keep)][cat]
+                s[0] += sum(int(pred[i - 1] == ids_cpu[0, i]) for i in positions)
+                s[1] += len(positions)
+    return {v: {c: ProbeScore(*s) for c, s in cats.items()} for v, cats in scores.items()}
+
+
+class ZoomHits(NamedTuple):
+    positions: int
+    top1: int
+    top2: int
+    at_value: list[bool]  # per problem: the needed thought ranked first at the position that predicts the value
+
+
+@torch.no_grad()
+def zoom_hits(model, tok, problems: list, layers: tuple[int, ...]) -> ZoomHits:
+    from zoomr_sgl.scoring import thought_score
+    from zoomr_sgl.segmenter import segment
+
+    from reasoner.qwen3 import rotary
+
+    marker = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    positions = top1 = top2 = 0
+    at_value = []
+    for p in problems:
+        if p.target_thought < 0:
+            continue
+        ex = data.encode(tok, p, zoomr_aware=True)
+        dev = next(model.parameters()).device
+        ids = torch.tensor(ex.ids)[None].to(dev)
+        seg, own = torch.tensor(ex.seg), torch.tensor(ex.own)
+        think_end = ex.ids.index(tok.token_to_id("</think>"), ex.prompt_len)
+        own[think_end:] = -1  # no detail back yet
+        captured: dict[str, dict[int, torch.Tensor]] = {"q": {}, "k": {}}
+        hooks = []
+        for layer in layers:
+            attn = model.model.layers[layer].self_attn
+            for name, mod in (("q", attn.q_norm), ("k", attn.k_norm)):
+                hooks.append(mod.register_forward_hook(
+                    lambda m, i, out, name=name, layer=layer: captured[name].__setitem__(layer, out[0])))
+        try:
+            model(ids, mask=window_mask(seg, own, 0).to(dev))
+        finally:
+            for h in hooks:
+                h.remove()
+        pos = torch.arange(ids.shape[1], device=dev)[None]
+        rope = lambda x: rotary(x.transpose(0, 1)[None], pos, model.cfg.rope_theta)[0].transpose(0, 1)  # noqa: E731
+        q = torch.stack([rope(captured["q"][i]) for i in layers], 1)  # [S, L, Hq, D]
+        k = torch.stack([rope(captured["k"][i]) for i in layers], 0)  # [L, S, Hkv, D]
+        thoughts = [t for t in segment(ex.ids, marker("<summary>"), marker("</summary>"), ex.prompt_len)
+                    if t.summary_end <= think_end]
+        value = value_positions(tok, p.trace, ex.prompt_len)["answer"]
+        last = max(i for i in value if i < len(ex.ids) - 1) if value else len(ex.ids) - 1
+        lead_value = _lead_value_position(tok, ex.ids, think_end, p.answer)
+        for qpos in range(think_end, last):
+            scores = torch.stack([thought_score(q[qpos], k[:, t.summary_start:t.summary_end]) for t in thoughts])
+            rank = torch.sort(-scores, stable=True).indices.tolist()
+            positions += 1
+            top1 += rank[0] == p.target_thought
+            top2 += p.target_thought in rank[:2]
+            if qpos == lead_value:
+                at_value.append(rank[0] == p.target_thought)
+    return ZoomHits(positions, top1, top2, at_value)
+
+
+def _lead_value_position(tok, ids: list[int], think_end: int, answer: str) -> int:
+    """The position whose next token is the first token of the lead's value (``end NAME VALUE.``)."""
+    first = tok.encode(" " + answer, add_special_tokens=False).ids[0]
+    return next((i - 1 for i in range(think_end + 1, len(ids)) if ids[i] == first), -1)
+
+
+def _name(keep: int | None) -> str:
+    return "full" if keep is None else f"keep {keep}"
+
+
+def load(model_dir: Path, device: str = "cpu"):
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+
+    from reasoner.qwen3 import Qwen3, Qwen3Config
+
+    cfg = Qwen3Config(**json.loads((model_dir / "reasoner_manifest.json").read_text())["model"])
+    model = Qwen3(cfg)
+    model.load_state_dict({k: v.float() for k, v in load_file(str(model_dir / "model.safetensors")).items()})
+    return model.to(device).eval(), Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+
+
+def main(argv=None) -> int:
+    ap = OneLineParser("view_probe", prog="python -m reasoner.view_probe", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=Path(__file__).resolve().parents[1] / "models" / "zoomr-reasoner")
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--items", type=int, default=24)
+    ap.add_argument("--keep", default="0,1,2,all", help="views: thoughts kept before a query's own, or 'all'")
+    ap.add_argument("--device", default="cpu", help="torch device (float32 weights)")
+    args = ap.parse_args(argv)
+    try:
+        keeps = [None if k == "all" else int(k) if k.isdigit() else -1 for k in args.keep.split(",") if k]
+        if not keeps or any(k is not None and k < 0 for k in keeps) or args.n <= 0 or args.items <= 0:
+            raise ValueError("--keep takes non-negative counts or 'all'; --n and --items must be positive")
+        if not (args.model / "reasoner_manifest.json").is_file():
+            raise ValueError(f"{args.model}: not a checkpoint of reasoner.train (no reasoner_manifest.json)")
+    except ValueError as e:
+        ap.error(str(e))
+    model, tok = load(args.model, args.device)
+    problems = [problem("heldout", "chain", i, items=args.items) for i in range(args.n)]
+    result = probe(model, tok, problems, keeps)
+    cats = list(next(iter(result.values())))
+    print(f"teacher-forced value accuracy, {args.n} held-out {args.items}-item chain problems, {args.model.name}")
+    print("| view | " + " | ".join(cats) + " |\n|---|" + "---|" * len(cats))
+    for view, by in result.items():
+        print(f"| {view} | " + " | ".join(f"{100 * s.accuracy:.1f}% of {s.total}" if s.total else "-"
+                                         for s in by.values()) + " |")
+    from zoomr_sgl.config import ZoomRConfig
+
+    layers = ZoomRConfig().scoring_layer_ids(model.cfg.num_hidden_layers)
+    hits = zoom_hits(model, tok, problems, layers)
+    if hits.positions:
+        print(f"zoom scoring (layers {list(layers)}), {len(hits.at_value)} problems needing a thought, positions after "
+              f"</think>: the needed thought first at {100 * hits.top1 / hits.positions:.1f}%, in the top 2 at "
+              f"{100 * hits.top2 / hits.positions:.1f}% of {hits.positions}; first at the value's position in "
+              f"{sum(hits.at_value)} of {len(hits.at_value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

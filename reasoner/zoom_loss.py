@@ -1,0 +1,64 @@
+"""The zoom loss: train a reasoner's queries to find, by ZoomR's own score, the thought whose detail they need.
+
+Why: ZoomR recalls the thoughts whose summary keys score highest against the step's query (``zoomr_sgl.scoring``).
+A model trained with full attention, or with the needed detail handed back by an oracle, never learns to look at a
+summary: its queries at the answer point at the detail itself, so the summaries of the thought it needs rank at
+chance (``python -m reasoner.view_probe``). This loss makes that score a classifier over the closed thoughts.
+
+Contract:
+- ``zoom_loss(qs, ks, seg, own, ids, end_think)``: ``qs``/``ks`` are per scoring layer the post-RoPE queries
+  ``[B, Hq, S, D]`` and keys ``[B, Hkv, S, D]`` of one forward; ``seg``/``own`` ``[B, S]`` the ZoomR view of
+  ``reasoner.data.zoomr_view``. A row takes part when it is under that view (some ``seg`` >= 0) and its positions
+  after ``</think>`` read a thought (``own`` >= 0 there: the thought the answer needs). For each such position, each
+  closed thought is scored exactly as ``zoomr_sgl.scoring.thought_score`` scores it (its summary tokens, markers
+  included: positions before ``</think>`` with ``seg`` -1 and ``own`` >= 0; max over tokens, mean over heads and
+  layers, float32), and the loss is the cross-entropy of those scores against the needed thought, averaged over the
+  positions of a row, then over the rows. Returns ``ZoomLoss(loss, rows)``: ``loss`` a scalar tensor (0 when
+  ``rows`` is 0), differentiable in the queries and keys.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class ZoomLoss(NamedTuple):
+    loss: torch.Tensor
+    rows: int
+
+
+def row_scores(qs, ks, r: int, qpos: torch.Tensor, spos: torch.Tensor, sid: torch.Tensor, thoughts: int):
+    """Scores ``[P, thoughts]`` of row ``r``'s queries at ``qpos`` against the summaries at ``spos`` (thought ``sid``)."""
+    per_layer = []
+    for q, k in zip(qs, ks):
+        hq, hkv, d = q.shape[1], k.shape[1], q.shape[-1]
+        qr = q[r][:, qpos].float()  # [Hq, P, D]
+        kr = k[r][:, spos].float().repeat_interleave(hq // hkv, 0)  # [Hq, N, D]: q head h reads kv head h // group
+        logits = qr @ kr.transpose(1, 2) / math.sqrt(d)  # [Hq, P, N]
+        best = torch.full((hq, len(qpos), thoughts), float("-inf"), device=logits.device)
+        best = best.scatter_reduce(2, sid.expand(hq, len(qpos), -1), logits, "amax", include_self=True)
+        per_layer.append(best.mean(0))
+    return torch.stack(per_layer).mean(0)
+
+
+def zoom_loss(qs, ks, seg: torch.Tensor, own: torch.Tensor, ids: torch.Tensor, end_think: int) -> ZoomLoss:
+    losses = []
+    for r in range(ids.shape[0]):
+        if not bool((seg[r] >= 0).any()):
+            continue
+        after = (ids[r] == end_think).cumsum(0) > 0
+        qpos = torch.nonzero(after & (own[r] >= 0)).flatten()
+        spos = torch.nonzero(~after & (seg[r] < 0) & (own[r] >= 0)).flatten()
+        if not len(qpos) or not len(spos):
+            continue
+        sid = own[r, spos].long()
+        scores = row_scores(qs, ks, r, qpos, spos, sid, int(sid.max()) + 1)
+        target = own[r, qpos].long()
+        losses.append(F.cross_entropy(scores, target))
+    if not losses:
+        return ZoomLoss(torch.zeros((), device=ids.device), 0)
+    return ZoomLoss(torch.stack(losses).mean(), len(losses))
