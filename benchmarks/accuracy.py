@@ -191,6 +191,8 @@ def parse(argv):
             raise ValueError("--template must contain {problem}")
         if args.limit is not None and args.limit <= 0:
             raise ValueError("--limit must be positive")
+        if args.model_path is not None and not args.model_path.is_dir():
+            raise ValueError(f"--model-path {args.model_path}: no such directory")
         args.urls = [u.strip().rstrip("/") for u in (args.url or "").split(",") if u.strip()]
         if args.url is not None and not args.urls:
             raise ValueError("--url names no server")
@@ -213,7 +215,12 @@ def main(argv=None) -> int:
     servers = []
     try:
         if not args.urls:
-            servers = start_servers(args)
+            try:
+                servers = start_servers(args)
+            except (RuntimeError, TimeoutError) as e:  # the server's own last lines say why
+                tail = [line for line in str(e).splitlines()[1:] if line.strip()][-1:] or [""]
+                print(f"accuracy: error: {str(e).splitlines()[0]} {tail[0].strip()}", file=sys.stderr)
+                return 2
             args.urls = [s.url for s in servers]
         t0 = time.time()
         info = requests.get(args.urls[0] + "/server_info", timeout=30).json()

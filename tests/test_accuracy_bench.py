@@ -27,6 +27,7 @@ def run(args, timeout=900):
     (['{"problem": "x", "answer": 1}'], ["--template", "no placeholder"], "{problem}"),
     (['{"problem": "x", "answer": 1}'], ["--servers", "0"], "--servers"),
     (['{"problem": "x", "answer": 1}'], ["--url", " , "], "names no server"),
+    (['{"problem": "x", "answer": 1}'], ["--model-path", "/nonexistent/model"], "no such directory"),
 ])
 def test_bad_input_is_one_line_and_status_2(tmp_path, lines, extra, needle):
     path = tmp_path / "p.jsonl"
