@@ -104,6 +104,15 @@ def weighted_loss(logits, ids, tgt, end_think: int, answer_weight: float) -> tor
     return (per * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def read_checkpoint(path: Path) -> Qwen3:
+    """The model ``write_checkpoint`` wrote into ``path`` (its shape from the manifest), in float32 on the CPU."""
+    from safetensors.torch import load_file
+
+    model = Qwen3(Qwen3Config(**json.loads((path / MANIFEST).read_text())["model"]))
+    model.load_state_dict({k: v.float() for k, v in load_file(str(path / "model.safetensors")).items()})
+    return model
+
+
 def write_checkpoint(out: Path, model: Qwen3, tok_json: str, manifest: dict) -> None:
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
@@ -143,11 +152,8 @@ def main(argv=None) -> int:
     print(f"[train] {len(train)} problems, {sum(len(e.ids) for e in train) / 1e6:.1f}M tokens (warm-up: {len(warm)}), "
           f"vocab {vocab}, data in {time.time() - t_start:.0f}s", flush=True)
     if args.init:  # go on from a checkpoint: its tokenizer, shape and weights (the shape flags are ignored)
-        from safetensors.torch import load_file
-
-        cfg = Qwen3Config(**json.loads((args.init / MANIFEST).read_text())["model"])
-        model = Qwen3(cfg)
-        model.load_state_dict({k: v.float() for k, v in load_file(str(args.init / "model.safetensors")).items()})
+        model = read_checkpoint(args.init)
+        cfg = model.cfg
     else:
         cfg = Qwen3Config(vocab_size=vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                           num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
@@ -179,14 +185,14 @@ def main(argv=None) -> int:
         ids, tgt, view = next(warm_batches if warming else batches)
         seen += int((tgt != data.IGNORE).sum())  # on the host: no device sync per step
         ids, tgt = ids.to(dev, non_blocking=True), tgt.to(dev, non_blocking=True)
-        mask = None if view is None else data.attention_mask(*(t.to(dev, non_blocking=True) for t in view))
+        view = None if view is None else tuple(t.to(dev, non_blocking=True) for t in view)
+        mask = None if view is None else data.attention_mask(*view)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             logits = model(ids, mask=mask)
         loss = weighted_loss(logits, ids, tgt, end_think, args.answer_weight)
         zl = None
         if args.zoom_loss_weight > 0 and view is not None:
-            seg, own = (t.to(dev, non_blocking=True) for t in view)
-            zl = zoom_loss([a.qk[0] for a in scoring], [a.qk[1] for a in scoring], seg, own, ids, end_think)
+            zl = zoom_loss([a.qk[0] for a in scoring], [a.qk[1] for a in scoring], *view, ids, end_think)
             loss = loss + args.zoom_loss_weight * zl.loss
         for attn in scoring:
             attn.qk = None  # the captured tensors live only until the loss has them

@@ -23,7 +23,6 @@ Contract:
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from pathlib import Path
@@ -73,19 +72,19 @@ def value_positions(tok, text: str, offset: int) -> dict[str, list[int]]:
 
 @torch.no_grad()
 def probe(model, tok, problems: list, keeps: list[int | None]) -> dict[str, dict[str, ProbeScore]]:
+    dev = next(model.parameters()).device
     scores = {_name(k): {c: [0, 0] for c in (*_VALUE, "answer")} for k in keeps}
     for p in problems:
         ex = data.encode(tok, p, zoomr_aware=True)
-        dev = next(model.parameters()).device
-        ids = torch.tensor(ex.ids)[None].to(dev)
+        ids = torch.tensor(ex.ids)
         seg, own = torch.tensor(ex.seg), torch.tensor(ex.own)
         where = value_positions(tok, p.trace, ex.prompt_len)
         for keep in keeps:
-            pred = model(ids, mask=window_mask(seg, own, keep).to(dev))[0].argmax(-1).cpu()  # pred[i]: token i + 1
-            ids_cpu = ids.cpu()
+            logits = model(ids[None].to(dev), mask=window_mask(seg, own, keep).to(dev))
+            pred = logits[0].argmax(-1).cpu()  # pred[i]: the token at i + 1
             for cat, positions in where.items():
                 s = scores[_name(keep)][cat]
-                s[0] += sum(int(pred[i - 1] == ids_cpu[0, i]) for i in positions)
+                s[0] += sum(int(pred[i - 1] == ids[i]) for i in positions)
                 s[1] += len(positions)
     return {v: {c: ProbeScore(*s) for c, s in cats.items()} for v, cats in scores.items()}
 
@@ -99,52 +98,40 @@ class ZoomHits(NamedTuple):
 
 @torch.no_grad()
 def zoom_hits(model, tok, problems: list, layers: tuple[int, ...]) -> ZoomHits:
-    from zoomr_sgl.scoring import thought_score
-    from zoomr_sgl.segmenter import segment
+    from reasoner.zoom_loss import row_scores, summary_positions
 
-    from reasoner.qwen3 import rotary
-
-    marker = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
+    dev = next(model.parameters()).device
+    scoring = [model.model.layers[i].self_attn for i in layers]
     positions = top1 = top2 = 0
     at_value = []
     for p in problems:
         if p.target_thought < 0:
             continue
         ex = data.encode(tok, p, zoomr_aware=True)
-        dev = next(model.parameters()).device
-        ids = torch.tensor(ex.ids)[None].to(dev)
         seg, own = torch.tensor(ex.seg), torch.tensor(ex.own)
         think_end = ex.ids.index(tok.token_to_id("</think>"), ex.prompt_len)
         own[think_end:] = -1  # no detail back yet
-        captured: dict[str, dict[int, torch.Tensor]] = {"q": {}, "k": {}}
-        hooks = []
-        for layer in layers:
-            attn = model.model.layers[layer].self_attn
-            for name, mod in (("q", attn.q_norm), ("k", attn.k_norm)):
-                hooks.append(mod.register_forward_hook(
-                    lambda m, i, out, name=name, layer=layer: captured[name].__setitem__(layer, out[0])))
+        for attn in scoring:
+            attn.keep_qk = True
         try:
-            model(ids, mask=window_mask(seg, own, 0).to(dev))
+            model(torch.tensor(ex.ids)[None].to(dev), mask=window_mask(seg, own, 0).to(dev))
+            qs, ks = [a.qk[0] for a in scoring], [a.qk[1] for a in scoring]
         finally:
-            for h in hooks:
-                h.remove()
-        pos = torch.arange(ids.shape[1], device=dev)[None]
-        rope = lambda x: rotary(x.transpose(0, 1)[None], pos, model.cfg.rope_theta)[0].transpose(0, 1)  # noqa: E731
-        q = torch.stack([rope(captured["q"][i]) for i in layers], 1)  # [S, L, Hq, D]
-        k = torch.stack([rope(captured["k"][i]) for i in layers], 0)  # [L, S, Hkv, D]
-        thoughts = [t for t in segment(ex.ids, marker("<summary>"), marker("</summary>"), ex.prompt_len)
-                    if t.summary_end <= think_end]
+            for attn in scoring:
+                attn.keep_qk, attn.qk = False, None
+        before = torch.arange(len(ex.ids)) < think_end
+        spos, sid = summary_positions(seg, own, before)
         value = value_positions(tok, p.trace, ex.prompt_len)["answer"]
         last = max(i for i in value if i < len(ex.ids) - 1) if value else len(ex.ids) - 1
         lead_value = _lead_value_position(tok, ex.ids, think_end, p.answer)
-        for qpos in range(think_end, last):
-            scores = torch.stack([thought_score(q[qpos], k[:, t.summary_start:t.summary_end]) for t in thoughts])
-            rank = torch.sort(-scores, stable=True).indices.tolist()
-            positions += 1
-            top1 += rank[0] == p.target_thought
-            top2 += p.target_thought in rank[:2]
-            if qpos == lead_value:
-                at_value.append(rank[0] == p.target_thought)
+        qpos = torch.arange(think_end, last)
+        ranks = row_scores(qs, ks, 0, qpos.to(dev), spos.to(dev), sid.to(dev), int(sid.max()) + 1)
+        ranks = torch.sort(-ranks.cpu(), dim=-1, stable=True).indices
+        positions += len(qpos)
+        top1 += int((ranks[:, 0] == p.target_thought).sum())
+        top2 += int((ranks[:, :2] == p.target_thought).any(-1).sum())
+        if think_end <= lead_value < last:
+            at_value.append(bool(ranks[lead_value - think_end, 0] == p.target_thought))
     return ZoomHits(positions, top1, top2, at_value)
 
 
@@ -159,15 +146,11 @@ def _name(keep: int | None) -> str:
 
 
 def load(model_dir: Path, device: str = "cpu"):
-    from safetensors.torch import load_file
     from tokenizers import Tokenizer
 
-    from reasoner.qwen3 import Qwen3, Qwen3Config
+    from reasoner.train import read_checkpoint
 
-    cfg = Qwen3Config(**json.loads((model_dir / "reasoner_manifest.json").read_text())["model"])
-    model = Qwen3(cfg)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(model_dir / "model.safetensors")).items()})
-    return model.to(device).eval(), Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    return read_checkpoint(model_dir).to(device).eval(), Tokenizer.from_file(str(model_dir / "tokenizer.json"))
 
 
 def main(argv=None) -> int:

@@ -45,6 +45,12 @@ def row_scores(qs, ks, r: int, qpos: torch.Tensor, spos: torch.Tensor, sid: torc
     return torch.stack(per_layer).mean(0)
 
 
+def summary_positions(seg: torch.Tensor, own: torch.Tensor, before: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One row's summary tokens (markers included) among the positions ``before`` marks: positions, and thought ids."""
+    spos = torch.nonzero(before & (seg < 0) & (own >= 0)).flatten()
+    return spos, own[spos].long()
+
+
 def zoom_loss(qs, ks, seg: torch.Tensor, own: torch.Tensor, ids: torch.Tensor, end_think: int) -> ZoomLoss:
     losses = []
     for r in range(ids.shape[0]):
@@ -52,10 +58,9 @@ def zoom_loss(qs, ks, seg: torch.Tensor, own: torch.Tensor, ids: torch.Tensor, e
             continue
         after = (ids[r] == end_think).cumsum(0) > 0
         qpos = torch.nonzero(after & (own[r] >= 0)).flatten()
-        spos = torch.nonzero(~after & (seg[r] < 0) & (own[r] >= 0)).flatten()
+        spos, sid = summary_positions(seg[r], own[r], ~after)
         if not len(qpos) or not len(spos):
             continue
-        sid = own[r, spos].long()
         scores = row_scores(qs, ks, r, qpos, spos, sid, int(sid.max()) + 1)
         target = own[r, qpos].long()
         losses.append(F.cross_entropy(scores, target))
