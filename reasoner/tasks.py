@@ -14,10 +14,12 @@ Two families, both chat prompts (``chat_text`` wraps them in the model's chat te
   box Mun rit.``, ..., then ``end kilo rit.``), each followed by ``<summary>item kilo traced over 3
   steps.</summary>`` (what the thought handled, without the value it found), ``</think>``, then an answer that
   restates the question, names the item three times (so that a zoom decision, every 16 tokens by default, falls
-  between the first naming and the value) and gives ``FACT NAME VALUE``, then ``Answer: VALUE``. Question kinds:
-  ``end`` (where an item ends: the value is written only inside that item's thought, so the answer needs an earlier
-  thought's detail, found through its summary's item name), ``start`` and ``steps`` (the prompt says it).
-  ``END_SHARE`` of the problems ask ``end``.
+  between the first naming and the value) and gives ``end NAME VALUE``, then ``Answer: VALUE``. Every chain problem
+  asks where an item ends: the value is written only inside that item's thought, so the answer needs an earlier
+  thought's detail, found through its summary's item name. (Questions the prompt answers, where an item starts and
+  how many steps it takes, were dropped: they test prompt retrieval, which ZoomR leaves alone and the ``records``
+  family covers, and the 5M-parameter model never learned them: 0 of 19 and 1 of 17 right with full attention on
+  the H200, 2026-12-02, against 53 of 53 ``end``.)
 - ``records`` (the long-prompt family, for prompt-side retrieval). The prompt lists records
   (``record kilo 17 has color red and code 4 9 1 7.``: one sentence each) up to a target length, then asks for one
   record's code; the trace is a short thought that names the record, then the answer. The value is in the prompt only.
@@ -45,7 +47,6 @@ from reasoner.cli import OneLineParser
 SPLIT_SEEDS = {"train": 1_000_003, "heldout": 7_000_019, "smoke": 31_337}
 FAMILIES = ("chain", "records")
 DEFAULT_BOXES = 40  # boxes in a chain problem's table (of the 90 labels)
-END_SHARE = 0.6  # chain problems asking where an item ends (the answer needs an earlier thought's detail)
 NAMES = (
     "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec romeo "
     "sierra tango uniform victor whiskey xray yankee zulu amber cedar dune ember fern grove harbor iris jade lotus "
@@ -63,7 +64,7 @@ THINK, END_THINK, OPEN, CLOSE = "<think>", "</think>", "<summary>", "</summary>"
 @dataclass(frozen=True)
 class Problem:
     family: str
-    kind: str  # chain: end / start / steps; records: code
+    kind: str  # chain: end; records: code
     prompt: str
     trace: str
     answer: str
@@ -90,11 +91,8 @@ def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int =
     plan = [(name, rng.choice(labels).capitalize(), rng.randint(4, 10)) for name in names]
     lines = ["Boxes:"] + [f"box {b.capitalize()} {table[b]}." for b in labels]
     lines += ["Items:"] + [f"item {n}: start {n} {s}, steps {n} {k}." for n, s, k in plan]
-    kind = "end" if rng.random() < END_SHARE else rng.choice(("start", "steps"))
-    target, start, steps = rng.choice(plan)
-    question = {"end": f"where does item {target} end?", "start": f"where does item {target} start?",
-                "steps": f"how many steps does item {target} take?"}[kind]
-    prompt = "\n".join(lines) + f"\nTrace every item, then answer: {question}"
+    target = rng.choice(plan)[0]
+    prompt = "\n".join(lines) + f"\nTrace every item, then answer: where does item {target} end?"
     thoughts, ends = [], {}
     for name, box, k in plan:  # box: the capitalised key of the box to open next
         body = [f"item {name}: start {name} {box}."]
@@ -106,14 +104,12 @@ def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int =
         ends[name] = box
         body.append(f"end {name} {box}.")
         thoughts.append("\n".join(body) + f"\n{OPEN}item {name} traced over {k} steps.{CLOSE}\n")
-    answer = {"end": ends[target], "start": start, "steps": steps}[kind]
-    look = f"The answer is in the thought on item {target}, so I look back at item {target}:"
-    lead = {"end": f"The question asks where item {target} ends. {look} end {target} {answer}.",
-            "start": f"The question asks where item {target} starts. {look} start {target} {answer}.",
-            "steps": f"The question asks how many steps item {target} takes. {look} steps {target} {answer}."}[kind]
+    answer = ends[target]
+    lead = (f"The question asks where item {target} ends. The answer is in the thought on item {target}, so I look "
+            f"back at item {target}: end {target} {answer}.")
     trace = f"{THINK}\n" + "".join(thoughts) + f"{END_THINK}\n{lead}\nAnswer: {answer}"
-    target_index = [name for name, _, _ in plan].index(target) if kind == "end" else -1
-    return Problem("chain", kind, prompt, trace, str(answer), kind == "end", n_items, seed, target_index)
+    target_index = [name for name, _, _ in plan].index(target)
+    return Problem("chain", "end", prompt, trace, answer, True, n_items, seed, target_index)
 
 
 def _records(rng: random.Random, seed: str, prompt_chars: int | None = None) -> Problem:

@@ -32,7 +32,7 @@ from reasoner import data
 from reasoner.cli import OneLineParser
 from reasoner.evaluate import evaluate
 from reasoner.qwen3 import Qwen3, Qwen3Config, hf_config
-from reasoner.zoom_loss import zoom_loss
+from reasoner.zoom_loss import ZoomLoss, blind, participants, zoom_loss
 from zoomr_sgl.config import ZoomRConfig
 from zoomr_sgl import embedded_model as em
 
@@ -104,6 +104,25 @@ def weighted_loss(logits, ids, tgt, end_think: int, answer_weight: float) -> tor
     return (per * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def blind_zoom_loss(model, scoring, ids, seg, own, end_think: int, dev):
+    """``reasoner.zoom_loss`` over the rows that take part, from a second forward under its blind view (nothing after
+    ``</think>`` reads detail): the scoring layers' queries as the server's are when it picks its first recall."""
+    rows = torch.nonzero(participants(seg, own, ids, end_think)).flatten()
+    if not len(rows):
+        return ZoomLoss(torch.zeros((), device=ids.device), 0)
+    ids, seg, own = ids[rows], seg[rows], own[rows]
+    for attn in scoring:
+        attn.keep_qk = True
+    try:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            model(ids, mask=data.attention_mask(seg, blind(own, ids, end_think)))
+        qs, ks = [a.qk[0] for a in scoring], [a.qk[1] for a in scoring]
+    finally:
+        for attn in scoring:  # the captured tensors live only until the loss has them
+            attn.keep_qk, attn.qk = False, None
+    return zoom_loss(qs, ks, seg, own, ids, end_think)
+
+
 def read_checkpoint(path: Path) -> Qwen3:
     """The model ``write_checkpoint`` wrote into ``path`` (its shape from the manifest), in float32 on the CPU."""
     from safetensors.torch import load_file
@@ -170,8 +189,6 @@ def main(argv=None) -> int:
     warm_batches = iter(data.Batches(warm, args.tokens_per_step, tok.token_to_id(data.PAD), args.seed)) if warm else None
     end_think = tok.token_to_id("</think>")
     scoring = [model.model.layers[i].self_attn for i in ZoomRConfig().scoring_layer_ids(cfg.num_hidden_layers)]
-    for attn in scoring if args.zoom_loss_weight > 0 else ():
-        attn.keep_qk = True
     curve, t0, step, seen = [], time.time(), 0, 0
     budget_s = args.minutes * 60
     while True:
@@ -192,10 +209,8 @@ def main(argv=None) -> int:
         loss = weighted_loss(logits, ids, tgt, end_think, args.answer_weight)
         zl = None
         if args.zoom_loss_weight > 0 and view is not None:
-            zl = zoom_loss([a.qk[0] for a in scoring], [a.qk[1] for a in scoring], *view, ids, end_think)
+            zl = blind_zoom_loss(model, scoring, ids, *view, end_think, dev)
             loss = loss + args.zoom_loss_weight * zl.loss
-        for attn in scoring:
-            attn.qk = None  # the captured tensors live only until the loss has them
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -209,8 +224,6 @@ def main(argv=None) -> int:
                   + (f" zoom loss {curve[-1]['zoom_loss']:.4f}" if "zoom_loss" in curve[-1] else "")
                   + (" (warm-up)" if warming else ""), flush=True)
     train_s = time.time() - t0
-    for attn in scoring:
-        attn.keep_qk = False
     model.eval()
     manifest = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -218,6 +231,8 @@ def main(argv=None) -> int:
         "trained_tokens": seen, "loss_curve": curve, "heldout_full_attention": None,
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # the lineage: what --init started from, with its own base, so one manifest tells how the weights were made
+        "base_checkpoint": json.loads((args.init / MANIFEST).read_text()) if args.init else None,
     }
     write_checkpoint(args.out, model, tok_json, manifest)  # first, so a cut-short evaluation loses nothing
     print(f"[train] wrote {args.out} ({n_params / 1e6:.2f}M parameters, {step} steps, {train_s:.0f}s)", flush=True)

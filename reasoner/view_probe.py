@@ -98,7 +98,7 @@ class ZoomHits(NamedTuple):
 
 @torch.no_grad()
 def zoom_hits(model, tok, problems: list, layers: tuple[int, ...]) -> ZoomHits:
-    from reasoner.zoom_loss import row_scores, summary_positions
+    from reasoner.zoom_loss import blind, row_scores, summary_positions
 
     dev = next(model.parameters()).device
     scoring = [model.model.layers[i].self_attn for i in layers]
@@ -110,7 +110,7 @@ def zoom_hits(model, tok, problems: list, layers: tuple[int, ...]) -> ZoomHits:
         ex = data.encode(tok, p, zoomr_aware=True)
         seg, own = torch.tensor(ex.seg), torch.tensor(ex.own)
         think_end = ex.ids.index(tok.token_to_id("</think>"), ex.prompt_len)
-        own[think_end:] = -1  # no detail back yet
+        own = blind(own, torch.tensor(ex.ids), tok.token_to_id("</think>"))  # no detail back yet
         for attn in scoring:
             attn.keep_qk = True
         try:

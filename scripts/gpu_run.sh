@@ -314,7 +314,7 @@ PY
       # ACCURACY_N held-out problems. Each server's pool is capped (a small model's 64 requests need ~1 GB), so
       # several share the GPU; each scheduler is its own CPU core.
       stamp "accuracy: ${ACCURACY_SERVERS:-1} x ${ACCURACY_MODEL:-models/zoomr-reasoner}"
-      python3 -m reasoner.tasks --split heldout --n "${ACCURACY_N:-200}" --out /tmp/heldout.jsonl
+      python3 -m reasoner.tasks --split heldout --n "${ACCURACY_N:-200}" ${ACCURACY_FAMILY:+--family $ACCURACY_FAMILY} --out /tmp/heldout.jsonl
       timeout -s TERM $(left 30) python3 -m benchmarks.accuracy --problems /tmp/heldout.jsonl \
         --model-path "${ACCURACY_MODEL:-models/zoomr-reasoner}" --servers "${ACCURACY_SERVERS:-1}" ${ACCURACY_ARGS:-} \
         --out "$OUT/results" -- --cuda-graph-max-bs 64 --max-total-tokens 400000 --mem-fraction-static 0.85 \
