@@ -12,6 +12,8 @@ Contract:
   ``valid[b, j]`` says which cache positions of row ``b`` hold real tokens (pads are never attended) and
   ``positions`` are per-row rotary positions (a row's first real token is position 0). The caller marks the
   positions it feeds in ``valid`` before the forward.
+- ``captured_qk(model, attns, ids, mask)``: the post-RoPE queries and keys of the ``Attention`` modules ``attns``
+  (lists, one ``(q, k)`` per module) from one forward of ``ids`` under ``mask``; the modules keep nothing after.
 - ``tests/test_reasoner.py`` checks the logits against ``transformers``' own ``Qwen3ForCausalLM`` on the same weights.
 """
 
@@ -192,3 +194,14 @@ class Qwen3(nn.Module):
         if cache is not None:
             cache.length += ids.shape[1]
         return self.lm_head(self.model.norm(x)).float()
+
+
+def captured_qk(model: Qwen3, attns: list, ids: torch.Tensor, mask: torch.Tensor) -> tuple[list, list]:
+    for attn in attns:
+        attn.keep_qk = True
+    try:
+        model(ids, mask=mask)
+        return [a.qk[0] for a in attns], [a.qk[1] for a in attns]
+    finally:
+        for attn in attns:  # the captured tensors live only until the caller has them
+            attn.keep_qk, attn.qk = False, None

@@ -31,8 +31,8 @@ import torch
 from reasoner import data
 from reasoner.cli import OneLineParser
 from reasoner.evaluate import evaluate
-from reasoner.qwen3 import Qwen3, Qwen3Config, hf_config
-from reasoner.zoom_loss import ZoomLoss, blind, participants, zoom_loss
+from reasoner.qwen3 import Qwen3, Qwen3Config, captured_qk, hf_config
+from reasoner.zoom_loss import ZoomLoss, after_think, blind, participants, zoom_loss
 from zoomr_sgl.config import ZoomRConfig
 from zoomr_sgl import embedded_model as em
 
@@ -100,7 +100,7 @@ def weighted_loss(logits, ids, tgt, end_think: int, answer_weight: float) -> tor
                                             reduction="none").view_as(tgt)
     weight = (tgt != data.IGNORE).float()
     if answer_weight != 1.0:  # position t predicts token t + 1: weighted from the </think> position on
-        weight = weight * (1.0 + (answer_weight - 1.0) * ((ids == end_think).cumsum(1) > 0).float())
+        weight = weight * (1.0 + (answer_weight - 1.0) * after_think(ids, end_think).float())
     return (per * weight).sum() / weight.sum().clamp_min(1.0)
 
 
@@ -111,15 +111,8 @@ def blind_zoom_loss(model, scoring, ids, seg, own, end_think: int, dev):
     if not len(rows):
         return ZoomLoss(torch.zeros((), device=ids.device), 0)
     ids, seg, own = ids[rows], seg[rows], own[rows]
-    for attn in scoring:
-        attn.keep_qk = True
-    try:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            model(ids, mask=data.attention_mask(seg, blind(own, ids, end_think)))
-        qs, ks = [a.qk[0] for a in scoring], [a.qk[1] for a in scoring]
-    finally:
-        for attn in scoring:  # the captured tensors live only until the loss has them
-            attn.keep_qk, attn.qk = False, None
+    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        qs, ks = captured_qk(model, scoring, ids, data.attention_mask(seg, blind(own, ids, end_think)))
     return zoom_loss(qs, ks, seg, own, ids, end_think)
 
 

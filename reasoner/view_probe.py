@@ -98,6 +98,7 @@ class ZoomHits(NamedTuple):
 
 @torch.no_grad()
 def zoom_hits(model, tok, problems: list, layers: tuple[int, ...]) -> ZoomHits:
+    from reasoner.qwen3 import captured_qk
     from reasoner.zoom_loss import blind, row_scores, summary_positions
 
     dev = next(model.parameters()).device
@@ -111,14 +112,7 @@ def zoom_hits(model, tok, problems: list, layers: tuple[int, ...]) -> ZoomHits:
         seg, own = torch.tensor(ex.seg), torch.tensor(ex.own)
         think_end = ex.ids.index(tok.token_to_id("</think>"), ex.prompt_len)
         own = blind(own, torch.tensor(ex.ids), tok.token_to_id("</think>"))  # no detail back yet
-        for attn in scoring:
-            attn.keep_qk = True
-        try:
-            model(torch.tensor(ex.ids)[None].to(dev), mask=window_mask(seg, own, 0).to(dev))
-            qs, ks = [a.qk[0] for a in scoring], [a.qk[1] for a in scoring]
-        finally:
-            for attn in scoring:
-                attn.keep_qk, attn.qk = False, None
+        qs, ks = captured_qk(model, scoring, torch.tensor(ex.ids)[None].to(dev), window_mask(seg, own, 0).to(dev))
         before = torch.arange(len(ex.ids)) < think_end
         spos, sid = summary_positions(seg, own, before)
         value = value_positions(tok, p.trace, ex.prompt_len)["answer"]

@@ -57,17 +57,18 @@ def summary_positions(seg: torch.Tensor, own: torch.Tensor, before: torch.Tensor
     return spos, own[spos].long()
 
 
-def _after(ids: torch.Tensor, end_think: int) -> torch.Tensor:
+def after_think(ids: torch.Tensor, end_think: int) -> torch.Tensor:
+    """``[..., S]`` bool: the positions from the first ``</think>`` on."""
     return (ids == end_think).cumsum(-1) > 0
 
 
 def blind(own: torch.Tensor, ids: torch.Tensor, end_think: int) -> torch.Tensor:
     """``own`` with no detail read after ``</think>`` (``[..., S]``, a copy): before the zoom's first recall."""
-    return own.masked_fill(_after(ids, end_think), -1)
+    return own.masked_fill(after_think(ids, end_think), -1)
 
 
 def participants(seg: torch.Tensor, own: torch.Tensor, ids: torch.Tensor, end_think: int) -> torch.Tensor:
-    return (seg >= 0).any(-1) & (_after(ids, end_think) & (own >= 0)).any(-1)
+    return (seg >= 0).any(-1) & (after_think(ids, end_think) & (own >= 0)).any(-1)
 
 
 def zoom_loss(qs, ks, seg: torch.Tensor, own: torch.Tensor, ids: torch.Tensor, end_think: int) -> ZoomLoss:
@@ -75,7 +76,7 @@ def zoom_loss(qs, ks, seg: torch.Tensor, own: torch.Tensor, ids: torch.Tensor, e
     for r in range(ids.shape[0]):
         if not bool((seg[r] >= 0).any()):
             continue
-        after = _after(ids[r], end_think)
+        after = after_think(ids[r], end_think)
         qpos = torch.nonzero(after & (own[r] >= 0)).flatten()
         spos, sid = summary_positions(seg[r], own[r], ~after)
         if not len(qpos) or not len(spos):
