@@ -89,7 +89,7 @@ def load_problems(path: Path, limit: int | None) -> list[dict]:
 
 def request_params(policy: str, budget: int | None, args) -> dict:
     params = {"zoomr_policy": policy, "zoomr_summary_mode": args.summary_mode, "zoomr_zoom_topk": args.zoom_topk,
-              "zoomr_zoom_interval": args.zoom_interval}
+              "zoomr_zoom_interval": args.zoom_interval, "zoomr_zoom_retain": args.zoom_retain == "true"}
     if budget is not None:
         params[BUDGET_KEY[policy]] = budget
     return params
@@ -171,6 +171,8 @@ def parse(argv):
     ap.add_argument("--summary-mode", default="trained", choices=("trained", "engine"))
     ap.add_argument("--zoom-topk", type=int, default=2)
     ap.add_argument("--zoom-interval", type=int, default=4)
+    ap.add_argument("--zoom-retain", choices=("true", "false"), default="true",
+                    help="keep earlier recalls in the zoom buffer (LRU); false: attend only what the last zoom picked")
     ap.add_argument("--max-new-tokens", type=int, default=8192)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")

@@ -312,14 +312,33 @@ PY
       # benchmarks/accuracy.py against ACCURACY_SERVERS (default 1) ZoomR servers it starts side by side on
       # ACCURACY_MODEL (default the committed reasoner; carry only .gpu then: the model travels in the checkout), on
       # ACCURACY_N held-out problems. Each server's pool is capped (a small model's 64 requests need ~1 GB), so
-      # several share the GPU; each scheduler is its own CPU core.
+      # several share the GPU; each scheduler is its own CPU core. Prefill CUDA graphs off: their capture
+      # took 200 s of the first server's start on a bare H200 (2026-12-03), and accuracy does not time prefill.
       stamp "accuracy: ${ACCURACY_SERVERS:-1} x ${ACCURACY_MODEL:-models/zoomr-reasoner}"
       python3 -m reasoner.tasks --split heldout --n "${ACCURACY_N:-200}" ${ACCURACY_FAMILY:+--family $ACCURACY_FAMILY} --out /tmp/heldout.jsonl
+      # A monitor beside it (every 5 s: host memory, GPU use, load, decode log lines so far); once every server is
+      # up, every 30 s each scheduler's Python stacks into its log (the plugin's SIGUSR2), to see where a stalled
+      # step waits (8 servers stopped decoding together on 2026-12-02 and -03), and the servers' logs with the
+      # monitor's into $OUT/server_logs.tgz, so that a call the device cuts short still brings them back.
+      rm -f /tmp/accuracy_monitor.log /tmp/zoomr-server-*.log  # the servers' logs (tests/server_process.py): none left from an earlier call
+      ( while sleep 5; do
+          n_up=$(grep -l "fired up" /tmp/zoomr-server-*.log 2>/dev/null | wc -l)
+          echo "$(date +%T) up=$n_up mem=$(free -m | awk 'NR==2{print $3"/"$2}') load=$(cut -d' ' -f1 /proc/loadavg)" \
+            "gpu=$(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader | tr -d ' ')" \
+            "decode_lines=$(cat /tmp/zoomr-server-*.log 2>/dev/null | grep -c 'Decode batch')" >> /tmp/accuracy_monitor.log
+          if (( SECONDS % 30 < 5 )); then
+            (( n_up >= ${ACCURACY_SERVERS:-1} )) && pkill -USR2 -f '^sglang::scheduler'
+            (cd /tmp && tar czf "$OUT/server_logs.tgz.part" accuracy_monitor.log zoomr-server-*.log 2>/dev/null \
+              && mv "$OUT/server_logs.tgz.part" "$OUT/server_logs.tgz")
+          fi
+        done ) &
+      MON_PID=$!
       timeout -s TERM $(left 30) python3 -m benchmarks.accuracy --problems /tmp/heldout.jsonl \
         --model-path "${ACCURACY_MODEL:-models/zoomr-reasoner}" --servers "${ACCURACY_SERVERS:-1}" ${ACCURACY_ARGS:-} \
         --out "$OUT/results" -- --cuda-graph-max-bs 64 --max-total-tokens 400000 --mem-fraction-static 0.85 \
-        --enable-metrics > "$OUT/accuracy.log" 2>&1
-      echo "accuracy rc=$?"; tr '\r' '\n' < "$OUT/accuracy.log" | grep '^|' | tail -14
+        --enable-metrics --disable-prefill-cuda-graph --soft-watchdog-timeout 30 > "$OUT/accuracy.log" 2>&1
+      echo "accuracy rc=$?"; kill $MON_PID 2>/dev/null; cp /tmp/accuracy_monitor.log "$OUT/monitor.log"; tr '\r' '\n' < "$OUT/accuracy.log" | grep '^|' | tail -14
+      rm -f "$OUT"/server_logs.tgz*; tail -4 "$OUT/monitor.log"; (dmesg 2>/dev/null | grep -i xid | tail -5) || true
       ;;
     *) stamp "unknown phase $phase"; exit 2 ;;
   esac

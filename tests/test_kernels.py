@@ -1,5 +1,6 @@
 """The Triton kernels against their pure-torch references on fresh random inputs: resident-set index building
-(exact) and thought scoring (1e-3 relative; top-k sets equal where scores are separated).
+(exact), thought scoring (1e-3 relative; top-k sets equal where scores are separated), KV rows (exact) and
+sentence mean keys (1e-5, float32 / float16 / bfloat16 keys).
 
 On a CPU-only host the kernels run through Triton's interpreter on CPU tensors in float32. Triton decides at import
 time whether its own ``@jit`` helpers (``tl.cumsum`` and friends) are interpreted, and the rest of the suite imports
@@ -221,3 +222,74 @@ def test_host_store_round_trip_through_staged_copies():
     for layer in range(layers):
         assert torch.equal(k2[layer][dst], k[layer][src]) and torch.equal(v2[layer][dst], v[layer][src])
     store.free(first)
+
+
+# ------------------------------------------------------------------ sentence keys (SentenceKV)
+KEY_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", KEY_DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("seed,heads,dim,sentences", [(0, 2, 16, 12), (1, 8, 128, 9), (2, 3, 48, 20)])
+def test_sentence_mean_keys_match_reference(device, dtype, seed, heads, dim, sentences):
+    import kernels.sentence_keys as sk
+
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 301, (sentences,), generator=gen)
+    lengths[0] = 1  # a one-token sentence
+    prompt = int(lengths.sum())
+    pool = 2 * prompt + 1
+    # a layer's keys with padded rows (head stride D + 8), the prompt's slots a shuffled subset of the pool
+    k_cache = torch.randn(pool, heads, dim + 8, generator=gen).to(device, dtype)[..., :dim]
+    slots = (torch.randperm(pool - 1, generator=gen)[:prompt] + 1).to(device, torch.int32)
+    ends = lengths.cumsum(0)
+    starts = ends - lengths
+    order = torch.randperm(sentences, generator=gen)  # sentences in any order, plus one over the whole prompt
+    starts = torch.cat([starts[order], torch.zeros(1, dtype=torch.int64)]).to(device)
+    ends = torch.cat([ends[order], torch.tensor([prompt])]).to(device)
+    got = sk.sentence_mean_keys(k_cache, slots, starts, ends)
+    ref = sk.sentence_mean_keys_reference(k_cache, slots, starts.to(torch.int32), ends.to(torch.int32))
+    assert got.dtype == torch.float32 and got.shape == (sentences + 1, heads, dim) and got.device == k_cache.device
+    torch.testing.assert_close(got.cpu(), ref.cpu(), rtol=1e-5, atol=1e-6)
+    one = order.tolist().index(0)  # the one-token sentence: its key exactly
+    assert torch.equal(got[one].cpu(), k_cache[slots[0].long()].float().cpu())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sentence_mean_keys_small_case_by_hand(device):
+    import kernels.sentence_keys as sk
+
+    k_cache = torch.arange(6 * 2 * 2, dtype=torch.float32).view(6, 2, 2).to(device)  # k[slot, h, d] = 4 slot + 2 h + d
+    slots = torch.tensor([4, 1, 5, 2], device=device)
+    starts, ends = torch.tensor([0, 1, 2], device=device), torch.tensor([1, 4, 4], device=device)
+    expect = torch.tensor([
+        [[16, 17], [18, 19]],  # slot 4
+        [[32 / 3, 35 / 3], [38 / 3, 41 / 3]],  # slots 1, 5, 2: mean slot 8/3
+        [[14, 15], [16, 17]],  # slots 5, 2: mean slot 3.5
+    ])
+    for fn in (sk.sentence_mean_keys, sk.sentence_mean_keys_reference):
+        torch.testing.assert_close(fn(k_cache, slots, starts, ends).cpu(), expect, rtol=1e-6, atol=1e-6)
+    assert sk.sentence_mean_keys(k_cache, slots, starts[:0], ends[:0]).shape == (0, 2, 2)
+
+
+@pytest.mark.parametrize("fn_name", ["sentence_mean_keys", "sentence_mean_keys_reference"])
+@pytest.mark.parametrize("change,message", [
+    (dict(k_cache=torch.zeros(6, 4)), "k_cache must be a float"),
+    (dict(k_cache=torch.zeros(6, 2, 2, dtype=torch.int32)), "k_cache must be a float"),
+    (dict(slots=torch.zeros(2, 2, dtype=torch.int64)), "slots must be a 1-D"),
+    (dict(starts=torch.tensor([0.0, 1.0])), "starts must be a 1-D"),
+    (dict(ends=torch.tensor([1, 2, 3])), "differ in length"),
+    (dict(ends=torch.tensor([1, 1])), "ends > starts"),
+    (dict(starts=torch.tensor([0, 3]), ends=torch.tensor([1, 2])), "ends > starts"),
+    (dict(starts=torch.tensor([-1, 1])), "inside the 4 positions"),
+    (dict(ends=torch.tensor([1, 5])), "inside the 4 positions"),
+], ids=["k-2d", "k-int", "slots-2d", "starts-float", "length", "empty", "negative", "before", "past"])
+def test_sentence_mean_keys_reject_bad_inputs(fn_name, change, message):
+    """Checked before any launch, so on every host (no interpreter needed)."""
+    import kernels.sentence_keys as sk
+
+    args = dict(k_cache=torch.zeros(6, 2, 2), slots=torch.tensor([4, 1, 5, 2]), starts=torch.tensor([0, 1]),
+                ends=torch.tensor([1, 4]))
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        getattr(sk, fn_name)(**args)

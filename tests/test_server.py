@@ -45,6 +45,23 @@ def test_plugin_active_inside_scheduler(zoomr_server):
     assert "ZoomR plugin active" in log and "worker process" in log and "main process" in log
 
 
+def test_sigusr2_prints_the_schedulers_stacks_and_serving_goes_on(zoomr_server):
+    """The plugin's debugging aid for a step that seems stuck: SIGUSR2 writes every thread's stack to the log."""
+    import os
+    import signal
+    import time
+
+    pid = zoomr_server.get("/server_info").json()["internal_states"][0]["zoomr"]["pid"]
+    before = len(zoomr_server.log_text())
+    os.kill(pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 20
+    while "Current thread" not in zoomr_server.log_text()[before:] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    dumped = zoomr_server.log_text()[before:]
+    assert "Current thread" in dumped and "scheduler.py" in dumped, dumped[-2000:]
+    assert zoomr_server.generate(PROMPTS[1], max_new_tokens=4, ignore_eos=True)["meta_info"]["completion_tokens"] == 4
+
+
 def test_prefix_cache_still_works_with_plugin(zoomr_server):
     prompt = PROMPTS[0] * 3
     first = zoomr_server.generate(prompt, max_new_tokens=4)

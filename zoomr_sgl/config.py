@@ -56,6 +56,10 @@ class ZoomRConfig:
     max_thought_tokens: int = _opt(512, "engine mode: a thought is closed at this length regardless")
     max_summary_tokens: int = _opt(48, "engine mode: the closing marker is forced after this many summary tokens")
     zoom_topk: int = _opt(4, "most thoughts zoomed into at once")
+    zoom_retain: bool = _opt(
+        True, "keep details recalled earlier in the zoom buffer (LRU) until room is needed; false: attend only what the "
+        "last zoom picked"
+    )
     zoom_budget: int = _opt(2048, "most recalled detail tokens held on the device per request (the zoom buffer)")
     zoom_interval: int = _opt(16, "decode steps between zoom decisions")
     policy: str = _opt("zoomr", "resident-set policy", choices=POLICIES)

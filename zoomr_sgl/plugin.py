@@ -5,13 +5,18 @@ be called again and must then do nothing. It is inert unless ``ZOOMR_SGL_CONFIG`
 launcher sets it for ``--enable-zoomr``; child processes inherit it), so without ZoomR SGLang behaves as stock.
 When enabled it validates the config, says so on stderr with the process id and role, and registers the hooks
 listed in ``zoomr_sgl.hooks``. A config that does not validate stops the process with the message.
+
+For a server that seems stuck: ``kill -USR2 PID`` of a ZoomR process (e.g. ``pgrep -f '^sglang::scheduler'``)
+prints every thread's Python stack to its stderr (``faulthandler``) and the process goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import faulthandler
 import os
+import signal
 import sys
 
 from zoomr_sgl.config import ZoomRConfig
@@ -53,6 +58,7 @@ def register() -> None:
     _registered_config = config
     role = process_role()
     hooks.install(config, role)
+    faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
     _plugin_logger().info(
         "ZoomR plugin active (pid %d, %s process): policy=%s zoom_budget=%d zoom_topk=%d summary_mode=%s",
         os.getpid(), role, config.policy, config.zoom_budget, config.zoom_topk, config.summary_mode,

@@ -14,6 +14,7 @@ Contract:
 - Recall room: a recall takes fresh slots only if the allocator keeps ``headroom`` free slots afterwards (the next
   decode step's tokens), counting the slots its own evictions free. A recall that does not fit is trimmed
   (``recalls_trimmed``; a later zoom asks again) and the evictions that only made buffer room for it are not done.
+  With ``zoom_retain`` false every eviction the policy lists is done first (it lists every unpicked detail).
 - The selected thoughts still in the buffer are stamped most recently used (``ThoughtTable.touch``).
 - With ``wait_for_recall`` the request's recalls are waited for before the next forward.
 """
@@ -129,6 +130,10 @@ class ZoomPlanner:
         buffered = st.table.zoom_tokens()
         spare = list(decision.evict)  # least recently selected first
         evict, recall, trimmed = [], [], []
+        if not st.config.zoom_retain:  # the policy's whole list: the step attends only what this zoom picked
+            evict, spare = spare, []
+            buffered -= sum(size(j) for j in evict)
+            room += sum(slots(j) for j in evict)
         for i in decision.recall:
             need, buf = [], buffered
             while buf + size(i) > budget and spare:

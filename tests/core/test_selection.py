@@ -121,6 +121,23 @@ def test_zoomr_zooms_where_the_query_points_and_evicts_least_recently_used():
     assert {s.thought.index for s in table.states() if s.location is Location.ZOOM} == {0, 3, 1}
 
 
+def test_zoomr_without_retain_evicts_every_detail_the_zoom_did_not_pick():
+    """``zoom_retain`` false: the buffer holds only what the last zoom picked, though the budget has room for more."""
+    cfg = ZoomRConfig(zoom_budget=12, zoom_topk=1, zoom_interval=4, zoom_retain=False)
+    table, keys, _ = request(cfg, [4] * 6)
+    keys[:] = keys * 0.01
+    policy = policy_for("zoomr")
+    for step, target in enumerate([2, 0, 5, 0]):
+        sel = policy.select(table, inputs(4 * step, keys, point_at(keys, table, target)))
+        buffered = {s.thought.index for s in table.states() if s.location is Location.ZOOM}
+        assert sel.selected == (target,) and set(sel.evict) == buffered - {target}
+        table.apply(sel)
+        for i in sel.recall:
+            table.mark_recalled(i)
+        table.check_invariants()
+        assert {s.thought.index for s in table.states() if s.location is Location.ZOOM} == {target}
+
+
 def test_zoomr_scores_through_score_summaries_when_given():
     """The manager's kernel scorer replaces the gather + reference: same scores, same choice; its scores decide."""
     cfg = ZoomRConfig(zoom_budget=8, zoom_topk=2, zoom_interval=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
 
@@ -20,7 +21,7 @@ from zoomr_sgl.zoom_plan import ZoomPlanner
 OPEN, CLOSE = 900, 901
 
 
-def world(pool: int = 64):
+def world(pool: int = 64, **config):
     allocator = TokenToKVPoolAllocator(pool, torch.float32, "cpu", None, False)
     k = [torch.randn(pool + 1, 1, 4)]
     v = [torch.randn(pool + 1, 1, 4)]
@@ -29,7 +30,7 @@ def world(pool: int = 64):
     host = HostDetailStore(1, 256, 1, 4, torch.float32)
     mover = DetailMover(allocator, req_to_token, kv_pool, host, make_host_room=lambda n: False)
     planner = ZoomPlanner(kv_pool, req_to_token, (0,), mover, allocator)
-    cfg = ZoomRConfig(zoom_budget=8, zoom_topk=1, summary_mode="program")
+    cfg = ZoomRConfig(**{"zoom_budget": 8, "zoom_topk": 1, "summary_mode": "program", **config})
     table = ThoughtTable(cfg, (OPEN,), (CLOSE,), 0)
     st = RequestZoom(rid="r", row=1, config=cfg, policy=policy_for("zoomr"), table=table, prompt_len=0,
                      protected_len=0, engine=False, open_ids=(OPEN,), close_ids=(CLOSE,), row_holes=mover.row_holes)
@@ -75,5 +76,17 @@ def test_a_recall_that_fits_evicts_and_recalls_with_an_exact_device_count():
     assert st.table.location(0) is Location.HOST and st.table.location(1) is Location.ZOOM
     assert allocator.available_size() == available  # 8 freed by the eviction, 8 taken by the recall
     assert bool((req_to_token[1, 0:8] == 0).all()) and bool((req_to_token[1, 11:19] != 0).all())
+    st.table.check_invariants()
+    assert device_count_is_exact(st, req_to_token)
+
+
+@pytest.mark.parametrize("retain", [True, False])
+def test_an_eviction_the_budget_does_not_need_is_done_only_without_retain(retain):
+    allocator, req_to_token, planner, st = world(zoom_budget=16, zoom_retain=retain)  # room for both details
+    available = allocator.available_size()
+    planner._apply(st, ZoomDecision(selected=(1,), recall=(1,), evict=(0,)), room=available)
+    assert st.table.location(1) is Location.ZOOM
+    assert st.table.location(0) is (Location.ZOOM if retain else Location.HOST)
+    assert allocator.available_size() == available - (8 if retain else 0)
     st.table.check_invariants()
     assert device_count_is_exact(st, req_to_token)

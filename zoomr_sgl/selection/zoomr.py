@@ -8,7 +8,8 @@ given, else ``scoring.thought_scores``), and ``scoring.top_within_budget`` picks
 the recalls in flight) within what they leave of ``zoom_budget``. ``recall`` = picked thoughts on the host. The zoom
 buffer is an LRU cache of ``zoom_budget`` tokens: thoughts recalled earlier stay (and are attended, at no copy cost)
 until room is needed; ``evict`` = unpicked buffer members, least recently selected first (ties to the lower index),
-just enough to fit the recalls.
+just enough to fit the recalls. With ``zoom_retain`` false, ``evict`` is every unpicked buffer member: the step
+attends only what this zoom picked (a detail recalled for an earlier step no longer competes with the one needed now).
 """
 
 import torch
@@ -64,7 +65,7 @@ class ZoomRPolicy(Policy):
         evict = []
         unpicked = [s for s in buffer if s.thought.index not in selected]
         for s in sorted(unpicked, key=lambda s: (s.last_used, s.thought.index)):  # least recently selected first
-            if tokens <= cfg.zoom_budget:
+            if cfg.zoom_retain and tokens <= cfg.zoom_budget:
                 break
             evict.append(s.thought.index)
             tokens -= s.thought.detail_len
