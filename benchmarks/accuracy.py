@@ -169,9 +169,9 @@ def parse(argv):
     ap.add_argument("--budgets", default="128,256,512", help="budgets of the policies that take one")
     ap.add_argument("--template", default="{problem}", help="prompt format; {problem} is replaced by the problem")
     ap.add_argument("--summary-mode", default="trained", choices=("trained", "engine"))
-    ap.add_argument("--zoom-topk", type=int, default=2)
+    ap.add_argument("--zoom-topk", type=int, default=1)
     ap.add_argument("--zoom-interval", type=int, default=4)
-    ap.add_argument("--zoom-retain", choices=("true", "false"), default="true",
+    ap.add_argument("--zoom-retain", choices=("true", "false"), default="false",
                     help="keep earlier recalls in the zoom buffer (LRU); false: attend only what the last zoom picked")
     ap.add_argument("--max-new-tokens", type=int, default=8192)
     ap.add_argument("--concurrency", type=int, default=8)

@@ -84,6 +84,7 @@ def test_the_reasoner_zoom_keeps_the_answer_that_summaries_lose(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads((out / "accuracy.json").read_text())
     assert result["meta"]["model"] == "zoomr-reasoner"
+    assert "zoom_budget=256 zoom_topk=1 summary_mode=trained" in (out / "accuracy_server.log").read_text()
     got = {pt["policy"]: pt["problems"] for pt in result["points"]}
     assert all(o["correct"] for o in got["full"] + got["zoomr"]), got
     assert not all(o["correct"] for o in got["summary_only"]), got

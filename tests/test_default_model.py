@@ -36,3 +36,23 @@ def test_bad_choice_is_one_line_and_status_2():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr[-1000:]
     assert r.stderr.strip().splitlines()[-1].startswith("launch.py: error: ZOOMR_SGL_DEFAULT_MODEL must be one of")
+
+
+def test_reasoner_flags_add_what_the_user_did_not_give():
+    assert dm.reasoner_flags([]) == ["--zoomr-summary-mode", "trained", "--zoomr-zoom-topk", "1",
+                                     "--no-zoomr-zoom-retain", "--zoomr-zoom-budget", "256", "--zoomr-zoom-interval", "4"]
+    mine = ["--zoomr-zoom-topk=3", "--zoomr-zoom-retain", "--zoomr-summary-mode", "engine"]
+    assert dm.reasoner_flags(mine) == ["--zoomr-zoom-budget", "256", "--zoomr-zoom-interval", "4"]
+    assert "--no-zoomr-zoom-retain" not in dm.reasoner_flags(["--no-zoomr-zoom-retain"])
+
+
+def test_the_reasoner_flags_reach_zoomrs_config_and_the_users_win():
+    """What the server would run with (the served path: tests/test_accuracy_bench.py reads the plugin's line)."""
+    from zoomr_sgl import launcher
+
+    argv = ["--enable-zoomr"] + dm.reasoner_flags(["--enable-zoomr", "--zoomr-zoom-budget", "512"]) + [
+        "--zoomr-zoom-budget", "512"]
+    plan = launcher.plan_launch(argv, cuda_available=False, default_model=str(dm.REASONER))
+    cfg = plan.zoomr
+    assert (cfg.summary_mode, cfg.zoom_topk, cfg.zoom_retain, cfg.zoom_budget, cfg.zoom_interval) == (
+        "trained", 1, False, 512, 4)

@@ -9,8 +9,9 @@ Contract:
   CUDA it passes ``--attention-backend flashinfer``. Flags given by the user come later on the command line and win.
 - Without ``--model-path`` it serves the default model (``zoomr_sgl.default_model``: the committed reasoner, else the
   bigram model, built if needed): in float32 on CPU (fewer greedy near-ties), in bfloat16 on CUDA (FlashInfer's
-  kernels take 16-bit inputs). Serving the reasoner so, it passes ``--zoomr-summary-mode trained`` unless the user
-  chose a mode: the reasoner writes its own ``<summary>`` markers.
+  kernels take 16-bit inputs). Serving the reasoner so, it adds ``default_model.reasoner_flags``: trained summaries
+  (the reasoner writes its own ``<summary>`` markers) and the zoom settings chosen on its problems, each unless the
+  user gave that flag (with ``--enable-zoomr``; without it the server is stock and takes no ZoomR flag).
 - With ``--enable-zoomr`` it refuses, one line and exit 2, every setup ZoomR would serve wrongly: an
   ``--attention-backend`` other than the two it replaces, separate prefill/decode backends, pipeline parallelism
   and data-parallel attention, page sizes other than 1, and the SGLang features in ``ZOOMR_INCOMPATIBLE``; and,
@@ -223,8 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:  # validate before the heavy imports, so a bad flag answers at once
         plan_launch(argv, False, "<embedded>")
         chosen = default_model.choice() if wants_default_model else None
-        if chosen == "reasoner" and not _has_flag(argv, "--zoomr-summary-mode"):
-            argv += ["--zoomr-summary-mode", "trained"]  # it writes its own summaries
+        if chosen == "reasoner" and _has_flag(argv, "--enable-zoomr"):
+            argv += default_model.reasoner_flags(argv)  # trained summaries, its zoom settings
     except (default_model.DefaultModelError, LaunchError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
