@@ -12,9 +12,9 @@ prints every thread's Python stack to its stderr (``faulthandler``) and the proc
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing
-import faulthandler
 import os
 import signal
 import sys
