@@ -39,18 +39,20 @@ def test_bad_choice_is_one_line_and_status_2():
 
 
 def test_reasoner_flags_add_what_the_user_did_not_give():
-    assert dm.reasoner_flags([]) == ["--zoomr-summary-mode", "trained", "--zoomr-zoom-topk", "1",
+    from zoomr_sgl.launcher import reasoner_flags
+
+    assert reasoner_flags([]) == ["--zoomr-summary-mode", "trained", "--zoomr-zoom-topk", "1",
                                      "--no-zoomr-zoom-retain", "--zoomr-zoom-budget", "256", "--zoomr-zoom-interval", "4"]
     mine = ["--zoomr-zoom-topk=3", "--zoomr-zoom-retain", "--zoomr-summary-mode", "engine"]
-    assert dm.reasoner_flags(mine) == ["--zoomr-zoom-budget", "256", "--zoomr-zoom-interval", "4"]
-    assert "--no-zoomr-zoom-retain" not in dm.reasoner_flags(["--no-zoomr-zoom-retain"])
+    assert reasoner_flags(mine) == ["--zoomr-zoom-budget", "256", "--zoomr-zoom-interval", "4"]
+    assert "--no-zoomr-zoom-retain" not in reasoner_flags(["--no-zoomr-zoom-retain"])
 
 
 def test_the_reasoner_flags_reach_zoomrs_config_and_the_users_win():
     """What the server would run with (the served path: tests/test_accuracy_bench.py reads the plugin's line)."""
     from zoomr_sgl import launcher
 
-    argv = ["--enable-zoomr"] + dm.reasoner_flags(["--enable-zoomr", "--zoomr-zoom-budget", "512"]) + [
+    argv = ["--enable-zoomr"] + launcher.reasoner_flags(["--enable-zoomr", "--zoomr-zoom-budget", "512"]) + [
         "--zoomr-zoom-budget", "512"]
     plan = launcher.plan_launch(argv, cuda_available=False, default_model=str(dm.REASONER))
     cfg = plan.zoomr

@@ -10,8 +10,8 @@ Contract:
   bigram model's float32 weights). Any other value, or a missing reasoner that was asked for, raises
   ``DefaultModelError`` with a one-line message.
 - Both are served in float32 on CPU and bfloat16 on CUDA (``zoomr_sgl.launcher``).
-- ``reasoner_flags(argv)``: the ZoomR settings ``launch.py`` adds when it serves the reasoner as the default model,
-  less those the user gave (either form of a boolean flag counts): ``trained`` summaries (it writes its own), and
+- ``REASONER_SETTINGS``: the ZoomR settings ``launch.py`` adds when it serves the reasoner as the default model
+  (``launcher.reasoner_flags``: less those the user gave): ``trained`` summaries (it writes its own), and
   the zoom settings chosen on its held-out problems (CPU host, 24 chain problems, 2026-12-03,
   ``benchmarks/results/accuracy_cpu_2026-12-03_24*``): top-k 1 without retention (23 of 24 at 2.7x less peak device
   KV, against 22 of 24 at 2.3x with top-k 2 and the LRU buffer: the misses copied another attended item's value),
@@ -62,13 +62,3 @@ def default_model_dir(chosen: str | None = None) -> Path:
     if (chosen or choice()) == "reasoner":
         return REASONER
     return embedded_model.build(embedded_model.default_model_path())
-
-
-def reasoner_flags(argv: list[str]) -> list[str]:
-    """The reasoner's ZoomR settings the user did not give (see the contract), as command-line arguments."""
-    given = lambda names: any(a == n or a.startswith(n + "=") for a in argv for n in names)  # noqa: E731
-    flags: list[str] = []
-    for names, value in REASONER_SETTINGS:
-        if not given(names):
-            flags += [names[0]] + ([value] if value is not None else [])
-    return flags

@@ -9,7 +9,7 @@ Contract:
   CUDA it passes ``--attention-backend flashinfer``. Flags given by the user come later on the command line and win.
 - Without ``--model-path`` it serves the default model (``zoomr_sgl.default_model``: the committed reasoner, else the
   bigram model, built if needed): in float32 on CPU (fewer greedy near-ties), in bfloat16 on CUDA (FlashInfer's
-  kernels take 16-bit inputs). Serving the reasoner so, it adds ``default_model.reasoner_flags``: trained summaries
+  kernels take 16-bit inputs). Serving the reasoner so, it adds ``reasoner_flags``: trained summaries
   (the reasoner writes its own ``<summary>`` markers) and the zoom settings chosen on its problems, each unless the
   user gave that flag (with ``--enable-zoomr``; without it the server is stock and takes no ZoomR flag).
 - With ``--enable-zoomr`` it refuses, one line and exit 2, every setup ZoomR would serve wrongly: an
@@ -89,6 +89,18 @@ def zoomr_parser() -> argparse.ArgumentParser:
 
 def _has_flag(argv: Sequence[str], *names: str) -> bool:
     return any(a == n or a.startswith(n + "=") for a in argv for n in names)
+
+
+def reasoner_flags(argv: Sequence[str]) -> list[str]:
+    """``default_model.REASONER_SETTINGS`` the user did not give (either spelling of a boolean flag counts), as
+    command-line arguments."""
+    from zoomr_sgl.default_model import REASONER_SETTINGS
+
+    flags: list[str] = []
+    for names, value in REASONER_SETTINGS:
+        if not _has_flag(argv, *names):
+            flags += [names[0]] + ([value] if value is not None else [])
+    return flags
 
 
 def _flag_value(argv: Sequence[str], *names: str) -> str | None:
@@ -225,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan_launch(argv, False, "<embedded>")
         chosen = default_model.choice() if wants_default_model else None
         if chosen == "reasoner" and _has_flag(argv, "--enable-zoomr"):
-            argv += default_model.reasoner_flags(argv)  # trained summaries, its zoom settings
+            argv += reasoner_flags(argv)  # trained summaries, its zoom settings
     except (default_model.DefaultModelError, LaunchError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2

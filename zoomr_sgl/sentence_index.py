@@ -16,8 +16,9 @@ Contract:
 - ``SentenceIndex.scores(query [L, Hq, D])`` -> float32 ``[S]``: ``zoomr_sgl.scoring``'s thought score with each
   sentence's mean key as a one-token summary, i.e. the mean over scoring layers and query heads (GQA: head ``h``
   reads kv head ``h // (Hq // Hkv)``) of ``q·k̄ / sqrt(D)``: a consensus of heads, as for thoughts.
-- ``SentenceIndex.pick(query, budget)``: the sentences to attend this step, ranked by ``scores`` and taken while they
-  fit ``budget`` tokens (``scoring.top_within_budget`` with no count limit), in rank order.
+- ``SentenceIndex.pick(scores, budget)``: the sentences to attend this step, ranked by ``scores`` (this index's, read
+  to the host by the caller: like the zoom planner, once per step for every request due, not once per request) and
+  taken while they fit ``budget`` tokens (``scoring.top_within_budget`` with no count limit), in rank order.
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ class SentenceIndex(NamedTuple):
         ones = torch.ones(len(self.spans), dtype=torch.int64, device=self.keys.device)
         return thought_scores(query.to(self.keys.device), self.keys[:, :, None], ones)
 
-    def pick(self, query: torch.Tensor, budget: int) -> tuple[int, ...]:
+    def pick(self, scores: torch.Tensor, budget: int) -> tuple[int, ...]:
         """Indices into ``spans`` to attend, best first, filling ``budget`` tokens (see the module contract)."""
         if budget < 0:
             raise ValueError(f"a sentence budget must be >= 0, got {budget}")
+        if scores.shape != (len(self.spans),):
+            raise ValueError(f"{tuple(scores.shape)} scores for {len(self.spans)} sentences")
         sizes = torch.tensor([s.tokens for s in self.spans], dtype=torch.int64)
-        return top_within_budget(self.scores(query).cpu(), sizes, len(self.spans), budget)
+        return top_within_budget(scores, sizes, len(self.spans), budget)
 
 
 def build(k_buffers: Sequence[torch.Tensor], slots: torch.Tensor, sentences: Sequence[Sentence]) -> SentenceIndex:

@@ -50,20 +50,21 @@ def test_the_sentence_the_query_points_at_comes_first_and_the_budget_is_filled_i
     index = sentence_index.build(k_buffers, slots, spans)
     target = len(index.spans) // 2
     query = index.keys[target].repeat_interleave(HQ // HKV, dim=1) * 10  # [L, HQ, D], along the target's mean key
-    picked = index.pick(query, budget=10_000)
-    assert picked[0] == target and sorted(picked) == list(range(len(index.spans)))  # everything fits
     scores = index.scores(query)
+    picked = index.pick(scores, budget=10_000)
+    assert picked[0] == target and sorted(picked) == list(range(len(index.spans)))  # everything fits
     assert all(scores[a] >= scores[b] for a, b in zip(picked, picked[1:]))
-    tight = index.pick(query, budget=index.spans[target].tokens)
+    tight = index.pick(scores, budget=index.spans[target].tokens)
     assert tight[0] == target and sum(index.spans[i].tokens for i in tight) <= index.spans[target].tokens
-    assert index.pick(query, budget=0) == ()
+    assert index.pick(scores, budget=0) == ()
 
 
 def test_no_closed_sentence_gives_an_empty_index():
     k_buffers, slots, _ = world()
     index = sentence_index.build(k_buffers, slots, [Sentence(0, 5, False)])
     assert index.spans == () and index.keys.shape == (0, L, HKV, D)
-    assert index.scores(torch.randn(L, HQ, D)).shape == (0,) and index.pick(torch.randn(L, HQ, D), 10) == ()
+    empty = index.scores(torch.randn(L, HQ, D))
+    assert empty.shape == (0,) and index.pick(empty, 10) == ()
 
 
 def test_bad_arguments_are_value_errors():
@@ -74,4 +75,6 @@ def test_bad_arguments_are_value_errors():
         sentence_index.build(k_buffers, slots[:10], [Sentence(0, 12, True)])
     index = sentence_index.build(k_buffers, slots, spans)
     with pytest.raises(ValueError, match="budget must be >= 0"):
-        index.pick(torch.randn(L, HQ, D), -1)
+        index.pick(index.scores(torch.randn(L, HQ, D)), -1)
+    with pytest.raises(ValueError, match="scores for"):
+        index.pick(torch.zeros(len(index.spans) + 1), 10)
