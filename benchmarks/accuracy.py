@@ -65,6 +65,8 @@ class Outcome(NamedTuple):
     recalls: int
     output_tokens: int
     error: str | None
+    host_refused: int = 0  # detail left on the device at the end because the server's host store was full
+    text: str | None = None  # the completion, kept only when it is wrong (the report's misses file)
 
 
 def load_problems(path: Path, limit: int | None) -> list[dict]:
@@ -108,9 +110,10 @@ def solve(url: str, row: dict, params: dict, max_new: int, template: str = "{pro
     meta, z = out["meta_info"], out["meta_info"].get("zoomr") or {}
     got = answers.extract(out["text"])
     full = meta["prompt_tokens"] + meta["completion_tokens"]
-    return Outcome(answers.is_correct(out["text"], str(row["answer"])), got, z.get("peak_device_kv_tokens", full),
+    right = answers.is_correct(out["text"], str(row["answer"]))
+    return Outcome(right, got, z.get("peak_device_kv_tokens", full),
                    z.get("mean_device_kv_tokens"), z.get("full_kv_tokens", full), z.get("zoom_recalls", 0),
-                   meta["completion_tokens"], None)
+                   meta["completion_tokens"], None, z.get("host_refused_tokens", 0), None if right else out["text"])
 
 
 class Point(NamedTuple):
@@ -153,8 +156,10 @@ def point_result(point: Point, rows: list[dict], outcomes: list[Outcome], args) 
     refused = [o.error for o in outcomes if o.error and o.error.startswith("HTTP 400")]
     return {"policy": point.policy, "budget": point.budget, "params": request_params(point.policy, point.budget, args),
             "refused": refused[0] if rows and len(refused) == len(rows) else None,
-            "problems": [{**{k: row.get(k) for k in ("family", "kind", "needs_detail", "answer")}, **o._asdict()}
-                         for row, o in zip(rows, outcomes)]}
+            "problems": [{**{k: row.get(k) for k in ("seed", "family", "kind", "needs_detail", "answer")},
+                          **{k: v for k, v in o._asdict().items() if k != "text"}} for row, o in zip(rows, outcomes)],
+            "misses": [{"index": i, "seed": row.get("seed"), "answer": row["answer"], "answered": o.answered,
+                        "text": o.text} for i, (row, o) in enumerate(zip(rows, outcomes)) if o.text is not None]}
 
 
 def parse(argv):

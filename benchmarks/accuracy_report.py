@@ -6,7 +6,8 @@ KV per problem, mean full KV, ``kv_reduction`` (mean full KV over mean peak devi
 and ``refused`` (the server's 400 when it refused the policy). ``write(out, meta, points)`` writes
 ``accuracy.json`` (meta, rows, every problem's outcome), ``accuracy.md`` and ``accuracy.png`` (accuracy against mean
 peak device KV, one series per policy, each point labelled with its budget; skipped with a note without matplotlib)
-and returns the markdown table.
+and returns the markdown table. A point's ``misses`` (the wrong completions' text) go to ``accuracy_misses.jsonl``
+instead, one line per wrong problem with its policy and budget, so the JSON stays small.
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ def _plot(path: Path, meta: dict, rows: list[dict]) -> None:
 def write(out: Path, meta: dict, points: list[dict], stem: str = "accuracy") -> str:
     out.mkdir(parents=True, exist_ok=True)
     rows = [summarise(p) for p in points]
+    misses = [{"policy": p["policy"], "budget": p["budget"], **m} for p in points for m in p.get("misses", ())]
+    points = [{k: v for k, v in p.items() if k != "misses"} for p in points]
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows, "points": points}, indent=1) + "\n")
+    (out / f"{stem}_misses.jsonl").write_text("".join(json.dumps(m) + "\n" for m in misses))
     md = markdown(meta, rows)
     (out / f"{stem}.md").write_text(md)
     _plot(out / f"{stem}.png", meta, rows)

@@ -8,7 +8,7 @@ Contract:
 - ``encode(tok, problem)`` -> ``Example``: ``ids`` = the chat prompt's ids, then the trace's, then the eos id (each
   part encoded alone, so the prompt ids are exactly what the server tokenizes and the trace ids what the model
   must write); ``prompt_len``: where the loss starts.
-- ``examples(tok, split, n, workers, records_share, chain, zoomr_aware, first)``: ``n`` encoded problems of the mixed
+- ``examples(tok, split, n, workers, records_share, chain, zoomr_aware, first, stray)``: ``n`` encoded problems of the mixed
   split, problems ``first .. first + n - 1`` (problem ``i``'s family from ``reasoner.tasks.family_of``; ``chain``
   problems sized by ``chain``, e.g. ``{"items": 4, "boxes": 20}``), generated in ``workers`` processes, in problem
   order.
@@ -17,13 +17,16 @@ Contract:
 - ``Batches(examples, token_budget, seed)``: an endless, seeded stream of ``(ids, targets, view)``: int64 tensors;
   each batch holds examples of similar length (right-padded with the pad id; targets are -100 on the prompt and the
   padding), at most ``token_budget`` padded tokens, at least one example. ``view`` is None (causal attention) unless
-  the examples are ZoomR-aware: then their ``(seg, own)`` as int16 tensors, for ``attention_mask`` (built where the
-  model runs: the mask is quadratic in the length).
+  the examples are ZoomR-aware: then their ``(seg, own, stray)`` as int16 tensors, for ``attention_mask`` (built
+  where the model runs: the mask is quadratic in the length).
 - ZoomR-aware examples (``encode(..., zoomr_aware=True)``, ``zoomr_view``) train under ZoomR's view of the context:
   a closed thought's detail is masked out for every later query, except the thought the answer needs, which the
   answer's queries read (in the spirit of Breadcrumbs' training under compression). ``zoomr_aware`` in
   ``examples`` is the share of problems so encoded (1: all; between 0 and 1: problem ``i`` is, or is under full
-  attention with every ``seg`` -1, by a draw fixed by ``i``), so one model can learn both views.
+  attention with every ``seg`` -1, by a draw fixed by ``i``), so one model can learn both views. ``stray`` (0 to 1)
+  is the share of ``STRAY_BLOCK``-token blocks of each later thought whose queries also read one earlier thought's
+  detail, drawn at random (``stray`` in ``Example``): what the server's zoom leaves while the model writes (top-k 1
+  without retention keeps the one detail its last zoom picked), a view the oracle alone never shows.
 """
 
 from __future__ import annotations
@@ -46,25 +49,36 @@ class Example(NamedTuple):
     prompt_len: int
     seg: list[int] | None = None  # per position: the thought whose detail it is, or -1 (prompt, summary, answer)
     own: list[int] | None = None  # per position: the thought detail a query there may read besides the -1s
+    stray: list[int] | None = None  # per position: one more thought detail a query there reads (-1: none)
 
 
-def zoomr_view(ids: list[int], prompt_len: int, open_ids, close_ids, end_think: int, target: int):
-    """``(seg, own)`` of ``Example``: what ZoomR leaves on the device for a query at each position. Thoughts are found
-    by the server's own segmenter from ``prompt_len``; a thought's detail is readable by its own detail and summary
-    tokens (the detail leaves once the summary closes); after ``</think>`` only the ``target`` thought's detail is
-    back (an oracle zoom: the thought the answer needs), else none."""
+STRAY_BLOCK = 8  # tokens a stray recall stays for: twice the reasoner's zoom interval
+
+
+def zoomr_view(ids: list[int], prompt_len: int, open_ids, close_ids, end_think: int, target: int,
+               stray: float = 0.0, rng: random.Random | None = None):
+    """``(seg, own, stray)`` of ``Example``: what ZoomR leaves on the device for a query at each position. Thoughts
+    are found by the server's own segmenter from ``prompt_len``; a thought's detail is readable by its own detail
+    and summary tokens (the detail leaves once the summary closes); after ``</think>`` only the ``target`` thought's
+    detail is back (an oracle zoom: the thought the answer needs), else none. Within thought ``k >= 1``, each block
+    of ``STRAY_BLOCK`` positions reads, with probability ``stray`` (draws from ``rng``), one earlier thought's detail
+    too, the same for the whole block."""
     from zoomr_sgl.segmenter import segment
 
-    seg, own = [-1] * len(ids), [-1] * len(ids)
+    seg, own, extra = [-1] * len(ids), [-1] * len(ids), [-1] * len(ids)
     for t in segment(ids, open_ids, close_ids, start=prompt_len):
         for pos in range(t.detail_start, t.detail_end):
             seg[pos] = own[pos] = t.index
         for pos in range(t.summary_start, t.summary_end):
             own[pos] = t.index
+        if stray > 0 and t.index > 0:
+            for lo in range(t.detail_start, t.summary_end, STRAY_BLOCK):
+                pick = rng.randrange(t.index) if rng.random() < stray else -1
+                extra[lo:min(lo + STRAY_BLOCK, t.summary_end)] = [pick] * (min(lo + STRAY_BLOCK, t.summary_end) - lo)
     if end_think in ids[prompt_len:]:
         for pos in range(ids.index(end_think, prompt_len), len(ids)):
-            own[pos] = target
-    return seg, own
+            own[pos], extra[pos] = target, -1
+    return seg, own, extra
 
 
 def build_tokenizer(vocab_size: int, docs: int = 600) -> str:
@@ -72,16 +86,16 @@ def build_tokenizer(vocab_size: int, docs: int = 600) -> str:
     return em._train_tokenizer(texts, vocab_size)
 
 
-def encode(tok, p: Problem, zoomr_aware: bool = False) -> Example:
+def encode(tok, p: Problem, zoomr_aware: bool = False, stray: float = 0.0) -> Example:
     prompt = tok.encode(chat_text(p.prompt), add_special_tokens=False).ids
     trace = tok.encode(p.trace, add_special_tokens=False).ids
     ids = prompt + trace + [tok.token_to_id(EOS)]
     if not zoomr_aware:
         return Example(ids, len(prompt))
     marker = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
-    seg, own = zoomr_view(ids, len(prompt), marker("<summary>"), marker("</summary>"), tok.token_to_id("</think>"),
-                          p.target_thought)
-    return Example(ids, len(prompt), seg, own)
+    seg, own, extra = zoomr_view(ids, len(prompt), marker("<summary>"), marker("</summary>"),
+                                 tok.token_to_id("</think>"), p.target_thought, stray, random.Random(f"stray:{p.seed}"))
+    return Example(ids, len(prompt), seg, own, extra)
 
 
 _TOK = None
@@ -95,11 +109,11 @@ def _init(tok_json: str) -> None:
 
 
 def _encode_range(args: tuple) -> list[Example]:
-    split, lo, hi, share, chain, aware = args
+    split, lo, hi, share, chain, aware, stray = args
     out = []
     for i in range(lo, hi):
         family = family_of(i, share)
-        e = encode(_TOK, problem(split, family, i, **(chain if family == "chain" else {})), aware > 0)
+        e = encode(_TOK, problem(split, family, i, **(chain if family == "chain" else {})), aware > 0, stray)
         if 0 < aware < 1 and random.Random(f"view:{i}").random() >= aware:  # this one under full attention
             e = e._replace(seg=[-1] * len(e.ids))
         out.append(e)
@@ -107,9 +121,10 @@ def _encode_range(args: tuple) -> list[Example]:
 
 
 def examples(tok_json: str, split: str, n: int, workers: int = 1, records_share: float = 0.25,
-             chain: dict | None = None, zoomr_aware: float = 0.0, first: int = 0) -> list[Example]:
+             chain: dict | None = None, zoomr_aware: float = 0.0, first: int = 0,
+             stray: float = 0.0) -> list[Example]:
     chunk = max(1, -(-n // (workers * 4)))
-    ranges = [(split, lo, min(first + n, lo + chunk), records_share, chain or {}, zoomr_aware)
+    ranges = [(split, lo, min(first + n, lo + chunk), records_share, chain or {}, zoomr_aware, stray)
               for lo in range(first, first + n, chunk)]
     if workers <= 1:
         _init(tok_json)
@@ -128,11 +143,14 @@ def warm_examples(tok_json: str, n: int, workers: int = 1, zoomr_aware: float = 
             for e in examples(tok_json, "train", per, workers, 0.0, size, zoomr_aware, WARM_FIRST + g * per)]
 
 
-def attention_mask(seg: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """``[B, 1, S, S]`` bool: query ``q`` reads key ``k <= q`` that is no thought's detail, or ``own[q]``'s."""
+def attention_mask(seg: torch.Tensor, own: torch.Tensor, stray: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, 1, S, S]`` bool: query ``q`` reads key ``k <= q`` that is no thought's detail, or ``own[q]``'s, or
+    ``stray[q]``'s."""
     S = seg.shape[1]
     causal = torch.ones(S, S, dtype=torch.bool, device=seg.device).tril()
     readable = (seg[:, None, :] < 0) | (seg[:, None, :] == own[:, :, None])
+    if stray is not None:
+        readable = readable | (seg[:, None, :] == stray[:, :, None])
     return (causal[None] & readable)[:, None]
 
 
@@ -156,10 +174,12 @@ class Batches:
             aware = rows[0].seg is not None
             seg = torch.full((len(rows), width), -1, dtype=torch.int16) if aware else None
             own = torch.full((len(rows), width), -1, dtype=torch.int16) if aware else None
+            extra = torch.full((len(rows), width), -1, dtype=torch.int16) if aware else None
             for r, e in enumerate(rows):
                 x = torch.tensor(e.ids)
                 ids[r, : len(x)] = x
                 tgt[r, e.prompt_len - 1: len(x) - 1] = x[e.prompt_len:]  # predict the trace and the eos
                 if aware:
                     seg[r, : len(x)], own[r, : len(x)] = torch.tensor(e.seg), torch.tensor(e.own)
-            yield ids, tgt, (None if seg is None else (seg, own))
+                    extra[r, : len(x)] = torch.tensor(e.stray)
+            yield ids, tgt, (None if seg is None else (seg, own, extra))

@@ -54,6 +54,10 @@ def parse(argv):
                     help="train under ZoomR's view: closed thoughts' detail masked, but the one the answer needs")
     ap.add_argument("--aware-share", type=float, default=1.0,
                     help="with --zoomr-aware: share of the problems under ZoomR's view (the rest full attention)")
+    ap.add_argument("--stray-share", type=float, default=0.0,
+                    help="with --zoomr-aware: share of each later thought's 8-token blocks whose queries also read "
+                         "one earlier thought's detail, at random (the server's zoom leaves one while the model "
+                         "writes; reasoner.data)")
     ap.add_argument("--records-share", type=float, default=0.25, help="share of long-prompt (records) problems")
     ap.add_argument("--items", type=int, default=None, help="chain problems: items each (default 12-48 at random)")
     ap.add_argument("--boxes", type=int, default=None, help="chain problems: box labels each (default 40)")
@@ -88,6 +92,8 @@ def parse(argv):
         ap.error("--zoom-loss-weight must be >= 0 and needs --zoomr-aware (the loss reads ZoomR's view)")
     if args.answer_weight <= 0 or not 0.0 < args.aware_share <= 1.0:
         ap.error("--answer-weight must be positive and --aware-share within (0, 1]")
+    if not 0.0 <= args.stray_share <= 1.0 or (args.stray_share > 0 and not args.zoomr_aware):
+        ap.error("--stray-share must be within [0, 1] and needs --zoomr-aware")
     if args.eval < 0 or args.heads % args.kv_heads or args.hidden % args.heads:
         ap.error("--eval must be >= 0 and --heads a multiple of --kv-heads, --hidden of --heads")
     return args
@@ -104,15 +110,15 @@ def weighted_loss(logits, ids, tgt, end_think: int, answer_weight: float) -> tor
     return (per * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def blind_zoom_loss(model, scoring, ids, seg, own, end_think: int, dev):
+def blind_zoom_loss(model, scoring, ids, seg, own, stray, end_think: int, dev):
     """``reasoner.zoom_loss`` over the rows that take part, from a second forward under its blind view (nothing after
     ``</think>`` reads detail): the scoring layers' queries as the server's are when it picks its first recall."""
     rows = torch.nonzero(participants(seg, own, ids, end_think)).flatten()
     if not len(rows):
         return ZoomLoss(torch.zeros((), device=ids.device), 0)
-    ids, seg, own = ids[rows], seg[rows], own[rows]
+    ids, seg, own, stray = ids[rows], seg[rows], own[rows], stray[rows]
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        qs, ks = captured_qk(model, scoring, ids, data.attention_mask(seg, blind(own, ids, end_think)))
+        qs, ks = captured_qk(model, scoring, ids, data.attention_mask(seg, blind(own, ids, end_think), stray))
     return zoom_loss(qs, ks, seg, own, ids, end_think)
 
 
@@ -159,7 +165,7 @@ def main(argv=None) -> int:
     aware = args.aware_share if args.zoomr_aware else 0.0
     chain = {k: v for k, v in (("items", args.items), ("boxes", args.boxes)) if v is not None}
     train = data.examples(tok_json, "train", args.train_problems, args.workers, args.records_share, chain,
-                          aware)
+                          aware, stray=args.stray_share)
     warm = data.warm_examples(tok_json, args.warm_problems, args.workers, aware) if args.warm else []
     print(f"[train] {len(train)} problems, {sum(len(e.ids) for e in train) / 1e6:.1f}M tokens (warm-up: {len(warm)}), "
           f"vocab {vocab}, data in {time.time() - t_start:.0f}s", flush=True)

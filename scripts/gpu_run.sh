@@ -133,7 +133,8 @@ for phase in "${PHASES[@]}"; do
     tests)
       stamp "GPU tests"
       timeout $(left 60 300) python3 -m pytest -m gpu -p no:cacheprovider -o addopts="" -q -rA \
-        tests/test_kernels.py tests/test_flashinfer_resident.py --junitxml="$OUT/gpu_tests.xml" \
+        ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} tests/test_kernels.py tests/test_flashinfer_resident.py \
+        tests/core/test_sentence_index.py --junitxml="$OUT/gpu_tests.xml" \
         > "$OUT/gpu_tests.log" 2>&1
       echo "pytest rc=$?" | tee -a "$OUT/gpu_tests.log"; tail -5 "$OUT/gpu_tests.log"
       ;;
@@ -311,11 +312,11 @@ PY
     accuracy)
       # benchmarks/accuracy.py against ACCURACY_SERVERS (default 1) ZoomR servers it starts side by side on
       # ACCURACY_MODEL (default the committed reasoner; carry only .gpu then: the model travels in the checkout), on
-      # ACCURACY_N held-out problems (decode CUDA graphs up to ACCURACY_GRAPH_BS, default 64). Each server's pool
-      # is capped (a small model's 64 requests need ~1 GB), so several share the GPU; each scheduler is its own CPU
-      # core. (One server with ACCURACY_GRAPH_BS=256 and --concurrency 256 is the fallback should several stall
-      # again: one server never did.) Prefill CUDA graphs off: their capture
-      # took 200 s of the first server's start on a bare H200 (2026-12-03), and accuracy does not time prefill.
+      # ACCURACY_N held-out problems (decode CUDA graphs up to ACCURACY_GRAPH_BS, default 64). Each server's pool is
+      # capped at ACCURACY_MAX_TOKENS (default 400000; a small model's 64 requests need ~1 GB), so several share the
+      # GPU; each scheduler is its own CPU core. (One server with ACCURACY_GRAPH_BS=256 and --concurrency 256 is the
+      # fallback should several stall again: one server never did.) Prefill CUDA graphs off: their capture took 200 s
+      # of the first server's start on a bare H200 (2026-12-03), and accuracy does not time prefill.
       stamp "accuracy: ${ACCURACY_SERVERS:-1} x ${ACCURACY_MODEL:-models/zoomr-reasoner}"
       python3 -m reasoner.tasks --split heldout --n "${ACCURACY_N:-200}" ${ACCURACY_FAMILY:+--family $ACCURACY_FAMILY} --out /tmp/heldout.jsonl
       # A monitor beside it (every 5 s: host memory, GPU use, load, decode log lines so far); once every server is
@@ -337,7 +338,7 @@ PY
       MON_PID=$!
       timeout -s TERM $(left 30) python3 -m benchmarks.accuracy --problems /tmp/heldout.jsonl \
         --model-path "${ACCURACY_MODEL:-models/zoomr-reasoner}" --servers "${ACCURACY_SERVERS:-1}" ${ACCURACY_ARGS:-} \
-        --out "$OUT/results" -- --cuda-graph-max-bs ${ACCURACY_GRAPH_BS:-64} --max-total-tokens 400000 --mem-fraction-static 0.85 \
+        --out "$OUT/results" -- --cuda-graph-max-bs ${ACCURACY_GRAPH_BS:-64} --max-total-tokens ${ACCURACY_MAX_TOKENS:-400000} --mem-fraction-static 0.85 \
         --enable-metrics --disable-prefill-cuda-graph --soft-watchdog-timeout 30 > "$OUT/accuracy.log" 2>&1
       echo "accuracy rc=$?"; kill $MON_PID 2>/dev/null; cp /tmp/accuracy_monitor.log "$OUT/monitor.log"; tr '\r' '\n' < "$OUT/accuracy.log" | grep '^|' | tail -14
       rm -f "$OUT"/server_logs.tgz*; tail -4 "$OUT/monitor.log"; (dmesg 2>/dev/null | grep -i xid | tail -5) || true

@@ -88,5 +88,9 @@ def test_the_reasoner_zoom_keeps_the_answer_that_summaries_lose(tmp_path):
     got = {pt["policy"]: pt["problems"] for pt in result["points"]}
     assert all(o["correct"] for o in got["full"] + got["zoomr"]), got
     assert not all(o["correct"] for o in got["summary_only"]), got
+    misses = [json.loads(line) for line in (out / "accuracy_misses.jsonl").read_text().splitlines()]
+    wrong = {(pt["policy"], o["seed"]) for pt in result["points"] for o in pt["problems"] if not o["correct"]}
+    assert {(m["policy"], m["seed"]) for m in misses} == wrong and all(m["text"] for m in misses), misses
+    assert all("text" not in o for pt in result["points"] for o in pt["problems"])
     for z in got["zoomr"]:
         assert z["error"] is None and z["output_tokens"] < 1600 and z["recalls"] > 0 and z["peak_kv"] < z["full_kv"], z

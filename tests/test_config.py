@@ -20,7 +20,7 @@ def test_defaults_validate_and_round_trip_through_env():
         ({"zoom_budget": -5}, "zoom_budget"),
         ({"zoom_topk": 0}, "zoom_topk"),
         ({"zoom_interval": 0}, "zoom_interval"),
-        ({"host_store_tokens": 0}, "host_store_tokens"),
+        ({"host_store_tokens": -1}, "host_store_tokens"),
         ({"max_summary_tokens": -1}, "max_summary_tokens"),
         ({"policy": "magic"}, "policy"),
         ({"summary_open": ""}, "markers"),

@@ -46,7 +46,7 @@ BAD_FLAGS = [
     (["--zoomr-zoom-budget", "-1"], "zoom_budget must be positive"),
     (["--zoomr-zoom-topk", "0"], "zoom_topk must be positive"),
     (["--zoomr-zoom-interval", "0"], "zoom_interval must be positive"),
-    (["--zoomr-host-store-tokens", "-8"], "host_store_tokens must be positive"),
+    (["--zoomr-host-store-tokens", "-8"], "host_store_tokens must be zero or more"),
     (["--zoomr-max-summary-tokens", "0"], "max_summary_tokens must be positive"),
     (["--zoomr-policy", "oracle"], "policy must be one of"),
     (["--zoomr-summary-open", ""], "markers must not be empty"),

@@ -146,6 +146,37 @@ def test_zoomr_aware_view_hides_closed_details_but_the_one_the_answer_needs():
     assert mask[first[-1], first].all() and not mask[second[0], first].any()  # a closed detail leaves
     summary_of_first = torch.arange(int(first[-1]) + 1, int(second[0]))
     assert mask[second[0], summary_of_first].all()  # its summary stays
+    assert set(e.stray) == {-1}  # no stray recalls unless asked
+
+
+def test_stray_view_lets_each_block_of_a_later_thought_read_one_earlier_detail():
+    """``stray`` 1: every 8-token block of thought k >= 1 reads its own detail plus exactly one earlier thought's,
+    the same one for the whole block; the first thought and the answer read none (the answer keeps its oracle)."""
+    from tokenizers import Tokenizer
+
+    from reasoner import data
+
+    tok = Tokenizer.from_str(data.build_tokenizer(1024, docs=60))
+    p = next(q for q in tasks.generate("heldout", 40, family="chain") if q.kind == "end" and q.thoughts >= 6)
+    e = data.encode(tok, p, zoomr_aware=True, stray=1.0)
+    assert e == data.encode(tok, p, zoomr_aware=True, stray=1.0)  # seeded by the problem
+    seg, own, stray = (torch.tensor(x, dtype=torch.int16) for x in (e.seg, e.own, e.stray))
+    mask = data.attention_mask(seg[None], own[None], stray[None])[0, 0]
+    details = [torch.nonzero(seg == t).flatten() for t in range(p.thoughts)]
+    assert (stray[details[0]] == -1).all() and (stray[len(e.ids) - 1] == -1)
+    picks = set()
+    for t in range(1, p.thoughts):
+        for pos in details[t].tolist():
+            s = int(stray[pos])
+            assert 0 <= s < t  # one earlier thought
+            readable = {u for u in range(t) if mask[pos, details[u]].all()}
+            assert readable == {s} and not any(mask[pos, details[u]].any() for u in range(t) if u != s)
+            picks.add(s)
+        blocks = stray[int(details[t][0]):int(details[t][-1]) + 1].split(data.STRAY_BLOCK)
+        assert all(len(set(b.tolist())) == 1 for b in blocks)
+    assert len(picks) > 1  # drawn, not fixed
+    none = data.encode(tok, p, zoomr_aware=True, stray=0.0)
+    assert none.seg == e.seg and none.own == e.own
 
 
 def test_training_command_writes_a_servable_checkpoint(tmp_path):
@@ -153,12 +184,13 @@ def test_training_command_writes_a_servable_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, "-m", "reasoner.train", "--out", str(out), "--steps", "3",
                         "--train-problems", "12", "--eval", "1", "--tokens-per-step", "4096", "--layers", "1",
                         "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--intermediate", "64", "--workers", "1",
-                        "--device", "cpu", "--zoomr-aware", "--zoom-loss-weight", "0.5"], cwd=REPO, capture_output=True,
+                        "--device", "cpu", "--zoomr-aware", "--zoom-loss-weight", "0.5", "--stray-share", "0.5"], cwd=REPO, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     manifest = json.loads((out / "reasoner_manifest.json").read_text())
     assert manifest["steps"] == 3 and manifest["heldout_full_attention"]["n"] == 1
     assert manifest["settings"]["zoomr_aware"] and manifest["settings"]["zoom_loss_weight"] == 0.5
+    assert manifest["settings"]["stray_share"] == 0.5
     assert json.loads((out / "config.json").read_text())["architectures"] == ["Qwen3ForCausalLM"]
     bad = subprocess.run([sys.executable, "-m", "reasoner.train", "--out", str(out), "--steps", "0"], cwd=REPO,
                          capture_output=True, text=True)

@@ -71,7 +71,8 @@ class ZoomRConfig:
     quest_page_size: int = _opt(16, "quest policy: tokens per page")
     quest_top_pages: int = _opt(64, "quest policy: pages attended per step besides the open window")
     host_store_tokens: int = _opt(
-        65536, "detail tokens the host store holds across all requests (all layers of each; preallocated)", per_request=False
+        0, "detail tokens the host store holds across all requests (all layers of each; preallocated); 0: sized at "
+        "start to four times the device KV pool, within a quarter of the host's available memory", per_request=False
     )
     host_full_fallback: str = _opt(
         "keep_on_device",
@@ -99,12 +100,12 @@ class ZoomRConfig:
                 raise ZoomRConfigError(f"zoomr {f.name} must be one of {', '.join(choices)}; got {value!r}")
         positive = (
             "min_thought_tokens", "max_thought_tokens", "max_summary_tokens", "zoom_topk", "zoom_budget",
-            "zoom_interval", "quest_page_size", "quest_top_pages", "host_store_tokens",
+            "zoom_interval", "quest_page_size", "quest_top_pages",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ZoomRConfigError(f"zoomr {name} must be positive, got {getattr(self, name)}")
-        for name in ("sink_tokens", "recent_tokens"):
+        for name in ("sink_tokens", "recent_tokens", "host_store_tokens"):
             if getattr(self, name) < 0:
                 raise ZoomRConfigError(f"zoomr {name} must be zero or more, got {getattr(self, name)}")
         if not self.summary_open.strip() or not self.summary_close.strip():

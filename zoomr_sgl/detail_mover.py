@@ -8,7 +8,9 @@ Contract:
   a request's device KV is known without reading its row.
 - ``offload`` (DEVICE -> OFFLOADING -> HOST): a host block is taken (``make_host_room(n)`` asks the radix tree for rows
   when the store is full), the copy starts, the detail becomes holes at once (not attended from the next step on) and
-  its slots stay held until the copy has landed. Returns False, changing nothing, when the store refuses.
+  its slots stay held until the copy has landed. Returns False when the store refuses: the detail stays on the
+  device and the thought joins ``st.host_refused`` (oldest first), which ``retry_refused`` offloads once there is
+  room (the manager calls it as each later thought closes).
 - ``drop`` (DEVICE -> DROPPED): holes, slots freed. ``evict`` (ZOOM -> HOST): holes, slots freed (the host copy stays).
 - ``forget(st, lo, hi)``: positions ``[lo, hi)`` a windowed policy no longer attends become holes and their slots are
   freed, outside the thought table (``st.forgotten_tokens`` counts them); the caller gives only positions the
@@ -105,8 +107,12 @@ class DetailMover:
         block = self.host.allocate(n, owner=(st.rid, index))
         if block is None and self.make_host_room(n):
             block = self.host.allocate(n, owner=(st.rid, index))
-        if block is None:  # store full under keep_on_device: the detail stays where it is
+        if block is None:  # store full under keep_on_device: the detail stays where it is, for now
+            if index not in st.host_refused:
+                st.host_refused.append(index)
             return False
+        if index in st.host_refused:
+            st.host_refused.remove(index)
         slots = self._unmap(st, t.detail_start, t.detail_end)
         handle = self.host.copy_from_device(block, self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots)
         st.blocks[index] = block
@@ -116,6 +122,14 @@ class DetailMover:
         self.totals["offloaded_tokens"] += n
         self.land(st, wait=False)
         return True
+
+    def retry_refused(self, st: RequestZoom) -> None:
+        """Offloads the thoughts a full store refused, oldest first, until it refuses again."""
+        for index in list(st.host_refused):
+            if st.table.location(index) is not Location.DEVICE:  # moved since (e.g. dropped)
+                st.host_refused.remove(index)
+            elif not self.offload(st, index):
+                return
 
     def drop(self, st: RequestZoom, index: int) -> None:
         t = st.table.thought(index)

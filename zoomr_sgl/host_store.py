@@ -20,6 +20,11 @@ Contract:
   ``kernels.kv_rows`` launch over every layer (not two copies per layer). ``copy_to_device(..., after=stream)``
   also waits for the work already queued on ``stream`` (a forward in flight that may still read those slots).
   Consumers on the compute stream must ``wait()`` (or ``handle.event`` must be waited on) before reading.
+- ``auto_capacity(pool_tokens, bytes_per_token, available_bytes, pinned)`` sizes the store for
+  ``host_store_tokens = 0``: ``AUTO_POOL_MULTIPLE`` times the device pool's tokens (ZoomR admits more requests than
+  the pool would hold with full KV, and each keeps its detail here), within ``AUTO_HOST_SHARE`` of the host's
+  available memory. Pinned, it uses whole powers of two of bytes: torch's caching host allocator rounds every
+  pinned allocation up to one, so that much is taken anyway and the share is never exceeded.
 - Never silent corruption: block ids are never reused, and any use of a freed or dropped block raises
   ``StaleBlockError``. ``free`` waits for the block's copies in flight before its rows can be handed out again.
 """
@@ -33,6 +38,22 @@ from typing import Callable, Hashable, NamedTuple, Sequence
 import torch
 
 from zoomr_sgl.config import HOST_FULL_FALLBACKS
+
+
+AUTO_POOL_MULTIPLE = 4
+AUTO_HOST_SHARE = 0.25
+
+
+def auto_capacity(pool_tokens: int, bytes_per_token: int, available_bytes: int, pinned: bool) -> int:
+    """Tokens of an automatically sized store (see the module contract); at least one."""
+    budget = int(available_bytes * AUTO_HOST_SHARE)
+    want = AUTO_POOL_MULTIPLE * pool_tokens * bytes_per_token
+    size = min(want, budget)
+    if pinned and size > 0:
+        size = 1 << (size.bit_length() - 1)  # the largest power of two within it
+        if size < want and 2 * size <= budget:
+            size *= 2
+    return max(1, size // bytes_per_token)
 
 
 class StaleBlockError(RuntimeError):

@@ -89,7 +89,7 @@ from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError
 from zoomr_sgl.detail_mover import DetailMover
 from zoomr_sgl.engine_markers import EngineMarkers
 from zoomr_sgl.forward_slots import ForwardSlots
-from zoomr_sgl.host_store import HostDetailStore
+from zoomr_sgl.host_store import HostDetailStore, auto_capacity
 from zoomr_sgl.poison import FreedSlotPoison
 from zoomr_sgl.request_params import check_custom_params, check_scoring_layers
 from zoomr_sgl.request_state import LatestStats, RequestZoom, request_stats
@@ -130,7 +130,7 @@ class ZoomRManager:
 
         tree = scheduler.tree_cache if isinstance(scheduler.tree_cache, ZoomRRadixCache) else None
         self.host = HostDetailStore(
-            num_layers=self.num_layers, capacity_tokens=config.host_store_tokens, kv_heads=k0.shape[1],
+            num_layers=self.num_layers, capacity_tokens=self._host_capacity(config, k0), kv_heads=k0.shape[1],
             head_dim=k0.shape[2], dtype=k0.dtype, device=k0.device, fallback=config.host_full_fallback,
             on_drop=lambda block: self.borrow.on_host_drop(block),
         )
@@ -297,6 +297,19 @@ class ZoomRManager:
         else:
             req.customized_info = {"zoomr": LatestStats(lambda: final)}
 
+    def _host_capacity(self, config: ZoomRConfig, k0: torch.Tensor) -> int:
+        """``host_store_tokens``, or for 0 the size ``auto_capacity`` gives this pool and host (logged)."""
+        if config.host_store_tokens:
+            return config.host_store_tokens
+        import psutil
+
+        per_token = 2 * self.num_layers * k0.shape[1] * k0.shape[2] * k0.element_size()
+        available = psutil.virtual_memory().available
+        tokens = auto_capacity(int(self.kv_pool.size), per_token, available, pinned=k0.is_cuda)
+        logger.info("ZoomR host store: %d tokens (%.2f GiB; device pool %d tokens, host memory available %.1f GiB)",
+                    tokens, tokens * per_token / 2**30, int(self.kv_pool.size), available / 2**30)
+        return tokens
+
     # ------------------------------------------------------------------ state
     def snapshot(self) -> dict:
         """Aggregate figures over running requests plus running totals (what the Prometheus metrics show)."""
@@ -309,6 +322,7 @@ class ZoomRManager:
             "zoom_tokens": sum(s.zoom_tokens for s in stats),
             "host_store_used_tokens": hs.used_tokens,
             "host_dropped_tokens": hs.dropped_tokens,
+            "host_refused_tokens": sum(s.host_refused_tokens for s in stats),
             **self.totals(),
         }
 
@@ -428,4 +442,5 @@ class ZoomRManager:
         elif action is DetailAction.DROP:
             self.mover.drop(st, t.index)
         else:
+            self.mover.retry_refused(st)
             self.mover.offload(st, t.index)

@@ -17,6 +17,7 @@ GAUGES = {
     "full_kv_tokens": "KV tokens those requests would hold with full KV",
     "zoom_tokens": "Recalled detail tokens in zoom buffers now",
     "host_store_used_tokens": "Detail tokens in the host store now",
+    "host_refused_tokens": "Closed thoughts' detail kept on the device now because the host store was full",
 }
 COUNTERS = {
     "offloaded_tokens": "Detail tokens moved from the device to the host store",

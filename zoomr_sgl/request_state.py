@@ -50,6 +50,7 @@ class RequestStats(NamedTuple):
     demoted_tokens: int  # tree-owned device detail this request moved to the host (also in offloaded_tokens)
     kept_shared_tokens: int  # tree-owned device detail left on the device: another running request reads it
     recalls_trimmed: int  # recalls a zoom chose but the allocator could not give room for (retried later)
+    host_refused_tokens: int  # closed thoughts' detail still on the device because the host store was full
 
 
 @dataclass
@@ -99,6 +100,7 @@ class RequestZoom:
     demoted_tokens: int = 0
     kept_shared_tokens: int = 0
     recalls_trimmed: int = 0
+    host_refused: list[int] = field(default_factory=list)  # thoughts a full host store refused, oldest first
     summary_tokens: int = 0  # closed thoughts' summary tokens (kept as thoughts close)
     detail_tokens: int = 0  # closed thoughts' detail tokens
 
@@ -133,6 +135,7 @@ def request_stats(st: RequestZoom) -> RequestStats:
         forced_markers=st.forced_markers, summary_tokens=st.summary_tokens, prompt_tokens=st.prompt_len,
         reused_host_tokens=st.reused_host_tokens, thoughts_from_tree=len(st.borrowed),
         demoted_tokens=st.demoted_tokens, kept_shared_tokens=st.kept_shared_tokens, recalls_trimmed=st.recalls_trimmed,
+        host_refused_tokens=sum(st.table.thought(i).detail_len for i in st.host_refused),
     )
 
 

@@ -78,3 +78,16 @@ def test_bad_arguments_are_value_errors():
         index.pick(index.scores(torch.randn(L, HQ, D)), -1)
     with pytest.raises(ValueError, match="scores for"):
         index.pick(torch.zeros(len(index.spans) + 1), 10)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the index's kernel path)")
+def test_the_index_built_on_cuda_by_the_kernel_equals_the_reference_built_on_the_cpu():
+    k_buffers, slots, spans = world(seed=4)
+    cpu = sentence_index.build(k_buffers, slots, spans)
+    gpu = sentence_index.build([k.cuda() for k in k_buffers], slots.cuda(), spans)
+    assert gpu.spans == cpu.spans and gpu.keys.is_cuda
+    torch.testing.assert_close(gpu.keys.cpu(), cpu.keys, atol=1e-5, rtol=1e-5)
+    query = torch.randn(L, HQ, D, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(gpu.scores(query.cuda()).cpu(), cpu.scores(query), atol=1e-5, rtol=1e-5)
+    assert gpu.pick(gpu.scores(query.cuda()).cpu(), 40) == cpu.pick(cpu.scores(query), 40)
