@@ -21,6 +21,8 @@ def test_defaults_validate_and_round_trip_through_env():
         ({"zoom_topk": 0}, "zoom_topk"),
         ({"zoom_interval": 0}, "zoom_interval"),
         ({"host_store_tokens": -1}, "host_store_tokens"),
+        ({"sentence_budget": 0}, "sentence_budget"),
+        ({"sentence_min_tokens": 0}, "sentence_min_tokens"),
         ({"max_summary_tokens": -1}, "max_summary_tokens"),
         ({"policy": "magic"}, "policy"),
         ({"summary_open": ""}, "markers"),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 ENV_VAR = "ZOOMR_SGL_CONFIG"
-POLICIES = ("zoomr", "full", "streaming", "summary_only", "quest")
+POLICIES = ("zoomr", "full", "streaming", "summary_only", "quest", "sentencekv")
 SUMMARY_MODES = ("engine", "program", "trained")
 HOST_FULL_FALLBACKS = ("keep_on_device", "drop_oldest")
 
@@ -70,6 +70,12 @@ class ZoomRConfig:
     recent_tokens: int = _opt(1024, "streaming policy: most recent tokens always attended")
     quest_page_size: int = _opt(16, "quest policy: tokens per page")
     quest_top_pages: int = _opt(64, "quest policy: pages attended per step besides the open window")
+    sentence_budget: int = _opt(
+        1024, "sentencekv policy: most prompt-sentence tokens recalled at once (within zoom_budget, which marker "
+        "thoughts share)")
+    sentence_min_tokens: int = _opt(
+        8, "sentencekv policy: shortest prompt sentence (an end token closes one only this far in; server-wide, so "
+        "that a repeated prompt splits the same way)", per_request=False)
     host_store_tokens: int = _opt(
         0, "detail tokens the host store holds across all requests (all layers of each; preallocated); 0: sized at "
         "start to four times the device KV pool, within a quarter of the host's available memory", per_request=False
@@ -100,7 +106,7 @@ class ZoomRConfig:
                 raise ZoomRConfigError(f"zoomr {f.name} must be one of {', '.join(choices)}; got {value!r}")
         positive = (
             "min_thought_tokens", "max_thought_tokens", "max_summary_tokens", "zoom_topk", "zoom_budget",
-            "zoom_interval", "quest_page_size", "quest_top_pages",
+            "zoom_interval", "quest_page_size", "quest_top_pages", "sentence_budget", "sentence_min_tokens",
         )
         for name in positive:
             if getattr(self, name) <= 0:

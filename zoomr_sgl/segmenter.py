@@ -23,6 +23,11 @@ Contract:
     to the current length; only closed thoughts may be offloaded;
   * detail text after the last summary (no opening marker yet) is the open thought: not a ``Thought``;
     ``Segmenter.detail_start`` says where it begins.
+- ``preset`` (optional): spans ``(lo, hi)`` before ``start``, sorted, disjoint and non-empty, that are thoughts
+  without markers (SentenceKV's prompt sentences): span ``k`` closes as thought ``k`` when the stream reaches ``hi``,
+  with an empty summary (``summary_start == summary_end == detail_end == hi``). They are thoughts
+  ``0 .. len(preset) - 1``; marker thoughts, found from ``start`` on, are numbered after them. Positions before
+  ``start`` outside every preset span stay outside every thought.
 - Incremental: ``feed`` one token at a time, ``extend`` with chunks, or ``segment`` the whole sequence: the same ids
   give the same thoughts.
 """
@@ -56,7 +61,7 @@ class Segmenter:
     """Incremental segmentation of one request's token stream (see the module contract)."""
 
     def __init__(self, open_ids: Sequence[int], close_ids: Sequence[int], start: int = 0,
-                 restart_at: int | None = None):
+                 restart_at: int | None = None, preset: Sequence[tuple[int, int]] = ()):
         self.open_ids, self.close_ids = tuple(open_ids), tuple(close_ids)
         if not self.open_ids or not self.close_ids:
             raise ValueError("summary marker ids must not be empty")
@@ -67,6 +72,13 @@ class Segmenter:
         if restart_at is not None and restart_at <= start:
             raise ValueError(f"restart_at must be after start {start}, got {restart_at}")
         self.start, self.restart_at = start, restart_at
+        self.preset = tuple((int(lo), int(hi)) for lo, hi in preset)
+        prev = 0
+        for lo, hi in self.preset:
+            if not prev <= lo < hi <= start:
+                raise ValueError(f"preset spans must be sorted, disjoint, non-empty and end by start {start}; "
+                                 f"got {self.preset}")
+            prev = hi
         self.length = 0
         self._tail: deque[int] = deque(maxlen=max(len(self.open_ids), len(self.close_ids)))
         self._closed: list[Thought] = []
@@ -111,6 +123,11 @@ class Segmenter:
         self.length += 1
         self._tail.append(int(token_id))
         if pos < self.start:
+            k = len(self._closed)
+            if k < len(self.preset) and pos + 1 == self.preset[k][1]:  # a preset span ends here
+                lo, hi = self.preset[k]
+                self._closed.append(Thought(k, lo, hi, hi, hi, True))
+                return self._closed[-1]
             return None
         if pos == self.restart_at:  # drop what is open; segment on as if started here
             self._summary_start = None

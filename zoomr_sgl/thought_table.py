@@ -2,7 +2,9 @@
 
 Contract:
 - ``ThoughtTable`` owns the request's ``Segmenter``; ``append(ids)`` feeds new tokens (the prompt too: positions
-  start at 0) and returns the thoughts they closed. A newly closed thought's detail is ``DEVICE``.
+  start at 0) and returns the thoughts they closed. A newly closed thought's detail is ``DEVICE``. ``preset`` spans
+  (the segmenter's) are thoughts with no summary (``is_preset``): they move like any other, have no
+  ``summary_span`` (it raises), and the policies that score summaries leave them alone.
 - Each closed thought's detail is in one ``Location``. Legal moves (anything else raises ``ThoughtStateError``):
   ``DEVICE -> OFFLOADING -> HOST`` (``begin_offload``/``finish_offload``, or ``mark_offloaded`` in one go),
   ``HOST -> RECALLING -> ZOOM`` (``begin_recall``/``finish_recall``, or ``mark_recalled``), ``ZOOM -> HOST``
@@ -100,9 +102,9 @@ class ThoughtTable:
     """One request's thoughts, detail locations, zoom buffer and accounting (see the module contract)."""
 
     def __init__(self, config: ZoomRConfig, open_ids: Sequence[int], close_ids: Sequence[int], start: int = 0,
-                 restart_at: int | None = None):
+                 restart_at: int | None = None, preset: Sequence[tuple[int, int]] = ()):
         self.config = config
-        self.segmenter = Segmenter(open_ids, close_ids, start, restart_at)
+        self.segmenter = Segmenter(open_ids, close_ids, start, restart_at, preset)
         self.finished = False
         self._loc: list[Location] = []
         self._last_used: dict[int, int] = {}
@@ -127,6 +129,10 @@ class ThoughtTable:
     def location(self, index: int) -> Location:
         return self._loc[index]
 
+    def is_preset(self, index: int) -> bool:
+        """Whether thought ``index`` is a preset span (no summary; see the module contract)."""
+        return index < len(self.segmenter.preset)
+
     def states(self) -> list[ThoughtState]:
         return [ThoughtState(t, self._loc[t.index], self._last_used.get(t.index)) for t in self.thoughts]
 
@@ -137,6 +143,8 @@ class ThoughtTable:
         """``[lo, hi)``: the summary's own text (markers excluded), or its opening marker when it has no text. Never
         the closing marker: a thought closes when that marker is sampled, and the zoom of that same step must not
         read the marker's slot, whose KV the next forward writes (the slot may still hold a freed row)."""
+        if self.is_preset(index):
+            raise ValueError(f"thought {index} is a preset span: it has no summary")
         t = self.thought(index)
         lo, hi = t.summary_start + len(self.segmenter.open_ids), t.summary_end - len(self.segmenter.close_ids)
         return (lo, hi) if lo < hi else (t.summary_start, max(lo, t.summary_start + 1))
@@ -241,10 +249,14 @@ class ThoughtTable:
         thoughts = self.thoughts
         if len(self._loc) != len(thoughts):
             fail(f"{len(self._loc)} locations for {len(thoughts)} closed thoughts")
-        prev_end, restart = self.segmenter.start, self.segmenter.restart_at
+        prev_end, restart, preset = self.segmenter.start, self.segmenter.restart_at, self.segmenter.preset
         for i, t in enumerate(thoughts):
             if t.index != i or not t.closed:
                 fail(f"thought {i} is {t}")
+            if i < len(preset):
+                if (t.detail_start, t.detail_end) != preset[i] or not t.detail_end == t.summary_start == t.summary_end:
+                    fail(f"preset thought {i} is {t}, not the span {preset[i]} with no summary")
+                continue
             if restart is not None and t.detail_start >= restart > prev_end:  # the gap the restart leaves
                 prev_end = restart
             if not (t.detail_start == prev_end and t.detail_end == t.summary_start < t.summary_end <= self.length):
@@ -275,7 +287,10 @@ class ThoughtTable:
         for t in thoughts:
             if not attended[t.summary_start:t.summary_end].all():
                 fail(f"summary of thought {t.index} is not resident")
-        if not attended[self.segmenter.detail_start:].all() or not attended[:self.segmenter.start].all():
+        prompt = attended[:self.segmenter.start].clone()
+        for lo, hi in preset:  # a preset span's detail may be off the device like any thought's
+            prompt[lo:hi] = True
+        if not attended[self.segmenter.detail_start:].all() or not prompt.all():
             fail("the prompt or the open thought is not resident")
 
     # ------------------------------------------------------------------ internals

@@ -141,3 +141,21 @@ def test_restart_drops_an_open_summary_in_the_prompt():
     seg.extend(ids)
     assert seg.closed_thoughts == (T(0, 0, 1, 6),)
     assert seg.open_summary == Thought(1, 7, 10, 10, 13, False)  # the prompt's open summary is gone; from 7 on
+
+
+def test_preset_spans_close_first_as_thoughts_without_summaries_then_markers_follow():
+    """SentenceKV's prompt sentences: spans before ``start`` close when the stream reaches their end, numbered first,
+    with empty summaries; the gap between them is no thought; marker thoughts after ``start`` come next, the same as
+    without presets, and markers inside a preset span are not markers."""
+    prompt = [9, 9, 1, 2, 9, 9, 9, 9, 9, 7, 8, 9]  # markers inside the prompt: ignored before start
+    out = [5, 5, 1, 2, 6, 7, 8, 5]
+    seg = Segmenter((1, 2), (7, 8), start=len(prompt), preset=[(1, 4), (4, 11)])
+    closed = [(pos, t) for pos, tok in enumerate(prompt + out) if (t := seg.feed(tok)) is not None]
+    assert closed[0] == (3, Thought(0, 1, 4, 4, 4, True)) and closed[1] == (10, Thought(1, 4, 11, 11, 11, True))
+    plain = segment(prompt + out, (1, 2), (7, 8), start=len(prompt))
+    assert [t._replace(index=t.index + 2) for t in plain] == [t for _, t in closed[2:]] and len(closed) == 3
+    with pytest.raises(ValueError, match="preset spans"):
+        Segmenter((1, 2), (7, 8), start=5, preset=[(0, 6)])  # past start
+    for bad in ([(2, 2)], [(0, 3), (2, 4)], [(3, 4), (0, 2)]):  # empty, overlapping, unsorted
+        with pytest.raises(ValueError, match="preset spans"):
+            Segmenter((1, 2), (7, 8), start=5, preset=bad)

@@ -31,6 +31,18 @@ def test_sentences_tile_the_range_and_close_at_the_first_allowed_end(ids, min_le
     assert got == sentences(list(ids), ENDS, min_len, start, stop)  # deterministic
 
 
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(ids=st.lists(st.integers(0, len(VOCAB) - 1), max_size=60), min_len=st.integers(1, 8), data=st.data())
+def test_a_prompts_prefix_splits_into_a_prefix_of_its_closed_sentences(ids, min_len, data):
+    """What lets a later request that repeats a prompt's beginning find the same sentences (and borrow their host
+    copies): segmenting from 0, the closed sentences of any prefix are the first closed sentences of the whole."""
+    cut = data.draw(st.integers(0, len(ids)))
+    whole = [s for s in sentences(ids, ENDS, min_len) if s.closed]
+    part = [s for s in sentences(ids[:cut], ENDS, min_len) if s.closed]
+    assert part == whole[:len(part)] and all(s.end <= cut for s in part)
+    assert whole[len(part):] == [] or whole[len(part)].end > cut  # the next one had not closed by the cut
+
+
 def test_records_prompt_splits_into_its_records():
     from tokenizers import Tokenizer
 

@@ -130,3 +130,26 @@ def test_invariants_hold_after_random_operations(details, budget, ops):
         assert a.device_kv_tokens == (0 if table.finished else table.length - off)
         assert a.zoom_tokens <= budget and a.peak_device_kv_tokens >= a.device_kv_tokens
         assert a.full_kv_tokens == table.length
+
+
+def test_preset_thoughts_move_like_others_have_no_summary_and_zoomr_leaves_them_alone():
+    from zoomr_sgl.selection import policy_for
+    from zoomr_sgl.selection.base import StepInputs
+
+    table = ThoughtTable(ZoomRConfig(zoom_budget=10, zoom_interval=1), OPEN, CLOSE, start=6, preset=[(0, 2), (2, 5)])
+    closed = table.append([9] * 6 + thought_tokens(4) + [5])
+    assert [table.is_preset(t.index) for t in closed] == [True, True, False] and closed[1].summary_len == 0
+    table.check_invariants()
+    with pytest.raises(ValueError, match="no summary"):
+        table.summary_span(1)
+    table.mark_offloaded(1)  # the sentence's detail leaves the device; the prompt around it stays
+    table.mark_offloaded(2)
+    table.check_invariants()
+    assert table.accounting().device_kv_tokens == table.length - 3 - 4
+    assert table.attended_positions().tolist() == [0, 1, 5] + list(range(10, table.length))
+    table.mark_recalled(1)
+    table.check_invariants()
+    assert policy_for("zoomr").to_score(table) == (2,)  # the preset is no candidate: it has no summary to score
+    table.segmenter.preset = ((0, 3), (3, 5))  # corrupt: thought 0 is no longer the span the table was given
+    with pytest.raises(InvariantError, match="preset thought 0"):
+        table.check_invariants()

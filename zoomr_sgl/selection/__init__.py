@@ -8,13 +8,14 @@ from zoomr_sgl.config import POLICIES
 from zoomr_sgl.selection.base import DetailAction, Policy, Selection, StepInputs
 from zoomr_sgl.selection.full import FullPolicy
 from zoomr_sgl.selection.quest import QuestPolicy
+from zoomr_sgl.selection.sentencekv import SentenceKVPolicy
 from zoomr_sgl.selection.streaming import StreamingPolicy
 from zoomr_sgl.selection.summary_only import SummaryOnlyPolicy
 from zoomr_sgl.selection.zoomr import ZoomRPolicy
 from zoomr_sgl.thought_table import ThoughtTable
 
 POLICY_REGISTRY: dict[str, Policy] = {
-    cls.name: cls() for cls in (ZoomRPolicy, FullPolicy, StreamingPolicy, SummaryOnlyPolicy, QuestPolicy)
+    cls.name: cls() for cls in (ZoomRPolicy, FullPolicy, StreamingPolicy, SummaryOnlyPolicy, QuestPolicy, SentenceKVPolicy)
 }
 assert tuple(POLICY_REGISTRY) == POLICIES, "every configured policy has exactly one class"
 

@@ -52,12 +52,16 @@ class StepInputs:
     device) -> float32 scores ``[T]`` by ``zoomr_sgl.scoring``'s definition for this step's query. On CUDA the
     manager passes the Triton kernel here (it reads the keys straight from the pool); without it a policy gathers
     through ``keys_at`` and scores with the torch reference.
+    ``score_sentences``: optional; thought indices of preset (prompt-sentence) thoughts -> float32 scores ``[n]``
+    for this step's query against each one's mean key (``sentence_index.SentenceIndex.scores``), for ``sentencekv``:
+    their detail is off the device, so their keys cannot be gathered.
     """
 
     step: int
     query: torch.Tensor | None = None
     keys_at: Callable[[torch.Tensor], torch.Tensor] | None = None
     score_summaries: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
+    score_sentences: Callable[[Sequence[int]], torch.Tensor] | None = None
 
 
 class Selection(NamedTuple):

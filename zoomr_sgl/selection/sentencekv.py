@@ -1,0 +1,60 @@
+"""``sentencekv``: SentenceKV over the prompt, ZoomR over the output. The prompt's closed sentences are the table's
+preset thoughts (no summary; ``ThoughtTable.is_preset``), their detail offloaded, and each zoom step recalls the
+sentences whose mean keys the query scores highest; marker thoughts (the output's, or earlier turns') zoom as under
+``zoomr``. The core only: the server does not serve it yet (``docs/sentencekv_plan.md``).
+
+Contract (on a zoom step):
+- Sentence candidates are the preset thoughts with a non-empty detail in ``HOST``, ``RECALLING`` or ``ZOOM``; a
+  ``DEVICE`` sentence (the sink and recent windows, or one the host store refused) is attended anyway and is never a
+  candidate. Their scores come from ``StepInputs.score_sentences`` (thought indices -> float32 scores, e.g.
+  ``SentenceIndex.scores`` of this step's query at those rows); without it a zoom step with sentence candidates
+  raises.
+- Sentences are picked best first with no count limit within ``share = min(sentence_budget, zoom_budget - the
+  marker thoughts' recalls in flight)`` tokens, by ``zoomr``'s rule (``zoom_within``): recalls in flight stay picked,
+  ``recall`` = the picked ones on the host, and the unpicked buffered ones are evicted, least recently selected
+  first, just enough to fit (all of them with ``zoom_retain`` false). On a table with nothing buffered the pick is
+  ``SentenceIndex.pick(scores, share)``.
+- Marker thoughts then zoom as under ``zoomr`` (top ``zoom_topk``) within what the sentences leave of
+  ``zoom_budget`` after this step, so the one zoom buffer never holds more than ``zoom_budget`` tokens.
+- ``sentences_to_score(table)`` names the sentence candidates ``zoom`` will score (through ``score_sentences``, in
+  that order), beside ``to_score`` for the marker thoughts' summaries, so a server can score every due request at
+  once.
+"""
+
+from zoomr_sgl.selection.zoomr import ZoomRPolicy, summary_scores, zoom_within
+from zoomr_sgl.thought_table import Location
+
+_BUFFERED = (Location.HOST, Location.RECALLING, Location.ZOOM)
+
+
+class SentenceKVPolicy(ZoomRPolicy):
+    name = "sentencekv"
+
+    @staticmethod
+    def _sentences(table):
+        return [s for s in table.states() if s.location in _BUFFERED and s.thought.detail_len > 0
+                and table.is_preset(s.thought.index)]
+
+    def sentences_to_score(self, table) -> tuple[int, ...]:
+        return tuple(s.thought.index for s in self._sentences(table) if s.location is not Location.RECALLING)
+
+    def zoom(self, table, inputs):
+        cfg = table.config
+        sents, marks = self._sentences(table), self._candidates(table)
+        marks_in_flight = sum(s.thought.detail_len for s in marks if s.location is Location.RECALLING)
+        share = min(cfg.sentence_budget, cfg.zoom_budget - marks_in_flight)
+        s_sel, s_rec, s_ev = [], [], []
+        if sents:
+            if inputs.score_sentences is None and self.sentences_to_score(table):
+                raise ValueError("sentencekv needs the step's sentence scores (StepInputs.score_sentences)")
+            s_sel, s_rec, s_ev = zoom_within(table, sents, len(sents), share, lambda free: inputs.score_sentences(
+                tuple(s.thought.index for s in free)))
+        kept = ({s.thought.index for s in sents if s.location is not Location.HOST} - set(s_ev)) | set(s_rec)
+        left = cfg.zoom_budget - sum(table.thought(i).detail_len for i in kept)
+        m_sel, m_rec, m_ev = [], [], []
+        if marks:
+            if inputs.score_summaries is None and (inputs.query is None or inputs.keys_at is None):
+                raise ValueError("sentencekv needs the step's query and keys (or a summary scorer) on a zoom step")
+            m_sel, m_rec, m_ev = zoom_within(table, marks, cfg.zoom_topk, left,
+                                             lambda free: summary_scores(table, inputs, free))
+        return s_sel + m_sel, s_rec + m_rec, s_ev + m_ev
