@@ -184,8 +184,8 @@ def test_training_command_writes_a_servable_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, "-m", "reasoner.train", "--out", str(out), "--steps", "3",
                         "--train-problems", "12", "--eval", "1", "--tokens-per-step", "4096", "--layers", "1",
                         "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--intermediate", "64", "--workers", "1",
-                        "--device", "cpu", "--zoomr-aware", "--zoom-loss-weight", "0.5", "--stray-share", "0.5"], cwd=REPO, capture_output=True,
-                       text=True, timeout=600)
+                        "--device", "cpu", "--zoomr-aware", "--zoom-loss-weight", "0.5", "--stray-share", "0.5"],
+                       cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     manifest = json.loads((out / "reasoner_manifest.json").read_text())
     assert manifest["steps"] == 3 and manifest["heldout_full_attention"]["n"] == 1

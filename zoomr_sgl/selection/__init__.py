@@ -15,7 +15,8 @@ from zoomr_sgl.selection.zoomr import ZoomRPolicy
 from zoomr_sgl.thought_table import ThoughtTable
 
 POLICY_REGISTRY: dict[str, Policy] = {
-    cls.name: cls() for cls in (ZoomRPolicy, FullPolicy, StreamingPolicy, SummaryOnlyPolicy, QuestPolicy, SentenceKVPolicy)
+    cls.name: cls()
+    for cls in (ZoomRPolicy, FullPolicy, StreamingPolicy, SummaryOnlyPolicy, QuestPolicy, SentenceKVPolicy)
 }
 assert tuple(POLICY_REGISTRY) == POLICIES, "every configured policy has exactly one class"
 

@@ -21,10 +21,8 @@ Contract (on a zoom step):
   once.
 """
 
-from zoomr_sgl.selection.zoomr import ZoomRPolicy, summary_scores, zoom_within
+from zoomr_sgl.selection.zoomr import ZoomRPolicy, summary_scores, zoom_within, zoomable
 from zoomr_sgl.thought_table import Location
-
-_BUFFERED = (Location.HOST, Location.RECALLING, Location.ZOOM)
 
 
 class SentenceKVPolicy(ZoomRPolicy):
@@ -32,8 +30,7 @@ class SentenceKVPolicy(ZoomRPolicy):
 
     @staticmethod
     def _sentences(table):
-        return [s for s in table.states() if s.location in _BUFFERED and s.thought.detail_len > 0
-                and table.is_preset(s.thought.index)]
+        return zoomable(table, preset=True)
 
     def sentences_to_score(self, table) -> tuple[int, ...]:
         return tuple(s.thought.index for s in self._sentences(table) if s.location is not Location.RECALLING)

@@ -27,8 +27,7 @@ class ZoomRPolicy(Policy):
 
     @staticmethod
     def _candidates(table):
-        return [s for s in table.states() if s.location in (Location.HOST, Location.RECALLING, Location.ZOOM)
-                and s.thought.detail_len > 0 and not table.is_preset(s.thought.index)]
+        return zoomable(table, preset=False)
 
     def to_score(self, table):
         cands = self._candidates(table)
@@ -45,6 +44,13 @@ class ZoomRPolicy(Policy):
             raise ValueError("zoomr needs the step's query and keys (or a summary scorer) on a zoom step")
         cfg = table.config
         return zoom_within(table, cands, cfg.zoom_topk, cfg.zoom_budget, lambda free: summary_scores(table, inputs, free))
+
+
+def zoomable(table, preset: bool) -> list:
+    """The ``ThoughtState``s a zoom may pick or evict: a non-empty detail in ``HOST``, ``RECALLING`` or ``ZOOM``, of
+    the table's preset thoughts (``preset``) or of its marker thoughts."""
+    return [s for s in table.states() if s.location in (Location.HOST, Location.RECALLING, Location.ZOOM)
+            and s.thought.detail_len > 0 and table.is_preset(s.thought.index) == preset]
 
 
 def summary_scores(table, inputs, states) -> torch.Tensor:
