@@ -75,7 +75,7 @@ Hooks now:
   puts the request's effective config on it, or aborts it there, before it takes any slot, as SGLang aborts its own
   invalid requests; an abort after the prefill would change what the release frees.
 - ``TokenizerManager._wait_one_response`` (AROUND, main process): per-token ``customized_info['zoomr']`` lists
-  become one ``meta_info['zoomr']`` dict (the latest stats).
+  become one ``meta_info['zoomr']`` dict, the latest stats (``zoomr_sgl.stream_stats``: O(1) per chunk).
 """
 
 from __future__ import annotations
@@ -299,16 +299,14 @@ def install_http_hooks(config: ZoomRConfig) -> None:
 
     from zoomr_sgl import request_validation
     from zoomr_sgl.request_params import check_custom_params, check_scoring_layers
+    from zoomr_sgl.stream_stats import StatsFollower
 
     async def latest_zoomr_stats(original, *args, **kwargs):
+        follower = StatsFollower()
         async for out in original(*args, **kwargs):
             meta = out.get("meta_info") if isinstance(out, dict) else None
-            if meta is not None and isinstance(meta.get("zoomr"), list):
-                stats = [s for s in meta["zoomr"] if s is not None]
-                if stats:
-                    meta["zoomr"] = stats[-1]
-                else:
-                    del meta["zoomr"]
+            if meta is not None:
+                follower.follow(meta)
             yield out
 
     def validate_request(manager, obj, input_ids, *args, **kwargs):

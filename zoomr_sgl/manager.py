@@ -74,7 +74,7 @@ Contract (with or without SGLang's overlap scheduler; ``docs/overlap.md`` tells 
 - ``forward_holes()``: the hole count per row of the forward being launched, in batch order, for the attention
   backend's plan (``ForwardHoles``); None before any forward.
 - Stats per request (``RequestStats``) travel in ``req.customized_info['zoomr']`` and reach ``meta_info['zoomr']``;
-  they are built when SGLang reads them (a streamed chunk, the final response), not every step."""
+  they are built every ``stream_stats.STATS_EVERY`` streamed tokens and for the final response, not every step."""
 
 from __future__ import annotations
 
@@ -92,7 +92,8 @@ from zoomr_sgl.forward_slots import ForwardSlots
 from zoomr_sgl.host_store import HostDetailStore, auto_capacity
 from zoomr_sgl.poison import FreedSlotPoison
 from zoomr_sgl.request_params import check_custom_params, check_scoring_layers
-from zoomr_sgl.request_state import LatestStats, RequestZoom, request_stats
+from zoomr_sgl.request_state import RequestZoom, request_stats
+from zoomr_sgl.stream_stats import LatestStats
 from zoomr_sgl.selection import policy_for
 from zoomr_sgl.selection.base import DetailAction
 from zoomr_sgl.step_probe import StepProbe
@@ -292,10 +293,10 @@ class ZoomRManager:
         self.mover.forget_row(st.row)  # from here on the record reads no holes: the row is SGLang's again
         st.table.free()
         view = (req.customized_info or {}).get("zoomr")
-        if isinstance(view, LatestStats):
-            view.read = lambda: final  # the same view: what it already answered stays aligned
-        else:
-            req.customized_info = {"zoomr": LatestStats(lambda: final)}
+        if not isinstance(view, LatestStats):
+            view = LatestStats(lambda: final)
+            req.customized_info = {"zoomr": view}
+        view.finish(final)  # the same view: what it already answered stays aligned
 
     def _host_capacity(self, config: ZoomRConfig, k0: torch.Tensor) -> int:
         """``host_store_tokens``, or for 0 the size ``auto_capacity`` gives this pool and host (logged)."""

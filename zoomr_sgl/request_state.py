@@ -8,15 +8,15 @@ Contract:
   device slots held by copies in flight.
   ``device_tokens(st)`` is therefore exact without reading the row: positions that hold a slot, plus copies.
 - ``RequestStats`` is what ``meta_info['zoomr']`` carries. ``request_stats(st)`` builds it from those counters and the
-  table's; it is O(thoughts) and runs only when someone reads it: ``LatestStats`` sits in ``req.customized_info``
-  and builds the stats when SGLang slices it for a streamed chunk or the final response.
+  table's; it is O(thoughts) and runs only when someone reads it: ``stream_stats.LatestStats`` sits in
+  ``req.customized_info`` and builds the stats every few streamed tokens and for the final response.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -137,29 +137,3 @@ def request_stats(st: RequestZoom) -> RequestStats:
         demoted_tokens=st.demoted_tokens, kept_shared_tokens=st.kept_shared_tokens, recalls_trimmed=st.recalls_trimmed,
         host_refused_tokens=sum(st.table.thought(i).detail_len for i in st.host_refused),
     )
-
-
-class LatestStats(list):
-    """``req.customized_info`` holds per-token lists that SGLang slices per streamed chunk (``[sent:len(output)]``) and
-    the HTTP side accumulates, one entry per token (incremental streaming slices the accumulation by token offset).
-    This one answers a slice with Nones and, last, the stats of the moment, built then (``read()``), so a step nobody
-    reads costs nothing. Its first slice also covers the tokens streamed before it existed (the prefill's first token
-    goes out before the request is admitted), so the accumulation stays aligned with the tokens. The HTTP side keeps
-    the last entry that is not None."""
-
-    def __init__(self, read: Callable[[], dict]):
-        super().__init__()
-        self.read = read
-        self.sliced = False
-
-    def __getitem__(self, item):
-        if not isinstance(item, slice):
-            return self.read()
-        start = item.start or 0
-        stop = start + 1 if item.stop is None else item.stop
-        n = max(stop - (start if self.sliced else 0), 0)
-        self.sliced = True
-        return [None] * (n - 1) + [self.read()] if n else []
-
-    def __reduce__(self):  # pickled (never in practice: SGLang slices it first) as the dict of the moment
-        return (dict, (self.read(),))
