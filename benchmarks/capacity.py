@@ -210,7 +210,8 @@ def run(args, extra: list[str]) -> tuple[dict, int]:
                     bar.set_description(f"{row.name} {length}")
                     plan = PointPlan(row.name, name, length, prompts, row.policy and engine_params(row.policy, args),
                                      window, args.settle, args.max_ramp, args.poll,
-                                     meta["servers"][name]["max_total_num_tokens"])
+                                     meta["servers"][name]["max_total_num_tokens"],
+                                     bounded=row.policy in ("zoomr", "summary_only"))
                     points.append(asyncio.run(measure_point(server.url, plan)))
                     bar.set_postfix_str(f"{points[-1].output_tok_per_s or 0:.0f} tok/s")
                     bar.update()

@@ -44,6 +44,7 @@ class PointPlan(NamedTuple):
     max_ramp_s: float = 300.0  # wait_full: at most this long
     poll_s: float = 0.5  # between /metrics reads
     pool_tokens: int | None = None  # the server's KV pool (wait_full: may a retraction still come?)
+    bounded: bool = False  # a row charged by ZoomR's bound: it never retracts, and its usage grows until the end
 
 
 class PointResult(NamedTuple):
@@ -146,7 +147,8 @@ def count_at(traces: list[RequestTrace]) -> int:
 async def wait_full(traces: list[RequestTrace], probe: SchedulerProbe, plan: PointPlan) -> tuple[float, str]:
     """Until every request streams, or for ``settle_s`` no more requests streamed, the scheduler's running count did
     not grow, and neither did its token usage (by 1% of the pool) while the streaming requests' full KV would
-    overflow the pool (a retraction may still come); at most ``max_ramp_s``. Returns (time, why)."""
+    overflow the pool (a retraction may still come; never for a bounded row, whose usage grows with its summaries
+    until the end); at most ``max_ramp_s``. Returns (time, why)."""
     t_start = last_growth = time.perf_counter()
     best = [0, 0.0, 0.0]  # streaming requests, running requests, token usage
     full_kv = len(plan.prompts[0]) + plan.length
@@ -158,7 +160,7 @@ async def wait_full(traces: list[RequestTrace], probe: SchedulerProbe, plan: Poi
         if any(tr.error or tr.finish for tr in traces):  # no steady state before the first finish
             return now, "a request ended first"
         usage = probe.samples[-1].token_usage if probe.samples else 0.0
-        may_retract = plan.pool_tokens is None or started * full_kv > plan.pool_tokens
+        may_retract = not plan.bounded and (plan.pool_tokens is None or started * full_kv > plan.pool_tokens)
         if started > best[0] or probe.running_max() > best[1] or (may_retract and usage >= best[2] + 0.01):
             best, last_growth = [max(started, best[0]), max(probe.running_max(), best[1]), max(usage, best[2])], now
         if started and now - last_growth >= plan.settle_s:

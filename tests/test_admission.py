@@ -70,3 +70,56 @@ def test_a_pool_for_k_full_requests_runs_more_than_2k_zoomr_requests_without_ret
     assert all(float(line.rsplit(" ", 1)[1]) == 0 for line in retracted), retracted
     assert wait_idle(s)["running_requests"] == 0
     assert s.get("/health_generate").status_code == 200
+
+
+HOST_ROWS = 2 * OUTPUT + OUTPUT // 2  # room to promise two requests' output detail, never three
+
+
+@pytest.fixture(scope="module")
+def small_host_server():
+    server = ServerProcess.start(["--enable-zoomr", "--zoomr-host-store-tokens", str(HOST_ROWS), "--enable-metrics",
+                                  "--max-running-requests", "64"])
+    yield server
+    assert not server.stop()
+
+
+def test_admission_promises_host_rows_and_charges_the_rest_as_stock(small_host_server):
+    """The bound holds only if the host store takes every detail: with room for two requests' output detail, at
+    most two run charged by their bound at a time (their detail all offloaded, none refused), the others run with
+    stock accounting, and every request completes; the promises end with their requests."""
+    s = small_host_server
+    assert zoomr_manager_state(s)["host_store"]["capacity_tokens"] == HOST_ROWS
+    before = zoomr_manager_state(s)["host_unbounded_requests"]
+    peak_promised, done = 0, threading.Event()
+
+    def watch():
+        nonlocal peak_promised
+        while not done.is_set():
+            peak_promised = max(peak_promised, zoomr_manager_state(s)["host_promised_tokens"])
+            time.sleep(0.2)
+
+    def one(i: int) -> dict:
+        r = s.post("/generate", {"text": f"{i}: {PROMPT}", "sampling_params": {
+            "max_new_tokens": OUTPUT, "temperature": 0, "ignore_eos": True, "custom_params": BOUNDED}})
+        assert r.status_code == 200, r.text
+        return r.json()["meta_info"]
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with cf.ThreadPoolExecutor(6) as ex:
+            metas = list(ex.map(one, range(6)))
+    finally:
+        done.set()
+        watcher.join()
+    assert all(m["completion_tokens"] == OUTPUT for m in metas)
+    charged = [m["zoomr"]["admission"] for m in metas]
+    assert charged.count("bound") >= 2 and "stock" in charged, charged
+    assert 0 < peak_promised <= HOST_ROWS, peak_promised
+    for m in metas:
+        if m["zoomr"]["admission"] == "bound":  # a promise is kept: every closed detail went to the host
+            assert m["zoomr"]["host_refused_tokens"] == 0 and m["zoomr"]["offloaded_tokens"] > OUTPUT // 2, m["zoomr"]
+    after = wait_idle(s)
+    assert after["host_unbounded_requests"] - before == charged.count("stock"), (after, charged)
+    assert after["host_promised_tokens"] == 0, after
+    assert s.get("/health_generate").status_code == 200

@@ -59,6 +59,7 @@ def check_all_returned(server, start: dict, timeout: float = 60) -> dict:
     assert end["running_requests"] == 0, end
     assert end["allocator_available"] == start["allocator_available"], (start, end)
     assert end["host_store"]["used_tokens"] == 0 and end["host_store"]["blocks"] == 0, end
+    assert end.get("host_promised_tokens", 0) == 0, end  # every promise of host rows ended with its request
     assert end.get("poison_nan_rows", 0) == 0, end  # no step read a freed slot (servers with ZOOMR_SGL_POISON_FREED)
     return end
 

@@ -25,6 +25,15 @@ Contract:
   ``new_token_ratio``: the bound holds, so a batch of bounded requests that was admitted never needs a retraction.
 - ``new_growth(req)``: for a waiting bounded request, ``peak - prompt_len`` (what it adds beyond its prefill).
 - ``is_bounded(req)``: the request is charged by its bound (running or waiting).
+- The bound holds only if the host store takes every detail, so the host tier is charged too. A bounded request of
+  an offloading policy is promised ``max_new_tokens`` host rows (what its output's detail can reach) when the adder
+  takes it (``admitted(req)``), until it is released (``released(rid)``). ``new_growth`` answers None (stock
+  accounting: SGLang's estimate and retraction, detail still offloaded while the store has room) for a request whose
+  promise the store cannot make beside those already made: ``HostLedger.room()`` is the store's capacity less the
+  promises and the rows running requests borrow from the tree (the rest of the tree's host-backed cache yields to
+  them: ``RadixTree.evict_host``). A running request admitted without a promise stays on stock accounting, and
+  ``may_offload(st, rows)`` lets it offload only into rows no promise still needs, so a promise is never broken.
+  ``host_unbounded`` counts the requests charged as stock for want of host room.
 The hooks in ``zoomr_sgl.hooks`` apply these to SGLang's adder (``running_offset``, ``admit_new``) and keep bounded
 requests out of the retraction ratio estimate and at the back of the retraction order.
 """
@@ -57,11 +66,48 @@ def peak_tokens(cfg: ZoomRConfig | None, prompt_len: int, max_new_tokens: int, m
     return prompt_len + min(max_new_tokens, summaries + open_thought + INFLIGHT_MARGIN + zoom)
 
 
+class HostLedger:
+    """Host rows promised to admitted bounded requests and rows running requests borrow from the tree (locked, so
+    not reclaimable), one entry per request id; ``capacity`` is the store's."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.promised: dict[str, int] = {}
+        self.borrowed: dict[str, int] = {}
+        self.total = 0  # promised + borrowed
+
+    def room(self) -> int:
+        return self.capacity - self.total
+
+    def promise(self, rid: str, rows: int) -> None:
+        if rid not in self.promised:
+            self.promised[rid] = rows
+            self.total += rows
+
+    def borrow(self, rid: str, rows: int) -> None:
+        self.total += rows - self.borrowed.get(rid, 0)
+        self.borrowed[rid] = rows
+
+    def forget(self, rid: str) -> None:
+        self.total -= self.promised.pop(rid, 0) + self.borrowed.pop(rid, 0)
+
+
 class ZoomRAdmission:
     """The bounds of one scheduler's requests (see the module contract); ``manager`` is its ``ZoomRManager``."""
 
     def __init__(self, manager: Any):
         self.manager = manager
+        self.ledger = HostLedger(manager.host.stats().capacity_tokens)
+        self.host_unbounded = 0
+
+    @staticmethod
+    def _host_rows(cfg: ZoomRConfig, req) -> int:
+        """Host rows a bounded request's output detail can reach: 0 for a policy that drops detail."""
+        offloads = policy_for(cfg.policy).detail_action is DetailAction.OFFLOAD
+        return req.sampling_params.max_new_tokens if offloads else 0
+
+    def _promised(self, cfg: ZoomRConfig, req) -> bool:
+        return req.rid in self.ledger.promised or self._host_rows(cfg, req) == 0
 
     def _peak(self, cfg: ZoomRConfig | None, prompt_len: int, req) -> int | None:
         if cfg is None:
@@ -70,12 +116,20 @@ class ZoomRAdmission:
         marker_tokens = len(markers.marker_ids(cfg.summary_open)) + len(markers.marker_ids(cfg.summary_close))
         return peak_tokens(cfg, prompt_len, req.sampling_params.max_new_tokens, marker_tokens, self.manager.lag)
 
+    def settle(self, st, req) -> None:
+        """Fix ``st.bound`` once, when the manager admits the request: its peak, or None (stock accounting) for a
+        request that is not bounded or was admitted without a host promise."""
+        st.bound = self._peak(st.config, st.prompt_len, req) if st.engine else None
+        if st.bound is not None and not self._promised(st.config, req):
+            st.bound = None  # admitted with stock accounting: the host store had no room for its promise
+            self.host_unbounded += 1
+
     def running_growth(self, req) -> int | None:
         st = self.manager.requests.get(req.rid)
         if st is None or not st.engine:
             return None
-        if st.bound == UNKNOWN:  # the adder asks every scheduling pass: the bound is computed once per request
-            st.bound = self._peak(st.config, st.prompt_len, req)
+        if st.bound == UNKNOWN:
+            self.settle(st, req)
         peak = st.bound
         if peak is None:
             return None
@@ -91,7 +145,35 @@ class ZoomRAdmission:
             return None
         prompt_len = len(req.origin_input_ids)
         peak = self._peak(cfg, prompt_len, req)
-        return None if peak is None else peak - prompt_len
+        if peak is None:
+            return None
+        if not self._promised(cfg, req) and self._host_rows(cfg, req) > self.ledger.room():
+            return None  # the host store could not take all its detail: stock accounting
+        return peak - prompt_len
+
+    def admitted(self, req) -> None:
+        """The adder took ``req`` (whole or its first chunk) charged by its bound: promise its host rows."""
+        cfg = getattr(req, "zoomr_config", None)
+        if cfg is not None:
+            self.ledger.promise(req.rid, self._host_rows(cfg, req))
+
+    def released(self, rid: str) -> None:
+        self.ledger.forget(rid)
+
+    def may_offload(self, st, rows: int) -> bool:
+        """Whether ``st`` may take ``rows`` host rows now: always with a promise; else only rows that neither a
+        promise still needs (its ``max_new_tokens`` less the detail its request has closed) nor a borrower holds.
+        O(running requests), at thought boundaries of unpromised requests only."""
+        ledger = self.ledger
+        if st.rid in ledger.promised:
+            return True
+        requests = self.manager.requests
+        owed = sum(max(0, rows_ - (requests[rid].detail_tokens if rid in requests else 0))
+                   for rid, rows_ in ledger.promised.items())
+        stats = self.manager.host.stats()
+        tree = self.manager.tree
+        reclaimable = tree.host_tokens() - sum(ledger.borrowed.values()) if tree is not None else 0
+        return stats.capacity_tokens - stats.used_tokens + max(reclaimable, 0) - owed >= rows
 
     def is_bounded(self, req) -> bool:
         if req.rid in self.manager.requests:

@@ -6,8 +6,8 @@ Contract:
   device, fresh slot ids once a recall has landed), the allocator (slots freed or taken), and the thought's
   ``Location`` in the request's ``ThoughtTable``; and it keeps ``RequestZoom.holes`` / ``inflight_slots`` exact, so
   a request's device KV is known without reading its row.
-- ``offload`` (DEVICE -> OFFLOADING -> HOST): a host block is taken (``make_host_room(n)`` asks the radix tree for rows
-  when the store is full), the copy starts, the detail becomes holes at once (not attended from the next step on) and
+- ``offload`` (DEVICE -> OFFLOADING -> HOST): if ``may_take(st, n)`` allows (admission's host promises), a host
+  block is taken (``make_host_room(n)`` asks the radix tree for rows when the store is full), the copy starts, the detail becomes holes at once (not attended from the next step on) and
   its slots stay held until the copy has landed. Returns False when the store refuses: the detail stays on the
   device and the thought joins ``st.host_refused`` (oldest first), which ``retry_refused`` offloads once there is
   room (the manager calls it as each later thought closes).
@@ -57,12 +57,14 @@ CHECKS = os.environ.get("ZOOMR_SGL_CHECK_HOLES") == "1"
 
 class DetailMover:
     def __init__(self, allocator, req_to_token: torch.Tensor, kv_pool, host: HostDetailStore,
-                 make_host_room: Callable[[int], object], recall_after=None, lockstep: bool = False):
+                 make_host_room: Callable[[int], object], recall_after=None, lockstep: bool = False,
+                 may_take: Callable[[RequestZoom, int], bool] | None = None):
         self.allocator = allocator
         self.req_to_token = req_to_token
         self.kv_pool = kv_pool
         self.host = host
         self.make_host_room = make_host_room
+        self.may_take = may_take  # whether a request may take that many host rows now (admission's promises)
         self.recall_after = recall_after  # the forward stream with the overlap scheduler on CUDA, else None
         self.lockstep = lockstep  # TP: copies land where asked, waited for, never "when done" (timing differs per rank)
         self.row_holes = np.zeros(req_to_token.shape[0], dtype=np.int64)
@@ -104,9 +106,11 @@ class DetailMover:
     def offload(self, st: RequestZoom, index: int) -> bool:
         t = st.table.thought(index)
         n = t.detail_len
-        block = self.host.allocate(n, owner=(st.rid, index))
-        if block is None and self.make_host_room(n):
+        block = None
+        if self.may_take is None or self.may_take(st, n):
             block = self.host.allocate(n, owner=(st.rid, index))
+            if block is None and self.make_host_room(n):
+                block = self.host.allocate(n, owner=(st.rid, index))
         if block is None:  # store full under keep_on_device: the detail stays where it is, for now
             if index not in st.host_refused:
                 st.host_refused.append(index)

@@ -266,8 +266,10 @@ def install_admission_hooks() -> None:
             result = original(adder, req, *args, **kwargs)
         finally:
             params.max_new_tokens = saved
-        whole = any(r is req for r in adder.can_run_list[before:]) and result is not req \
-            and adder.new_chunked_req is not req  # admitted with its growth charged (not a middle chunk)
+        taken = any(r is req for r in adder.can_run_list[before:]) and result is not req
+        if taken:
+            MANAGER.admission.admitted(req)  # its host rows are promised from here until its release
+        whole = taken and adder.new_chunked_req is not req  # admitted with its growth charged (not a middle chunk)
         if whole:  # SGLang charged min(growth + output, its clip): add what the clip cut off
             adder.rem_total_token_offset += max(0, growth - min(len(req.output_ids) + growth, MANAGER.admission.clip()))
         return result

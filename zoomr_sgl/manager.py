@@ -142,7 +142,8 @@ class ZoomRManager:
         self.tp = TPConsensus(scheduler)
         self.mover = DetailMover(self.allocator, self.req_to_token, self.kv_pool, self.host,
                                  make_host_room=lambda n: self.borrow.make_host_room(n),
-                                 recall_after=self.forward_stream if self.overlap else None, lockstep=self.tp.lockstep)
+                                 recall_after=self.forward_stream if self.overlap else None, lockstep=self.tp.lockstep,
+                                 may_take=lambda st, n: self.admission.may_offload(st, n))
         self.borrow = TreeBorrow(tree, self.host, self.mover, self.requests)
         self.tree = tree
         if tree is not None:
@@ -278,6 +279,7 @@ class ZoomRManager:
             req.set_finish_with_abort(str(e))
 
     def release(self, req, is_insert: bool = True) -> None:
+        self.admission.released(req.rid)
         st = self.requests.pop(req.rid, None)
         if st is None:
             return
@@ -324,6 +326,8 @@ class ZoomRManager:
             "host_store_used_tokens": hs.used_tokens,
             "host_dropped_tokens": hs.dropped_tokens,
             "host_refused_tokens": sum(s.host_refused_tokens for s in stats),
+            "host_promised_tokens": self.admission.ledger.total,
+            "host_unbounded_requests": self.admission.host_unbounded,
             **self.totals(),
         }
 
@@ -337,6 +341,8 @@ class ZoomRManager:
             "running_requests": len(self.requests),
             "allocator_available": int(self.allocator.available_size()),
             "host_store": self.host.stats()._asdict(),
+            "host_promised_tokens": self.admission.ledger.total,  # host rows promised to running bounded requests
+            "host_unbounded_requests": self.admission.host_unbounded,  # charged as stock for want of host room
             "scoring_layers": list(self.scoring_layers),
             "totals": self.totals(),
             **({"tree": self.tree.state()} if self.tree is not None else {}),
@@ -377,6 +383,9 @@ class ZoomRManager:
         )
         st.protected_len = max(st.protected_len, prompt_len)  # the prefill inserted the prompt into the tree
         self.borrow.admit(st, req)
+        if st.reused_host_tokens:
+            self.admission.ledger.borrow(req.rid, st.reused_host_tokens)  # locked tree rows: not reclaimable
+        self.admission.settle(st, req)
         self.markers.clear(st.row)
         self.requests[req.rid] = st
         self.admitted += 1

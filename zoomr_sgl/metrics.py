@@ -18,6 +18,7 @@ GAUGES = {
     "zoom_tokens": "Recalled detail tokens in zoom buffers now",
     "host_store_used_tokens": "Detail tokens in the host store now",
     "host_refused_tokens": "Closed thoughts' detail kept on the device now because the host store was full",
+    "host_promised_tokens": "Host rows admission promised to running requests charged by their bound",
 }
 COUNTERS = {
     "offloaded_tokens": "Detail tokens moved from the device to the host store",
@@ -26,6 +27,7 @@ COUNTERS = {
     "evictions": "Thoughts evicted from zoom buffers",
     "forced_markers": "Summary markers forced by engine mode",
     "host_dropped_tokens": "Detail tokens dropped because the host store was full",
+    "host_unbounded_requests": "Requests admitted with stock accounting because the host store had no room to promise",
 }
 
 

@@ -51,6 +51,7 @@ class RequestStats(NamedTuple):
     kept_shared_tokens: int  # tree-owned device detail left on the device: another running request reads it
     recalls_trimmed: int  # recalls a zoom chose but the allocator could not give room for (retried later)
     host_refused_tokens: int  # closed thoughts' detail still on the device because the host store was full
+    admission: str  # "bound": admitted charged by its bound (host rows promised); "stock": SGLang's accounting
 
 
 @dataclass
@@ -136,4 +137,5 @@ def request_stats(st: RequestZoom) -> RequestStats:
         reused_host_tokens=st.reused_host_tokens, thoughts_from_tree=len(st.borrowed),
         demoted_tokens=st.demoted_tokens, kept_shared_tokens=st.kept_shared_tokens, recalls_trimmed=st.recalls_trimmed,
         host_refused_tokens=sum(st.table.thought(i).detail_len for i in st.host_refused),
+        admission="bound" if st.bound is not None and st.bound >= 0 else "stock",
     )
