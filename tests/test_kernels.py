@@ -205,6 +205,7 @@ def test_host_store_round_trip_through_staged_copies():
     k = [torch.randn(pool, heads, dim, device="cuda").to(torch.bfloat16) for _ in range(layers)]
     v = [torch.randn(pool, heads, dim, device="cuda").to(torch.bfloat16) for _ in range(layers)]
     store = HostDetailStore(layers, 96, heads, dim, torch.bfloat16, device="cuda")
+    assert store.kv.is_pinned()  # page-locked at its exact size, so the copies below are asynchronous
     filler = store.allocate(40, owner="gap")
     first = store.allocate(30, owner="a")
     store.free(filler)

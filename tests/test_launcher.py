@@ -8,7 +8,7 @@ import pytest
 
 from tests.server_process import REPO
 from zoomr_sgl.config import ENV_VAR, ZoomRConfig
-from zoomr_sgl.launcher import LaunchError, model_refusal, plan_launch
+from zoomr_sgl.launcher import LaunchError, host_store_refusal, model_refusal, plan_launch
 
 
 def test_cpu_plan_adds_cpu_settings_and_default_model():
@@ -160,3 +160,24 @@ def test_plain_decoder_models_are_not_refused(tmp_path):
         (tmp_path / "config.json").write_text(json.dumps(config))
         assert model_refusal(str(tmp_path)) is None, config
     assert model_refusal(str(tmp_path / "missing")) is None  # a hub id or no config: the scheduler checks at start
+
+
+QWEN3_8B = {"architectures": ["Qwen3ForCausalLM"], "num_hidden_layers": 36, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "head_dim": 128, "hidden_size": 4096, "torch_dtype": "bfloat16"}
+
+
+def test_a_host_store_larger_than_the_host_is_refused_with_its_size(tmp_path):
+    """On an H200 host (125 GiB) a 524,288-token store for Qwen3-8B is 72 GiB; twice that cannot be locked."""
+    (tmp_path / "config.json").write_text(json.dumps(QWEN3_8B))
+    gib = 2**30
+    assert host_store_refusal(str(tmp_path), 524_288, [], 125 * gib) is None  # 144 KiB a token: 72 GiB
+    why = host_store_refusal(str(tmp_path), 1_048_576, [], 125 * gib)
+    assert why is not None and "144.0 GiB" in why and "144 KiB a token" in why and "at most 819200 tokens" in why
+    assert host_store_refusal(str(tmp_path), 1_048_576, ["--kv-cache-dtype", "fp8_e4m3"], 125 * gib) is None
+    assert host_store_refusal(str(tmp_path), 524_288, ["--tp-size", "16"], 125 * gib) is not None  # 1 head a rank
+    assert host_store_refusal(str(tmp_path / "missing"), 10**9, [], gib) is None  # a hub id: nothing to size from
+    r = subprocess.run([sys.executable, str(REPO / "launch.py"), "--enable-zoomr", "--model-path", str(tmp_path),
+                        "--zoomr-host-store-tokens", str(10**9)], capture_output=True, text=True, timeout=120, cwd=REPO)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith("launch.py: error: --zoomr-host-store-tokens 1000000000 needs"), lines

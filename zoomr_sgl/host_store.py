@@ -3,7 +3,9 @@
 Contract:
 - ``HostDetailStore(num_layers, capacity_tokens, kv_heads, head_dim, dtype, device)`` allocates one token-major
   buffer ``kv`` ``[capacity_tokens, 2, num_layers, kv_heads, head_dim]`` (K then V of every layer, per row) once,
-  pinned when ``device`` is CUDA (so copies can be asynchronous), plain on CPU; ``k`` and ``v`` are its
+  page-locked at its exact size when ``device`` is CUDA (so copies can be asynchronous; ``cudaHostRegister`` on a
+  plain allocation, because torch's pinned allocator rounds up to a power of two: 72 GiB asked, 128 GiB taken),
+  plain on CPU; a buffer that cannot be locked raises ``HostStoreError`` with its size; ``k`` and ``v`` are its
   ``[num_layers, capacity_tokens, kv_heads, head_dim]`` views. Nothing is allocated afterwards.
 - ``allocate(num_tokens, owner)`` returns a ``HostBlock`` (one or a few contiguous runs of rows, lowest addresses
   first), or ``None`` when it cannot: with ``host_full_fallback='keep_on_device'`` whenever the free rows do not
@@ -23,8 +25,7 @@ Contract:
 - ``auto_capacity(pool_tokens, bytes_per_token, available_bytes, pinned)`` sizes the store for
   ``host_store_tokens = 0``: ``AUTO_POOL_MULTIPLE`` times the device pool's tokens (ZoomR admits more requests than
   the pool would hold with full KV, and each keeps its detail here), within ``AUTO_HOST_SHARE`` of the host's
-  available memory. Pinned, it uses whole powers of two of bytes: torch's caching host allocator rounds every
-  pinned allocation up to one, so that much is taken anyway and the share is never exceeded.
+  available memory.
 - Never silent corruption: block ids are never reused, and any use of a freed or dropped block raises
   ``StaleBlockError``. ``free`` waits for the block's copies in flight before its rows can be handed out again.
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import weakref
 from typing import Callable, Hashable, NamedTuple, Sequence
 
 import torch
@@ -44,20 +46,30 @@ AUTO_POOL_MULTIPLE = 4
 AUTO_HOST_SHARE = 0.25
 
 
-def auto_capacity(pool_tokens: int, bytes_per_token: int, available_bytes: int, pinned: bool) -> int:
+def auto_capacity(pool_tokens: int, bytes_per_token: int, available_bytes: int) -> int:
     """Tokens of an automatically sized store (see the module contract); at least one."""
     budget = int(available_bytes * AUTO_HOST_SHARE)
-    want = AUTO_POOL_MULTIPLE * pool_tokens * bytes_per_token
-    size = min(want, budget)
-    if pinned and size > 0:
-        size = 1 << (size.bit_length() - 1)  # the largest power of two within it
-        if size < want and 2 * size <= budget:
-            size *= 2
-    return max(1, size // bytes_per_token)
+    return max(1, min(AUTO_POOL_MULTIPLE * pool_tokens, budget // bytes_per_token))
 
 
 class StaleBlockError(RuntimeError):
     """A freed or dropped host block was used."""
+
+
+class HostStoreError(MemoryError):
+    """The host buffer could not be allocated or page-locked."""
+
+
+def _page_locked(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, Callable[[], None]]:
+    """A host tensor locked in place at its exact size, and the call that unlocks it (before it is freed)."""
+    buffer = torch.empty(shape, dtype=dtype)
+    nbytes = buffer.numel() * buffer.element_size()
+    cudart = torch.cuda.cudart()
+    err = cudart.cudaHostRegister(buffer.data_ptr(), nbytes, 0)
+    if getattr(err, "value", err) != 0:
+        raise HostStoreError(f"cannot page-lock a {nbytes / 2**30:.1f} GiB host store ({err}); "
+                             "lower --zoomr-host-store-tokens")
+    return buffer, lambda: cudart.cudaHostUnregister(buffer.data_ptr())
 
 
 class HostBlock(NamedTuple):
@@ -112,7 +124,12 @@ class HostDetailStore:
         self.fallback, self.on_drop = fallback, on_drop
         self.capacity_tokens = capacity_tokens
         pin = self.device.type == "cuda"
-        self.kv = torch.empty((capacity_tokens, 2, num_layers, kv_heads, head_dim), dtype=dtype, pin_memory=pin)
+        shape = (capacity_tokens, 2, num_layers, kv_heads, head_dim)
+        if pin:
+            self.kv, unlock = _page_locked(shape, dtype)
+            weakref.finalize(self, unlock)  # the closure keeps the buffer alive until it is unlocked
+        else:
+            self.kv = torch.empty(shape, dtype=dtype)
         self.k, self.v = (self.kv[:, i].permute(1, 0, 2, 3) for i in (0, 1))  # [L, capacity, Hkv, D] views
         self._free: list[tuple[int, int]] = [(0, capacity_tokens)]  # sorted, coalesced (start, count) runs
         self._blocks: dict[int, HostBlock] = {}  # insertion order = age, oldest first

@@ -18,7 +18,8 @@ Contract:
   for a model folder on disk, a model SGLang would serve with windowed or chunked attention layers or as an
   encoder-decoder
   (``model_refusal``, read from its ``config.json`` with SGLang's own tests). The scheduler refuses the same at start
-  for any model source (``zoomr_sgl.hooks``).
+  for any model source (``zoomr_sgl.hooks``). So is a ``--zoomr-host-store-tokens`` whose host store, for that
+  model, would not fit in ``HOST_STORE_SHARE`` of the memory available (``host_store_refusal``).
 - With ``--enable-zoomr`` it also passes ``--page-size 1`` and, unless the user gave ``--radix-cache-backend``,
   ``--radix-cache-backend zoomr`` (the ZoomR radix tree). SGLang's overlap scheduler stays on where stock has it on
   (CUDA); ``--disable-overlap-schedule`` is the user's choice.
@@ -215,6 +216,43 @@ def model_refusal(model_path: str | None) -> str | None:
     return None
 
 
+HOST_STORE_SHARE = 0.9  # of the available host memory an explicitly sized store may take (page-locked, unswappable)
+
+
+def host_store_refusal(model_path: str | None, tokens: int, sglang_argv: Sequence[str], available: int) -> str | None:
+    """Why a host store of ``tokens`` rows cannot be given for the model in folder ``model_path`` with
+    ``available`` bytes of host memory (None: it can, or there is no local config to size a row from). A row is K and
+    V of every layer's KV heads (per tensor-parallel rank, at least one head each, times the ranks and the
+    data-parallel replicas) at the KV cache's element size."""
+    import json
+    from pathlib import Path
+
+    try:
+        config = json.loads((Path(model_path or "") / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    try:
+        layers, heads = int(text["num_hidden_layers"]), int(text.get("num_key_value_heads") or text["num_attention_heads"])
+        head_dim = int(text.get("head_dim") or int(text["hidden_size"]) // int(text["num_attention_heads"]))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    tp = int(_flag_value(sglang_argv, "--tp-size", "--tensor-parallel-size") or 1)
+    dp = int(_flag_value(sglang_argv, "--dp-size", "--data-parallel-size") or 1)
+    kv_dtype = _flag_value(sglang_argv, "--kv-cache-dtype") or "auto"
+    dtype = _flag_value(sglang_argv, "--dtype") or "auto"
+    if dtype == "auto":
+        dtype = str(text.get("torch_dtype") or config.get("torch_dtype") or "bfloat16")
+    element = 1 if kv_dtype.startswith("fp8") else 4 if dtype in ("float32", "float") else 2
+    row = 2 * layers * max(1, heads // tp) * head_dim * element * tp * dp
+    need = tokens * row
+    if need <= HOST_STORE_SHARE * available:
+        return None
+    fits = int(HOST_STORE_SHARE * available // row)
+    return (f"--zoomr-host-store-tokens {tokens} needs {need / 2**30:.1f} GiB of host memory for this model "
+            f"({row // 1024} KiB a token), {available / 2**30:.1f} GiB is available: at most {fits} tokens fit")
+
+
 def _print_help() -> None:
     zoomr_parser().print_help()
     print("\nEvery other flag goes to SGLang's server; its own help follows.\n")
@@ -244,10 +282,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     plan = plan_launch(argv, torch.cuda.is_available(), "<embedded>")
-    refusal = model_refusal(_flag_value(plan.sglang_argv, "--model-path", "--model")) if plan.zoomr else None
+    model_path = _flag_value(plan.sglang_argv, "--model-path", "--model")
+    refusal = model_refusal(model_path) if plan.zoomr else None
     if refusal is not None:
         print(f"{PROG}: error: --enable-zoomr cannot serve this model: {refusal}", file=sys.stderr)
         return 2
+    if plan.zoomr and plan.zoomr.host_store_tokens:
+        import psutil
+
+        refusal = host_store_refusal(model_path, plan.zoomr.host_store_tokens, plan.sglang_argv,
+                                     psutil.virtual_memory().available)
+        if refusal is not None:
+            print(f"{PROG}: error: {refusal}", file=sys.stderr)
+            return 2
     if wants_default_model:
         model_dir = str(default_model.default_model_dir(chosen))
         plan = plan._replace(sglang_argv=[model_dir if a == "<embedded>" else a for a in plan.sglang_argv])

@@ -308,7 +308,7 @@ class ZoomRManager:
 
         per_token = 2 * self.num_layers * k0.shape[1] * k0.shape[2] * k0.element_size()
         available = psutil.virtual_memory().available
-        tokens = auto_capacity(int(self.kv_pool.size), per_token, available, pinned=k0.is_cuda)
+        tokens = auto_capacity(int(self.kv_pool.size), per_token, available)
         logger.info("ZoomR host store: %d tokens (%.2f GiB; device pool %d tokens, host memory available %.1f GiB)",
                     tokens, tokens * per_token / 2**30, int(self.kv_pool.size), available / 2**30)
         return tokens

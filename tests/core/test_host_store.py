@@ -125,9 +125,6 @@ def test_random_allocate_free_never_shares_a_row(fallback):
 def test_auto_capacity_is_four_pools_within_a_quarter_of_the_host():
     from zoomr_sgl.host_store import auto_capacity
 
-    assert auto_capacity(1000, 100, 10**9, pinned=False) == 4000  # 400 kB wanted, 250 MB allowed
-    assert auto_capacity(1000, 100, 800_000, pinned=False) == 2000  # a quarter of 800 kB
-    # pinned: whole powers of two of bytes, never beyond the quarter
-    assert auto_capacity(1000, 100, 10**9, pinned=True) == 2**19 // 100  # 400 kB -> 512 KiB, all of it used
-    assert auto_capacity(1000, 100, 1_600_000, pinned=True) == 2**18 // 100  # 512 KiB > 400 kB allowed: 256 KiB
-    assert auto_capacity(1000, 100, 1_000, pinned=True) == 1  # never empty
+    assert auto_capacity(1000, 100, 10**9) == 4000  # 400 kB wanted, 250 MB allowed
+    assert auto_capacity(1000, 100, 800_000) == 2000  # a quarter of 800 kB
+    assert auto_capacity(1000, 100, 300) == 1  # a quarter of 300 B is no row: never empty
