@@ -211,7 +211,9 @@ def run(args, extra: list[str]) -> tuple[dict, int]:
                     plan = PointPlan(row.name, name, length, prompts, row.policy and engine_params(row.policy, args),
                                      window, args.settle, args.max_ramp, args.poll,
                                      meta["servers"][name]["max_total_num_tokens"],
-                                     bounded=row.policy in ("zoomr", "summary_only"))
+                                     # whole GPU: the host store cannot promise every request's detail, so ZoomR
+                                    # rows may retract too and count as full, like stock's, once the pool is
+                                    bounded=row.policy in ("zoomr", "summary_only") and not args.whole_gpu)
                     points.append(asyncio.run(measure_point(server.url, plan)))
                     bar.set_postfix_str(f"{points[-1].output_tok_per_s or 0:.0f} tok/s")
                     bar.update()

@@ -18,7 +18,7 @@ Contract:
   lands one token after it was decided, so each summary and the open thought may be ``lag - 1`` tokens longer. None
   (stock accounting) for policy ``full``, program and trained mode (the model writes the summaries: no bound), and
   requests that opted out. The bound assumes the host store takes every detail; when it refuses (``keep_on_device``) a
-  detail stays and SGLang's own retraction is the backstop.
+  detail stays on the device (parked) and SGLang's own retraction is the backstop.
 - ``running_growth(req)``: for a running bounded request, ``peak - device_now`` (its device KV now, from the manager's
   counters; 0 once finished): what the adder must keep free for it. Once its thinking has ended (engine mode's
   ``thinking_end``) its answer stays on the device, so it keeps at least the rest of ``max_new_tokens`` free too. No

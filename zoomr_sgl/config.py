@@ -82,7 +82,8 @@ class ZoomRConfig:
     )
     host_full_fallback: str = _opt(
         "keep_on_device",
-        "when the host store is full: keep the detail on the device, or drop the oldest offloaded thought (counted)",
+        "when the host store is full: keep the detail on the device (parked: in its own slots, out of the resident set, "
+        "zoomable), or drop the oldest offloaded thought (counted)",
         per_request=False,
         choices=HOST_FULL_FALLBACKS,
     )

@@ -6,24 +6,30 @@ Contract:
   device, fresh slot ids once a recall has landed), the allocator (slots freed or taken), and the thought's
   ``Location`` in the request's ``ThoughtTable``; and it keeps ``RequestZoom.holes`` / ``inflight_slots`` exact, so
   a request's device KV is known without reading its row.
-- ``offload`` (DEVICE -> OFFLOADING -> HOST): if ``may_take(st, n)`` allows (admission's host promises), a host
-  block is taken (``make_host_room(n)`` asks the radix tree for rows when the store is full), the copy starts, the detail becomes holes at once (not attended from the next step on) and
-  its slots stay held until the copy has landed. Returns False when the store refuses: the detail stays on the
-  device and the thought joins ``st.host_refused`` (oldest first), which ``retry_refused`` offloads once there is
-  room (the manager calls it as each later thought closes).
-- ``drop`` (DEVICE -> DROPPED): holes, slots freed. ``evict`` (ZOOM -> HOST): holes, slots freed (the host copy stays).
+- ``offload`` (DEVICE or PARKED -> OFFLOADING -> HOST): if ``may_take(st, n)`` allows (admission's host promises),
+  a host block is taken (``make_host_room(n)`` asks the radix tree for rows when the store is full), the copy starts,
+  the detail becomes holes at once (not attended from the next step on) and its slots stay held until the copy has
+  landed. Returns False when the store refuses: the detail is *parked* (DEVICE -> PARKED: holes in the row, its slots
+  kept in ``st.parked``), so the step attends what the policy says whatever the host store's room, and the thought
+  joins ``st.host_refused`` (oldest first), which ``retry_refused`` offloads once there is room (the manager calls it
+  as each later thought closes).
+- ``drop`` (DEVICE or PARKED -> DROPPED): holes, slots freed. ``evict`` (ZOOM -> HOST): holes, slots freed (the host
+  copy stays); a detail recalled from PARKED has no host copy and goes back there (holes, slots kept).
 - ``forget(st, lo, hi)``: positions ``[lo, hi)`` a windowed policy no longer attends become holes and their slots are
   freed, outside the thought table (``st.forgotten_tokens`` counts them); the caller gives only positions the
   request owns that still hold a slot.
 - ``recall`` (HOST -> RECALLING -> ZOOM): takes slots from the allocator (the caller checked the room) and starts
-  the copy; the slots are written into the row when the copy has landed (``land``), from the next step on.
+  the copy; the slots are written into the row when the copy has landed (``land``), from the next step on. From
+  PARKED (-> ZOOM at once) it takes no slot and copies nothing: the parked slots go back into the row.
+  ``recall_slots(st, index)`` / ``evict_slots(st, index)``: the allocator slots a recall takes / an eviction frees.
 - ``land(st, wait)`` finishes the copies of ``st`` that have landed (all of them with ``wait``); ``land_busy`` does
   so for every request with copies in flight, and nothing for the others (no per-request work on a plain step).
   With ``lockstep`` (tensor parallel, ``zoomr_sgl.tp_consensus``) every ``land`` waits for all the copies, so each
   rank frees and maps the same slots at the same point.
 - ``lose(st, index)``: the thought's host block is gone (dropped by the store): copies in flight end, a zoomed
   detail leaves the device, the thought is DROPPED.
-- ``end(st)`` at release: waits for and frees copies in flight (an offload's block is complete then).
+- ``end(st)`` at release: waits for and frees copies in flight (an offload's block is complete then) and writes every
+  parked detail's slots back into the row, so SGLang frees or caches them with the row like any device KV.
 - Frees here never hold a hole (they are resident positions or fresh slots), so they skip the hole filter of
   ``hooks.free_without_holes``, a device read (``hooks.free_known_slots``).
 - Slots are read from the row as device tensors, never copied to the host: a move does not synchronise.
@@ -69,7 +75,7 @@ class DetailMover:
         self.lockstep = lockstep  # TP: copies land where asked, waited for, never "when done" (timing differs per rank)
         self.row_holes = np.zeros(req_to_token.shape[0], dtype=np.int64)
         self.busy: dict[str, RequestZoom] = {}  # requests with copies in flight
-        self.totals = dict(offloaded_tokens=0, recalled_tokens=0, recalls=0, evictions=0)
+        self.totals = dict(offloaded_tokens=0, recalled_tokens=0, recalls=0, evictions=0, parked_detail_tokens=0)
 
     # ------------------------------------------------------------------ the row
     def set_prefix_holes(self, row: int, holes: int) -> None:
@@ -111,13 +117,18 @@ class DetailMover:
             block = self.host.allocate(n, owner=(st.rid, index))
             if block is None and self.make_host_room(n):
                 block = self.host.allocate(n, owner=(st.rid, index))
-        if block is None:  # store full under keep_on_device: the detail stays where it is, for now
+        if block is None:  # store full under keep_on_device: the detail waits on the device, out of attention
+            if st.table.location(index) is Location.DEVICE:
+                self.park(st, index)
             if index not in st.host_refused:
                 st.host_refused.append(index)
             return False
         if index in st.host_refused:
             st.host_refused.remove(index)
-        slots = self._unmap(st, t.detail_start, t.detail_end)
+        if st.table.location(index) is Location.PARKED:
+            slots = self._unpark(st, index)  # already holes in the row
+        else:
+            slots = self._unmap(st, t.detail_start, t.detail_end)
         handle = self.host.copy_from_device(block, self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots)
         st.blocks[index] = block
         st.table.begin_offload(index)
@@ -130,15 +141,51 @@ class DetailMover:
     def retry_refused(self, st: RequestZoom) -> None:
         """Offloads the thoughts a full store refused, oldest first, until it refuses again."""
         for index in list(st.host_refused):
-            if st.table.location(index) is not Location.DEVICE:  # moved since (e.g. dropped)
+            loc = st.table.location(index)
+            if loc in (Location.RECALLING, Location.ZOOM):  # recalled from PARKED: retried once evicted back there
+                continue
+            if loc not in (Location.DEVICE, Location.PARKED):  # moved since (e.g. dropped)
                 st.host_refused.remove(index)
             elif not self.offload(st, index):
                 return
 
     def drop(self, st: RequestZoom, index: int) -> None:
         t = st.table.thought(index)
-        self._free(self._unmap(st, t.detail_start, t.detail_end))
+        parked = st.table.location(index) is Location.PARKED
+        self._free(self._unpark(st, index) if parked else self._unmap(st, t.detail_start, t.detail_end))
         st.table.drop(index)
+
+    def park(self, st: RequestZoom, index: int) -> None:
+        """A DEVICE detail leaves the resident set and keeps its slots (the radix tree's, for a prompt thought whose
+        demotion the tree refused: never freed here, written back into the row at the release)."""
+        t = st.table.thought(index)
+        self._park(st, index, self._unmap(st, t.detail_start, t.detail_end))
+
+    def _park(self, st: RequestZoom, index: int, slots: torch.Tensor) -> None:
+        """The detail's slots (already holes in the row) are kept aside; the thought becomes PARKED."""
+        st.parked[index] = slots
+        st.parked_slots += len(slots)
+        if st.table.location(index) is Location.DEVICE:
+            st.table.park(index)
+            self.totals["parked_detail_tokens"] += len(slots)
+        else:  # a ZOOM detail recalled from PARKED: evicted back there
+            st.table.evict(index)
+
+    def _unpark(self, st: RequestZoom, index: int) -> torch.Tensor:
+        """A parked detail's slots, no longer kept aside (the caller moves the thought on)."""
+        slots = st.parked.pop(index)
+        st.parked_slots -= len(slots)
+        return slots
+
+    def recall_slots(self, st: RequestZoom, index: int) -> int:
+        """Allocator slots a recall of ``index`` takes: none from PARKED."""
+        lo, hi = st.span(index)
+        return 0 if st.table.location(index) is Location.PARKED else hi - lo
+
+    def evict_slots(self, st: RequestZoom, index: int) -> int:
+        """Allocator slots an eviction of ``index`` frees: none when it goes back to PARKED."""
+        lo, hi = st.span(index)
+        return hi - lo if st.table.has_host_copy(index) else 0
 
     def forget(self, st: RequestZoom, lo: int, hi: int) -> None:
         self._free(self._unmap(st, lo, hi))
@@ -146,12 +193,22 @@ class DetailMover:
 
     def evict(self, st: RequestZoom, index: int) -> None:
         lo, hi = st.span(index)
-        self._free(self._unmap(st, lo, hi))
-        st.table.evict(index)
+        slots = self._unmap(st, lo, hi)
+        if st.table.has_host_copy(index):
+            self._free(slots)
+            st.table.evict(index)
+        else:
+            self._park(st, index, slots)
         self.totals["evictions"] += 1
 
     def recall(self, st: RequestZoom, index: int) -> None:
         lo, hi = st.span(index)
+        if st.table.location(index) is Location.PARKED:  # its own slots back into the row: no copy, no new slot
+            self.req_to_token[st.row, lo:hi] = self._unpark(st, index).to(self.req_to_token.dtype)
+            self._add_holes(st, lo - hi)
+            st.table.mark_recalled(index)
+            self.totals["recalls"] += 1
+            return
         slots = self.allocator.alloc(hi - lo)
         if slots is None:
             raise RuntimeError(f"recall of {hi - lo} tokens found no room (the caller checks the room first)")
@@ -238,6 +295,10 @@ class DetailMover:
         st.recalling.clear()
         st.inflight_slots = st.offloading_slots = 0
         self.busy.pop(st.rid, None)
+        for i in list(st.parked):  # back into the row: SGLang frees or caches them with it
+            lo, hi = st.span(i)
+            self.req_to_token[st.row, lo:hi] = self._unpark(st, i).to(self.req_to_token.dtype)
+            self._add_holes(st, lo - hi)
         if evict_zoom:
             for i in list(st.blocks):
                 if st.table.location(i) is Location.ZOOM:

@@ -29,6 +29,9 @@ Contract (with or without SGLang's overlap scheduler; ``docs/overlap.md`` tells 
   slots from the allocator only when it has enough free (else the recall waits for a later zoom), and they are
   written into ``req_to_token`` once the copy has landed (from the next step on, or at once with
   ``wait_for_recall``). A recall leaves the next decode step's slots free (``ZoomPlanner`` headroom).
+- A detail the host store refuses is *parked* (``DetailMover``): holes in the row, its slots kept by the request. The
+  step attends what the policy says whatever the store's room (only the memory saving waits), a zoom recalls it by
+  writing its own slots back (no copy, no new slot), and it is offloaded as soon as the store has room.
 - ``screen(req)`` runs before a new request takes any slot: its effective config goes on the request or it is
   aborted there (400); ``_admit`` after the prefill never aborts.
 - Slots owned by the radix tree (the matched or inserted prefix, positions below ``protected_len``) are never freed
@@ -326,6 +329,7 @@ class ZoomRManager:
             "host_store_used_tokens": hs.used_tokens,
             "host_dropped_tokens": hs.dropped_tokens,
             "host_refused_tokens": sum(s.host_refused_tokens for s in stats),
+            "parked_tokens": sum(s.parked_tokens for s in stats),
             "host_promised_tokens": self.admission.ledger.total,
             "host_unbounded_requests": self.admission.host_unbounded,
             **self.totals(),

@@ -18,6 +18,7 @@ GAUGES = {
     "zoom_tokens": "Recalled detail tokens in zoom buffers now",
     "host_store_used_tokens": "Detail tokens in the host store now",
     "host_refused_tokens": "Closed thoughts' detail kept on the device now because the host store was full",
+    "parked_tokens": "Of that, detail parked: in its own device slots, out of the resident set, zoomable",
     "host_promised_tokens": "Host rows admission promised to running requests charged by their bound",
 }
 COUNTERS = {

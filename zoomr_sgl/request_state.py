@@ -5,8 +5,10 @@ Contract:
   counters the step keeps as it goes (no device reads): ``holes`` is the number of positions below the table's
   length whose ``req_to_token`` entry is 0, read from ``DetailMover.row_holes`` (the only writer of holes keeps one
   count per row, for this record and for the attention backend alike); ``inflight_slots`` the
-  device slots held by copies in flight.
-  ``device_tokens(st)`` is therefore exact without reading the row: positions that hold a slot, plus copies.
+  device slots held by copies in flight; ``parked_slots`` those of ``PARKED`` details (``parked``: thought -> its
+  slots, out of the row).
+  ``device_tokens(st)`` is therefore exact without reading the row: positions that hold a slot, plus copies and
+  parked details.
 - ``RequestStats`` is what ``meta_info['zoomr']`` carries. ``request_stats(st)`` builds it from those counters and the
   table's; it is O(thoughts) and runs only when someone reads it: ``stream_stats.LatestStats`` sits in
   ``req.customized_info`` and builds the stats every few streamed tokens and for the final response.
@@ -51,6 +53,7 @@ class RequestStats(NamedTuple):
     kept_shared_tokens: int  # tree-owned device detail left on the device: another running request reads it
     recalls_trimmed: int  # recalls a zoom chose but the allocator could not give room for (retried later)
     host_refused_tokens: int  # closed thoughts' detail still on the device because the host store was full
+    parked_tokens: int  # of those, details out of the resident set in their own slots (zoomable, not attended)
     admission: str  # "bound": admitted charged by its bound (host rows promised); "stock": SGLang's accounting
 
 
@@ -81,6 +84,8 @@ class RequestZoom:
     row_holes: Any = None  # DetailMover.row_holes (hole count per req_to_token row), shared; None: no holes
     inflight_slots: int = 0  # slots held by copies in flight
     offloading_slots: int = 0  # of those, device->host copies
+    parked: dict[int, torch.Tensor] = field(default_factory=dict)  # PARKED thought -> its slots (out of the row)
+    parked_slots: int = 0
     blocks: dict[int, HostBlock] = field(default_factory=dict)
     offloading: list[Copy] = field(default_factory=list)
     recalling: list[Copy] = field(default_factory=list)
@@ -119,8 +124,9 @@ class RequestZoom:
         return 0 if self.row_holes is None else int(self.row_holes[self.row])
 
     def device_tokens(self) -> int:
-        """Device slots held now: the row's non-holes (the last sampled token has no KV yet) plus copies in flight."""
-        return max(self.table.length - 1, 0) - self.holes + self.inflight_slots
+        """Device slots held now: the row's non-holes (the last sampled token has no KV yet) plus copies in flight and
+        parked details."""
+        return max(self.table.length - 1, 0) - self.holes + self.inflight_slots + self.parked_slots
 
 
 def request_stats(st: RequestZoom) -> RequestStats:
@@ -137,5 +143,6 @@ def request_stats(st: RequestZoom) -> RequestStats:
         reused_host_tokens=st.reused_host_tokens, thoughts_from_tree=len(st.borrowed),
         demoted_tokens=st.demoted_tokens, kept_shared_tokens=st.kept_shared_tokens, recalls_trimmed=st.recalls_trimmed,
         host_refused_tokens=sum(st.table.thought(i).detail_len for i in st.host_refused),
+        parked_tokens=acc.parked_tokens,
         admission="bound" if st.bound is not None and st.bound >= 0 else "stock",
     )

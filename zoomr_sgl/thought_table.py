@@ -7,12 +7,16 @@ Contract:
   ``summary_span`` (it raises), and the policies that score summaries leave them alone.
 - Each closed thought's detail is in one ``Location``. Legal moves (anything else raises ``ThoughtStateError``):
   ``DEVICE -> OFFLOADING -> HOST`` (``begin_offload``/``finish_offload``, or ``mark_offloaded`` in one go),
-  ``HOST -> RECALLING -> ZOOM`` (``begin_recall``/``finish_recall``, or ``mark_recalled``), ``ZOOM -> HOST``
-  (``evict``), and any live location ``-> DROPPED`` (``drop``: summary_only, or the host store dropped its copy).
-  ``free()`` ends the request: every detail and position is released and further moves raise.
+  ``DEVICE -> PARKED`` (``park``: the host store refused the detail; it keeps its device slots but leaves the
+  resident set, and is zoomable like a ``HOST`` detail), ``PARKED -> OFFLOADING``/``HOST`` (room came later),
+  ``HOST``/``PARKED -> RECALLING -> ZOOM`` (``begin_recall``/``finish_recall``, or ``mark_recalled``), ``ZOOM ->``
+  its home (``evict``: ``HOST``, or ``PARKED`` for a detail recalled from there, which has no host copy:
+  ``has_host_copy``), and any live location ``-> DROPPED`` (``drop``: summary_only, or the host store dropped its
+  copy). ``free()`` ends the request: every detail and position is released and further moves raise.
 - A thought with an empty detail has nothing to copy: the caller may ``mark_offloaded``/``drop`` it without touching
   the host store (which refuses empty blocks).
-- Device slots are held by ``DEVICE``, ``OFFLOADING`` (until the copy has landed), ``RECALLING`` and ``ZOOM``.
+- Device slots are held by ``DEVICE``, ``OFFLOADING`` (until the copy has landed), ``PARKED``, ``RECALLING`` and
+  ``ZOOM``.
   A step attends a detail only when it is ``DEVICE`` or ``ZOOM``: an offload or a recall in flight is not attended,
   so what a step reads never depends on copy timing.
 - The zoom buffer (``RECALLING`` + ``ZOOM``) never holds more than ``config.zoom_budget`` tokens; a recall that
@@ -38,15 +42,17 @@ class Location(enum.Enum):
     DEVICE = "device"  # in its original device slots
     OFFLOADING = "offloading"  # device -> host copy in flight; device slots still held
     HOST = "host"  # host copy only
+    PARKED = "parked"  # no host copy (the store refused it): device slots kept, out of the resident set, zoomable
     RECALLING = "recalling"  # host -> zoom buffer copy in flight; zoom slots held, not attended yet
     ZOOM = "zoom"  # recalled into the zoom buffer (host copy kept, so eviction needs no copy)
     DROPPED = "dropped"  # gone for good
     FREED = "freed"  # the request ended
 
 
-HOLDS_DEVICE = frozenset({Location.DEVICE, Location.OFFLOADING, Location.RECALLING, Location.ZOOM})
+HOLDS_DEVICE = frozenset({Location.DEVICE, Location.OFFLOADING, Location.PARKED, Location.RECALLING, Location.ZOOM})
 ATTENDED = frozenset({Location.DEVICE, Location.ZOOM})
 IN_BUFFER = frozenset({Location.RECALLING, Location.ZOOM})
+ZOOMABLE_HOMES = frozenset({Location.HOST, Location.PARKED})  # where a zoom recalls from and an eviction returns to
 LIVE = frozenset(Location) - {Location.DROPPED, Location.FREED}
 
 
@@ -77,8 +83,9 @@ class Accounting(NamedTuple):
     full_kv_tokens: int  # what full KV would hold: every token of the sequence
     device_kv_tokens: int  # tokens whose KV holds device slots now
     peak_device_kv_tokens: int
-    host_tokens: int  # detail tokens with a complete host copy (HOST, RECALLING, ZOOM)
+    host_tokens: int  # detail tokens with a complete host copy (HOST, and RECALLING/ZOOM recalled from HOST)
     zoom_tokens: int  # zoom buffer (RECALLING + ZOOM)
+    parked_tokens: int  # detail tokens in PARKED: on the device, not attended, no host copy
     dropped_tokens: int
     offloads: int
     recalls: int
@@ -87,13 +94,14 @@ class Accounting(NamedTuple):
 
 
 _MOVES: dict[str, tuple[frozenset[Location], Location]] = {
-    "begin_offload": (frozenset({Location.DEVICE}), Location.OFFLOADING),
+    "begin_offload": (frozenset({Location.DEVICE, Location.PARKED}), Location.OFFLOADING),
     "finish_offload": (frozenset({Location.OFFLOADING}), Location.HOST),
-    "mark_offloaded": (frozenset({Location.DEVICE, Location.OFFLOADING}), Location.HOST),
-    "begin_recall": (frozenset({Location.HOST}), Location.RECALLING),
+    "mark_offloaded": (frozenset({Location.DEVICE, Location.OFFLOADING, Location.PARKED}), Location.HOST),
+    "park": (frozenset({Location.DEVICE}), Location.PARKED),
+    "begin_recall": (ZOOMABLE_HOMES, Location.RECALLING),
     "finish_recall": (frozenset({Location.RECALLING}), Location.ZOOM),
-    "mark_recalled": (frozenset({Location.HOST, Location.RECALLING}), Location.ZOOM),
-    "evict": (frozenset({Location.ZOOM}), Location.HOST),
+    "mark_recalled": (ZOOMABLE_HOMES | {Location.RECALLING}, Location.ZOOM),
+    "evict": (frozenset({Location.ZOOM}), Location.HOST),  # or PARKED: see ``_move``
     "drop": (LIVE, Location.DROPPED),
 }
 
@@ -108,6 +116,7 @@ class ThoughtTable:
         self.finished = False
         self._loc: list[Location] = []
         self._last_used: dict[int, int] = {}
+        self._from_parked: set[int] = set()  # buffer members recalled from PARKED: no host copy, evicted back there
         self._clock = 0
         self._off_device = 0  # detail tokens not holding device slots (HOST, DROPPED)
         self._peak = 0
@@ -128,6 +137,11 @@ class ThoughtTable:
 
     def location(self, index: int) -> Location:
         return self._loc[index]
+
+    def has_host_copy(self, index: int) -> bool:
+        """Whether thought ``index``'s detail has a complete host copy (``HOST``, or in the buffer recalled from it)."""
+        loc = self._loc[index]
+        return loc is Location.HOST or (loc in IN_BUFFER and index not in self._from_parked)
 
     def is_preset(self, index: int) -> bool:
         """Whether thought ``index`` is a preset span (no summary; see the module contract)."""
@@ -178,8 +192,10 @@ class ThoughtTable:
             full_kv_tokens=self.length,
             device_kv_tokens=self._device_tokens(),
             peak_device_kv_tokens=self._peak,
-            host_tokens=loc_tokens[L.HOST] + loc_tokens[L.RECALLING] + loc_tokens[L.ZOOM],
+            host_tokens=loc_tokens[L.HOST] + loc_tokens[L.RECALLING] + loc_tokens[L.ZOOM]
+            - sum(self.thought(i).detail_len for i in self._from_parked),
             zoom_tokens=loc_tokens[L.RECALLING] + loc_tokens[L.ZOOM],
+            parked_tokens=loc_tokens[L.PARKED],
             dropped_tokens=loc_tokens[L.DROPPED],
             **self._counts,
         )
@@ -201,6 +217,9 @@ class ThoughtTable:
 
     def mark_offloaded(self, index: int) -> None:
         self._move("mark_offloaded", index)
+
+    def park(self, index: int) -> None:
+        self._move("park", index)
 
     def begin_recall(self, index: int) -> None:
         self._move("begin_recall", index)
@@ -240,6 +259,7 @@ class ThoughtTable:
         self.finished = True
         self._loc = [Location.FREED] * len(self._loc)
         self._last_used.clear()
+        self._from_parked.clear()
 
     # ------------------------------------------------------------------ checking
     def check_invariants(self) -> None:
@@ -271,6 +291,8 @@ class ThoughtTable:
         buffered = {t.index for t in thoughts if self._loc[t.index] in IN_BUFFER}
         if set(self._last_used) != buffered:
             fail(f"LRU stamps {sorted(self._last_used)} but zoom buffer holds {sorted(buffered)}")
+        if not self._from_parked <= buffered:
+            fail(f"thoughts {sorted(self._from_parked - buffered)} marked recalled from PARKED are not in the buffer")
         if (zoom := self.zoom_tokens()) > self.config.zoom_budget:
             fail(f"zoom buffer holds {zoom} tokens, over the budget of {self.config.zoom_budget}")
         off = sum(t.detail_len for t in thoughts if self._loc[t.index] not in HOLDS_DEVICE)
@@ -316,12 +338,18 @@ class ThoughtTable:
         old = self._loc[index]
         if old not in allowed:
             raise ThoughtStateError(f"{op}: thought {index} is {old.value}")
+        if op == "evict" and index in self._from_parked:
+            new = Location.PARKED  # no host copy: back to its own device slots
         n = self.thought(index).detail_len
         if new in IN_BUFFER and old not in IN_BUFFER and self.zoom_tokens() + n > self.config.zoom_budget:
             raise ThoughtStateError(
                 f"{op}: thought {index} ({n} tokens) does not fit the zoom buffer "
                 f"({self.zoom_tokens()} of {self.config.zoom_budget} used)"
             )
+        if old is Location.PARKED and new in IN_BUFFER:
+            self._from_parked.add(index)
+        elif new not in IN_BUFFER:
+            self._from_parked.discard(index)
         was_on, now_on = old in HOLDS_DEVICE, new in HOLDS_DEVICE
         self._off_device += (was_on and not now_on) * n - (now_on and not was_on) * n
         self._loc[index] = new
@@ -330,7 +358,7 @@ class ThoughtTable:
         elif index not in self._last_used:
             self._clock += 1
             self._last_used[index] = self._clock
-        if new is Location.HOST and old in (Location.DEVICE, Location.OFFLOADING):
+        if new is Location.HOST and old in (Location.DEVICE, Location.OFFLOADING, Location.PARKED):
             self._counts["offloads"] += 1
         elif new is Location.ZOOM and old is not Location.RECALLING or new is Location.RECALLING:
             self._counts["recalls"] += 1

@@ -7,12 +7,13 @@ Contract (the manager's module docstring tells the whole story; this is the mech
   count from it (``DetailMover.set_prefix_holes``).
 - ``admit(st, req)``: the prefix holes (``st.reused_host_tokens``, from the row's count ``st.holes``, no device
   read) and which block backs which run (``st.tree_spans``).
-- ``close_prompt_thought(st, index)``: a thought starting below ``protected_len``. Device detail stays (and is
-  demoted when the policy offloads and the detail is wholly tree-owned); holes backed by exactly one whole, live tree
+- ``close_prompt_thought(st, index)``: a thought starting below ``protected_len``. Device detail stays (and, when the
+  policy offloads and the detail is wholly tree-owned, is demoted, or parked where the tree refuses: its tree-owned
+  slots out of this request's resident set, written back at its release; ``DetailMover.park``); holes backed by exactly one whole, live tree
   block start ``HOST`` with that block borrowed; any other holes make it ``DROPPED``.
 - ``demote``: ``tree.demote`` makes the span one host node with a new tree-owned block; the row and
   ``req.prefix_indices`` get holes there; refused (kept on the device, counted) when another running request reads
-  it or the host store is full.
+  it, the host store is full, or its rows are promised to other requests (``DetailMover.may_take``).
 - Borrowed blocks are never freed by the request; ``release(st)`` forgets the request's borrows and hands its own
   blocks to the tree (``req.zoomr_host_spans``) when it will be inserted, else frees them.
 - ``on_host_drop(block)``: the store dropped a block; every running request that borrowed or owned it loses that
@@ -68,8 +69,9 @@ class TreeBorrow:
             return
         runs = hole_runs(self.mover.req_to_token[st.row, t.detail_start:t.detail_end])  # a prompt thought: rare
         if not runs:
-            if st.policy.detail_action is DetailAction.OFFLOAD and t.detail_end <= st.protected_len:
-                self._demote(st, index)
+            if st.policy.detail_action is DetailAction.OFFLOAD and t.detail_end <= st.protected_len \
+                    and not self._demote(st, index):
+                self.mover.park(st, index)  # the tree's slots, out of this request's resident set until its release
             return
         span = None
         if len(runs) == 1:
@@ -85,19 +87,21 @@ class TreeBorrow:
             st.spans[index] = (span.start, span.end)
         self._borrow(st, index, span.block)
 
-    def _demote(self, st: RequestZoom, index: int) -> None:
+    def _demote(self, st: RequestZoom, index: int) -> bool:
         t = st.table.thought(index)
         req = st.req
         if self.tree is None or req is None or req.last_node is None:
-            return
+            return False
         lo, hi = t.detail_start, t.detail_end
+        if self.mover.may_take is not None and not self.mover.may_take(st, hi - lo):
+            return False  # those host rows are promised to requests charged by their bound
         result = self.tree.demote(req.last_node, lo, hi, self.mover.kv_pool.k_buffer, self.mover.kv_pool.v_buffer,
                                   owner=("zoomr-tree", st.rid, index))  # 3-tuple: not a request's own block
         if result.refused == Demotion.READ_ELSEWHERE:
             st.kept_shared_tokens += t.detail_len
             self.totals["kept_shared_tokens"] += t.detail_len
         if result.block is None:  # refused, or host store full under keep_on_device
-            return
+            return False
         self.mover.unmap_demoted(st, lo, hi)  # the tree freed the slots: no step reads them from now on
         prefix = getattr(req, "prefix_indices", None)
         if isinstance(prefix, torch.Tensor) and len(prefix) >= hi:
@@ -108,6 +112,7 @@ class TreeBorrow:
         self._borrow(st, index, result.block)
         st.demoted_tokens += t.detail_len
         self.totals["demoted_tokens"] += t.detail_len
+        return True
 
     def _borrow(self, st: RequestZoom, index: int, block: HostBlock) -> None:
         st.blocks[index] = block

@@ -124,7 +124,8 @@ class ZoomPlanner:
         if not (decision.recall or decision.evict):
             st.table.touch(decision.selected)
             return room
-        slots = lambda i: (lambda lo, hi: hi - lo)(*st.span(i))  # noqa: E731  device slots a recall takes
+        takes = lambda i: self.mover.recall_slots(st, i)  # noqa: E731  allocator slots a recall takes
+        frees = lambda j: self.mover.evict_slots(st, j)  # noqa: E731  allocator slots an eviction frees
         size = lambda i: st.table.thought(i).detail_len  # noqa: E731  what the budget counts
         budget = st.config.zoom_budget
         buffered = st.table.zoom_tokens()
@@ -133,20 +134,20 @@ class ZoomPlanner:
         if not st.config.zoom_retain:  # the policy's whole list: the step attends only what this zoom picked
             evict, spare = spare, []
             buffered -= sum(size(j) for j in evict)
-            room += sum(slots(j) for j in evict)
+            room += sum(frees(j) for j in evict)
         for i in decision.recall:
             need, buf = [], buffered
             while buf + size(i) > budget and spare:
                 need.append(spare.pop(0))
                 buf -= size(need[-1])
-            freed = sum(slots(j) for j in need)
-            if buf + size(i) > budget or slots(i) > room + freed:
+            freed = sum(frees(j) for j in need)
+            if buf + size(i) > budget or (takes(i) and takes(i) > room + freed):  # a parked recall takes none
                 spare[:0] = need  # that room was for this recall only
                 trimmed.append(i)
                 continue
             evict += need
             recall.append(i)
-            room += freed - slots(i)
+            room += freed - takes(i)
             buffered = buf + size(i)
         for i in evict:
             self.mover.evict(st, i)

@@ -92,8 +92,31 @@ def test_invariant_check_catches_corruption(corrupt, needle):
         table.check_invariants()
 
 
+def test_a_parked_detail_holds_its_slots_out_of_attention_and_an_eviction_sends_it_back_there():
+    table = make_table()  # thought 1: positions 12-17
+    table.park(1)
+    a = table.accounting()
+    assert (a.device_kv_tokens, a.parked_tokens, a.host_tokens, a.offloads) == (33, 6, 0, 0)
+    assert not set(range(12, 18)) & set(table.attended_positions().tolist())
+    assert not table.has_host_copy(1)
+    table.mark_recalled(1)  # its own slots back into the resident set
+    assert table.location(1) is Location.ZOOM and table.zoom_tokens() == 6 and not table.has_host_copy(1)
+    assert table.accounting().host_tokens == 0 and set(range(12, 18)) <= set(table.attended_positions().tolist())
+    table.evict(1)  # no host copy: back to PARKED, not HOST
+    assert table.location(1) is Location.PARKED and table.accounting().evictions == 1
+    table.mark_offloaded(1)  # the store had room later
+    assert table.location(1) is Location.HOST and table.has_host_copy(1)
+    assert table.accounting().device_kv_tokens == 27 and table.accounting().offloads == 1
+    table.mark_recalled(1)
+    table.evict(1)
+    assert table.location(1) is Location.HOST
+    with pytest.raises(ThoughtStateError, match="park"):
+        table.park(1)  # only a DEVICE detail parks
+    table.check_invariants()
+
+
 OPS = ("begin_offload", "finish_offload", "mark_offloaded", "begin_recall", "finish_recall", "mark_recalled",
-       "evict", "drop")
+       "evict", "drop", "park")
 
 
 @settings(max_examples=80, deadline=None)
@@ -102,6 +125,7 @@ OPS = ("begin_offload", "finish_offload", "mark_offloaded", "begin_recall", "fin
 def test_invariants_hold_after_random_operations(details, budget, ops):
     table = make_table(details, budget)
     expect = {i: Location.DEVICE for i in range(len(details))}  # an independent model of the locations
+    copied = {i: False for i in range(len(details))}  # ... and of which details have a complete host copy
     for op, i in ops:
         if op == "free":
             if not table.finished:
@@ -113,7 +137,7 @@ def test_invariants_hold_after_random_operations(details, budget, ops):
                     table.append([5])
                 continue
             for t in table.append(thought_tokens(i)):
-                expect[t.index] = Location.DEVICE
+                expect[t.index], copied[t.index] = Location.DEVICE, False
         else:
             before = table.accounting()
             try:
@@ -122,6 +146,9 @@ def test_invariants_hold_after_random_operations(details, budget, ops):
                 if not table.finished and i in expect:
                     assert table.accounting() == before and table.location(i) is expect[i]
                 continue
+            if op == "evict":  # back to where it came from: the host, or its parked slots
+                assert table.location(i) is (Location.HOST if copied[i] else Location.PARKED)
+            copied[i] = op in ("finish_offload", "mark_offloaded") or (copied[i] and op != "drop")
             expect[i] = table.location(i)
         table.check_invariants()
         assert [table.location(k) for k in sorted(expect)] == [expect[k] for k in sorted(expect)]
@@ -130,6 +157,11 @@ def test_invariants_hold_after_random_operations(details, budget, ops):
         assert a.device_kv_tokens == (0 if table.finished else table.length - off)
         assert a.zoom_tokens <= budget and a.peak_device_kv_tokens >= a.device_kv_tokens
         assert a.full_kv_tokens == table.length
+        if not table.finished:
+            copies = [t.detail_len for t in table.thoughts if copied[t.index] and expect[t.index] in
+                      (Location.HOST, Location.RECALLING, Location.ZOOM)]
+            assert a.host_tokens == sum(copies)
+            assert a.parked_tokens == sum(t.detail_len for t in table.thoughts if expect[t.index] is Location.PARKED)
 
 
 def test_preset_thoughts_move_like_others_have_no_summary_and_zoomr_leaves_them_alone():

@@ -46,7 +46,7 @@ def world(pool: int = 64, **config):
 
 def device_count_is_exact(st, req_to_token) -> bool:
     n = st.table.length - 1
-    return st.device_tokens() == int((req_to_token[st.row, :n] != 0).sum()) + st.inflight_slots
+    return st.device_tokens() == int((req_to_token[st.row, :n] != 0).sum()) + st.inflight_slots + st.parked_slots
 
 
 def test_room_counts_the_slots_the_recalls_own_evictions_free():
@@ -90,3 +90,32 @@ def test_an_eviction_the_budget_does_not_need_is_done_only_without_retain(retain
     assert allocator.available_size() == available - (8 if retain else 0)
     st.table.check_invariants()
     assert device_count_is_exact(st, req_to_token)
+
+
+def test_parked_details_swap_in_the_buffer_without_room_and_without_taking_or_freeing_a_slot():
+    """With the host store refusing everything both details are parked: a zoom with no room at all (the allocator
+    has nothing to spare) still swaps them, since a parked recall takes no slot and its eviction frees none."""
+    allocator = TokenToKVPoolAllocator(64, torch.float32, "cpu", None, False)
+    kv_pool = SimpleNamespace(k_buffer=[torch.randn(65, 1, 4)], v_buffer=[torch.randn(65, 1, 4)])
+    req_to_token = torch.zeros(2, 128, dtype=torch.int32)
+    host = HostDetailStore(1, 1, 1, 4, torch.float32)  # refuses every detail
+    mover = DetailMover(allocator, req_to_token, kv_pool, host, make_host_room=lambda n: False)
+    planner = ZoomPlanner(kv_pool, req_to_token, (0,), mover, allocator)
+    cfg = ZoomRConfig(zoom_budget=8, zoom_topk=1, summary_mode="program")
+    table = ThoughtTable(cfg, (OPEN,), (CLOSE,), 0)
+    st = RequestZoom(rid="r", row=1, config=cfg, policy=policy_for("zoomr"), table=table, prompt_len=0,
+                     protected_len=0, engine=False, open_ids=(OPEN,), close_ids=(CLOSE,), row_holes=mover.row_holes)
+    ids = [*range(1, 9), OPEN, 50, CLOSE, *range(11, 19), OPEN, 51, CLOSE, 60]
+    row = allocator.alloc(len(ids)).to(torch.int32)
+    req_to_token[1, :len(ids)] = row
+    for t in table.append(ids):
+        assert not mover.offload(st, t.index)
+    available = allocator.available_size()
+    planner._apply(st, ZoomDecision(selected=(0,), recall=(0,), evict=()), room=-1)
+    assert table.location(0) is Location.ZOOM and torch.equal(req_to_token[1, 0:8], row[0:8])
+    room = planner._apply(st, ZoomDecision(selected=(1,), recall=(1,), evict=(0,)), room=-1)
+    assert (table.location(0), table.location(1)) == (Location.PARKED, Location.ZOOM) and room == -1
+    assert bool((req_to_token[1, 0:8] == 0).all()) and torch.equal(req_to_token[1, 11:19], row[11:19])
+    assert allocator.available_size() == available and st.recalls_trimmed == 0
+    table.check_invariants()
+    assert device_count_is_exact(st, req_to_token) and st.device_tokens() == len(ids) - 1

@@ -4,14 +4,13 @@ sentences whose mean keys the query scores highest; marker thoughts (the output'
 ``zoomr``. The core only: the server does not serve it yet (``docs/sentencekv_plan.md``).
 
 Contract (on a zoom step):
-- Sentence candidates are the preset thoughts with a non-empty detail in ``HOST``, ``RECALLING`` or ``ZOOM``; a
-  ``DEVICE`` sentence (the sink and recent windows, or one the host store refused) is attended anyway and is never a
-  candidate. Their scores come from ``StepInputs.score_sentences`` (thought indices -> float32 scores, e.g.
+- Sentence candidates are the preset thoughts with a non-empty detail in ``HOST``, ``PARKED``, ``RECALLING`` or
+  ``ZOOM``; a ``DEVICE`` sentence (the sink and recent windows) is attended anyway and is never a candidate. Their scores come from ``StepInputs.score_sentences`` (thought indices -> float32 scores, e.g.
   ``SentenceIndex.scores`` of this step's query at those rows); without it a zoom step with sentence candidates
   raises.
 - Sentences are picked best first with no count limit within ``share = min(sentence_budget, zoom_budget - the
   marker thoughts' recalls in flight)`` tokens, by ``zoomr``'s rule (``zoom_within``): recalls in flight stay picked,
-  ``recall`` = the picked ones on the host, and the unpicked buffered ones are evicted, least recently selected
+  ``recall`` = the picked ones on the host or parked, and the unpicked buffered ones are evicted, least recently selected
   first, just enough to fit (all of them with ``zoom_retain`` false). On a table with nothing buffered the pick is
   ``SentenceIndex.pick(scores, share)``.
 - Marker thoughts then zoom as under ``zoomr`` (top ``zoom_topk``) within what the sentences leave of
@@ -22,7 +21,7 @@ Contract (on a zoom step):
 """
 
 from zoomr_sgl.selection.zoomr import ZoomRPolicy, summary_scores, zoom_within, zoomable
-from zoomr_sgl.thought_table import Location
+from zoomr_sgl.thought_table import ZOOMABLE_HOMES, Location
 
 
 class SentenceKVPolicy(ZoomRPolicy):
@@ -46,7 +45,7 @@ class SentenceKVPolicy(ZoomRPolicy):
                 raise ValueError("sentencekv needs the step's sentence scores (StepInputs.score_sentences)")
             s_sel, s_rec, s_ev = zoom_within(table, sents, len(sents), share, lambda free: inputs.score_sentences(
                 tuple(s.thought.index for s in free)))
-        kept = ({s.thought.index for s in sents if s.location is not Location.HOST} - set(s_ev)) | set(s_rec)
+        kept = ({s.thought.index for s in sents if s.location not in ZOOMABLE_HOMES} - set(s_ev)) | set(s_rec)
         left = cfg.zoom_budget - sum(table.thought(i).detail_len for i in kept)
         m_sel, m_rec, m_ev = [], [], []
         if marks:

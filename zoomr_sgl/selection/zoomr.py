@@ -2,11 +2,12 @@
 scores highest.
 
 Contract (on a zoom step): candidates are the closed thoughts with a summary and a non-empty detail in ``HOST``,
-``RECALLING`` or ``ZOOM`` (a ``DEVICE`` detail, e.g. kept because the host store was full, is attended anyway; a
-preset span of the table has no summary to score). A recall in flight
+``PARKED`` (the host store refused it: it waits in its device slots, out of the resident set), ``RECALLING`` or
+``ZOOM`` (a ``DEVICE`` detail is attended anyway; a preset span of the table has no summary to score). A recall in flight
 stays selected until it lands. The others are scored over their summary text keys (``StepInputs.score_summaries`` when
 given, else ``scoring.thought_scores``), and ``scoring.top_within_budget`` picks up to ``zoom_topk`` of them (fewer by
-the recalls in flight) within what they leave of ``zoom_budget``. ``recall`` = picked thoughts on the host. The zoom
+the recalls in flight) within what they leave of ``zoom_budget``. ``recall`` = picked thoughts on the host or parked:
+where the detail waits changes what a recall costs, never what is picked. The zoom
 buffer is an LRU cache of ``zoom_budget`` tokens: thoughts recalled earlier stay (and are attended, at no copy cost)
 until room is needed; ``evict`` = unpicked buffer members, least recently selected first (ties to the lower index),
 just enough to fit the recalls. With ``zoom_retain`` false, ``evict`` is every unpicked buffer member: the step
@@ -17,7 +18,7 @@ import torch
 
 from zoomr_sgl.scoring import pad_summary_keys, thought_scores, top_within_budget
 from zoomr_sgl.selection.base import DetailAction, Policy
-from zoomr_sgl.thought_table import Location
+from zoomr_sgl.thought_table import ZOOMABLE_HOMES, Location
 
 
 class ZoomRPolicy(Policy):
@@ -47,9 +48,9 @@ class ZoomRPolicy(Policy):
 
 
 def zoomable(table, preset: bool) -> list:
-    """The ``ThoughtState``s a zoom may pick or evict: a non-empty detail in ``HOST``, ``RECALLING`` or ``ZOOM``, of
-    the table's preset thoughts (``preset``) or of its marker thoughts."""
-    return [s for s in table.states() if s.location in (Location.HOST, Location.RECALLING, Location.ZOOM)
+    """The ``ThoughtState``s a zoom may pick or evict: a non-empty detail in ``HOST``, ``PARKED``, ``RECALLING`` or
+    ``ZOOM``, of the table's preset thoughts (``preset``) or of its marker thoughts."""
+    return [s for s in table.states() if s.location in (Location.HOST, Location.PARKED, Location.RECALLING, Location.ZOOM)
             and s.thought.detail_len > 0 and table.is_preset(s.thought.index) == preset]
 
 
@@ -64,7 +65,7 @@ def summary_scores(table, inputs, states) -> torch.Tensor:
 
 
 def zoom_within(table, cands, topk: int, budget: int, score) -> tuple[list[int], list[int], list[int]]:
-    """The zoom over ``cands`` (``ThoughtState``s in ``HOST``/``RECALLING``/``ZOOM``) as the module contract says, with
+    """The zoom over ``cands`` (``ThoughtState``s in ``HOST``/``PARKED``/``RECALLING``/``ZOOM``) as the module contract says, with
     ``topk`` picks at most and a buffer of ``budget`` tokens for them; ``score(free)`` scores the candidates not in
     flight. Returns ``(selected, recall, evict)``."""
     cfg = table.config
@@ -77,8 +78,8 @@ def zoom_within(table, cands, topk: int, budget: int, score) -> tuple[list[int],
         ranks = top_within_budget(score(free), sizes, topk - len(pinned), budget - pinned_tokens)
         picked = [free[r].thought.index for r in ranks]
     selected = set(pinned) | set(picked)
-    recall = [i for i in picked if table.location(i) is Location.HOST]
-    buffer = [s for s in cands if s.location is not Location.HOST]
+    recall = [i for i in picked if table.location(i) in ZOOMABLE_HOMES]
+    buffer = [s for s in cands if s.location not in ZOOMABLE_HOMES]
     tokens = sum(s.thought.detail_len for s in buffer) + sum(table.thought(i).detail_len for i in recall)
     evict = []
     unpicked = [s for s in buffer if s.thought.index not in selected]
