@@ -6,38 +6,26 @@ token allocator, the host store, a thought table)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
-from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
 
+from tests.core.mover_world import mover_world, program_request
 from zoomr_sgl.config import ZoomRConfig
-from zoomr_sgl.detail_mover import DetailMover
-from zoomr_sgl.host_store import HostDetailStore
-from zoomr_sgl.request_state import RequestZoom, request_stats
-from zoomr_sgl.selection import policy_for
-from zoomr_sgl.thought_table import Location, ThoughtTable
+from zoomr_sgl.request_state import request_stats
+from zoomr_sgl.thought_table import Location
 
 OPEN, CLOSE = 700, 701
 POOL = 96
 
 
 def test_a_refused_offload_keeps_the_detail_counted_and_is_retried_when_room_frees():
-    allocator = TokenToKVPoolAllocator(POOL, torch.float32, "cpu", None, False)
-    kv_pool = SimpleNamespace(k_buffer=[torch.randn(POOL + 1, 1, 2)], v_buffer=[torch.randn(POOL + 1, 1, 2)])
-    req_to_token = torch.zeros(3, 64, dtype=torch.int32)
-    host = HostDetailStore(1, 10, 1, 2, torch.float32)  # room for one 6-token detail
-    mover = DetailMover(allocator, req_to_token, kv_pool, host, make_host_room=lambda n: False)
+    world = mover_world(POOL, host_tokens=10, dim=2)  # room for one 6-token detail
+    allocator, kv_pool, req_to_token, host, mover = world
     cfg = ZoomRConfig(summary_mode="program", host_store_tokens=10)
     ids = [*range(1, 7), OPEN, 40, CLOSE, 50]  # a 6-token detail, its summary, then an open thought
     states = []
     for row in (1, 2):
-        table = ThoughtTable(cfg, (OPEN,), (CLOSE,), 0)
-        st = RequestZoom(rid=f"r{row}", row=row, config=cfg, policy=policy_for("zoomr"), table=table, prompt_len=0,
-                         protected_len=0, engine=False, open_ids=(OPEN,), close_ids=(CLOSE,),
-                         row_holes=mover.row_holes)
-        req_to_token[row, :len(ids)] = allocator.alloc(len(ids)).to(torch.int32)
-        (closed,) = table.append(ids)
+        st = program_request(world, row, cfg, OPEN, CLOSE, ids)
+        (closed,) = st.table.append(ids)
         mover.offload(st, closed.index)
         states.append(st)
     first, second = states
@@ -77,18 +65,11 @@ def test_a_refused_offload_keeps_the_detail_counted_and_is_retried_when_room_fre
 
 
 def test_a_release_writes_parked_slots_back_into_the_row():
-    allocator = TokenToKVPoolAllocator(POOL, torch.float32, "cpu", None, False)
-    kv_pool = SimpleNamespace(k_buffer=[torch.randn(POOL + 1, 1, 2)], v_buffer=[torch.randn(POOL + 1, 1, 2)])
-    req_to_token = torch.zeros(2, 64, dtype=torch.int32)
-    host = HostDetailStore(1, 1, 1, 2, torch.float32)  # too small for any detail
-    mover = DetailMover(allocator, req_to_token, kv_pool, host, make_host_room=lambda n: False)
-    cfg = ZoomRConfig(summary_mode="program", host_store_tokens=1)
-    table = ThoughtTable(cfg, (OPEN,), (CLOSE,), 0)
-    st = RequestZoom(rid="r", row=1, config=cfg, policy=policy_for("zoomr"), table=table, prompt_len=0,
-                     protected_len=0, engine=False, open_ids=(OPEN,), close_ids=(CLOSE,), row_holes=mover.row_holes)
+    world = mover_world(POOL, host_tokens=1, dim=2)  # too small for any detail
+    req_to_token, mover = world.req_to_token, world.mover
     ids = [*range(1, 7), OPEN, 40, CLOSE, *range(10, 15), OPEN, 41, CLOSE, 50]
-    row = allocator.alloc(len(ids)).to(torch.int32)
-    req_to_token[1, :len(ids)] = row
+    st = program_request(world, 1, ZoomRConfig(summary_mode="program", host_store_tokens=1), OPEN, CLOSE, ids)
+    table, row = st.table, req_to_token[1, :len(ids)].clone()
     for thought in table.append(ids):
         assert not mover.offload(st, thought.index)
     mover.recall(st, 1)  # one parked detail in the zoom buffer, one still parked

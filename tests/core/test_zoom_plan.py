@@ -4,38 +4,25 @@ one that fits evicts, recalls and keeps the request's device count exact."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
-from sglang.srt.mem_cache.allocator.token import TokenToKVPoolAllocator
 
+from tests.core.mover_world import mover_world, program_request
 from zoomr_sgl.config import ZoomRConfig
-from zoomr_sgl.detail_mover import DetailMover
-from zoomr_sgl.host_store import HostDetailStore
-from zoomr_sgl.request_state import RequestZoom
-from zoomr_sgl.selection import policy_for
-from zoomr_sgl.thought_table import Location, ThoughtTable, ZoomDecision
+from zoomr_sgl.thought_table import Location, ZoomDecision
 from zoomr_sgl.zoom_plan import ZoomPlanner
 
 OPEN, CLOSE = 900, 901
 
 
 def world(pool: int = 64, **config):
-    allocator = TokenToKVPoolAllocator(pool, torch.float32, "cpu", None, False)
-    k = [torch.randn(pool + 1, 1, 4)]
-    v = [torch.randn(pool + 1, 1, 4)]
-    kv_pool = SimpleNamespace(k_buffer=k, v_buffer=v)
-    req_to_token = torch.zeros(2, 128, dtype=torch.int32)
-    host = HostDetailStore(1, 256, 1, 4, torch.float32)
-    mover = DetailMover(allocator, req_to_token, kv_pool, host, make_host_room=lambda n: False)
-    planner = ZoomPlanner(kv_pool, req_to_token, (0,), mover, allocator)
+    w = mover_world(pool, host_tokens=256)
+    allocator, req_to_token, mover = w.allocator, w.req_to_token, w.mover
+    planner = ZoomPlanner(w.kv_pool, req_to_token, (0,), mover, allocator)
     cfg = ZoomRConfig(**{"zoom_budget": 8, "zoom_topk": 1, "summary_mode": "program", **config})
-    table = ThoughtTable(cfg, (OPEN,), (CLOSE,), 0)
-    st = RequestZoom(rid="r", row=1, config=cfg, policy=policy_for("zoomr"), table=table, prompt_len=0,
-                     protected_len=0, engine=False, open_ids=(OPEN,), close_ids=(CLOSE,), row_holes=mover.row_holes)
     ids = [*range(1, 9), OPEN, 50, CLOSE, *range(11, 19), OPEN, 51, CLOSE, 60, 61, 62]  # two thoughts, then open
-    req_to_token[1, :len(ids)] = allocator.alloc(len(ids)).to(torch.int32)
+    st = program_request(w, 1, cfg, OPEN, CLOSE, ids)
+    table = st.table
     for t in table.append(ids):
         assert mover.offload(st, t.index)  # lands at once on CPU: both details are holes backed by host blocks
     mover.recall(st, 0)
@@ -95,19 +82,13 @@ def test_an_eviction_the_budget_does_not_need_is_done_only_without_retain(retain
 def test_parked_details_swap_in_the_buffer_without_room_and_without_taking_or_freeing_a_slot():
     """With the host store refusing everything both details are parked: a zoom with no room at all (the allocator
     has nothing to spare) still swaps them, since a parked recall takes no slot and its eviction frees none."""
-    allocator = TokenToKVPoolAllocator(64, torch.float32, "cpu", None, False)
-    kv_pool = SimpleNamespace(k_buffer=[torch.randn(65, 1, 4)], v_buffer=[torch.randn(65, 1, 4)])
-    req_to_token = torch.zeros(2, 128, dtype=torch.int32)
-    host = HostDetailStore(1, 1, 1, 4, torch.float32)  # refuses every detail
-    mover = DetailMover(allocator, req_to_token, kv_pool, host, make_host_room=lambda n: False)
-    planner = ZoomPlanner(kv_pool, req_to_token, (0,), mover, allocator)
-    cfg = ZoomRConfig(zoom_budget=8, zoom_topk=1, summary_mode="program")
-    table = ThoughtTable(cfg, (OPEN,), (CLOSE,), 0)
-    st = RequestZoom(rid="r", row=1, config=cfg, policy=policy_for("zoomr"), table=table, prompt_len=0,
-                     protected_len=0, engine=False, open_ids=(OPEN,), close_ids=(CLOSE,), row_holes=mover.row_holes)
+    world = mover_world(64, host_tokens=1)
+    allocator, req_to_token, mover = world.allocator, world.req_to_token, world.mover
+    planner = ZoomPlanner(world.kv_pool, req_to_token, (0,), mover, allocator)
     ids = [*range(1, 9), OPEN, 50, CLOSE, *range(11, 19), OPEN, 51, CLOSE, 60]
-    row = allocator.alloc(len(ids)).to(torch.int32)
-    req_to_token[1, :len(ids)] = row
+    cfg = ZoomRConfig(zoom_budget=8, zoom_topk=1, summary_mode="program")
+    st = program_request(world, 1, cfg, OPEN, CLOSE, ids)
+    table, row = st.table, req_to_token[1, :len(ids)].clone()
     for t in table.append(ids):
         assert not mover.offload(st, t.index)
     available = allocator.available_size()
