@@ -173,7 +173,6 @@ BAD_PARAMS = [
     ({"zoomr_zoom_budget": "lots"}, "zoomr_zoom_budget"),
     ({"zoomr_policy": "oracle"}, "zoomr_policy"),
     ({"zoomr_policy": "quest"}, "not served yet"),
-    ({"zoomr_policy": "sentencekv"}, "not served yet"),
     ({"zoomr_sentence_min_tokens": 4}, "server-wide"),
     ({"zoomr_what": 1}, "zoomr_what"),
     ({"zoomr_host_store_tokens": 10}, "server-wide"),
@@ -238,7 +237,7 @@ def test_concurrent_mixed_requests_with_aborts_leave_nothing_behind(any_zoomr_se
     def one(i: int):
         params = dict(ENGINE) if i % 3 else {"zoomr_enable": False}
         if i % 5 == 0:
-            params = {**ENGINE, "zoomr_policy": rng.choice(["full", "summary_only", "streaming"]),
+            params = {**ENGINE, "zoomr_policy": rng.choice(["full", "summary_only", "streaming", "sentencekv"]),
                       "zoomr_recent_tokens": 48}
         rid = f"mix-{i}-{rng.random()}"
         body = {"text": f"Case {i}: " + QUESTION, "rid": rid,

@@ -26,7 +26,8 @@ Contract:
 - ``new_growth(req)``: for a waiting bounded request, ``peak - prompt_len`` (what it adds beyond its prefill).
 - ``is_bounded(req)``: the request is charged by its bound (running or waiting).
 - The bound holds only if the host store takes every detail, so the host tier is charged too. A bounded request of
-  an offloading policy is promised ``max_new_tokens`` host rows (what its output's detail can reach) when the adder
+  an offloading policy is promised ``max_new_tokens`` host rows (what its output's detail can reach; plus its prompt's
+  length when the policy offloads the prompt's sentences, ``sentencekv``) when the adder
   takes it (``admitted(req)``), until it is released (``released(rid)``). ``new_growth`` answers None (stock
   accounting: SGLang's estimate and retraction, detail still offloaded while the store has room) for a request whose
   promise the store cannot make beside those already made: ``HostLedger.room()`` is the store's capacity less the
@@ -102,9 +103,13 @@ class ZoomRAdmission:
 
     @staticmethod
     def _host_rows(cfg: ZoomRConfig, req) -> int:
-        """Host rows a bounded request's output detail can reach: 0 for a policy that drops detail."""
-        offloads = policy_for(cfg.policy).detail_action is DetailAction.OFFLOAD
-        return req.sampling_params.max_new_tokens if offloads else 0
+        """Host rows a bounded request's output detail can reach (and its prompt's sentences, for a policy that
+        offloads those too): 0 for a policy that drops detail."""
+        policy = policy_for(cfg.policy)
+        if policy.detail_action is not DetailAction.OFFLOAD:
+            return 0
+        prompt = len(req.origin_input_ids) if policy.prompt_sentences else 0
+        return req.sampling_params.max_new_tokens + prompt
 
     def _promised(self, cfg: ZoomRConfig, req) -> bool:
         return req.rid in self.ledger.promised or self._host_rows(cfg, req) == 0

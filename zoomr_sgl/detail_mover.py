@@ -98,10 +98,15 @@ class DetailMover:
         self._add_holes(st, hi - lo)
         return slots
 
-    def unmap_demoted(self, st: RequestZoom, lo: int, hi: int) -> None:
-        """The radix tree demoted ``[lo, hi)`` and freed its slots itself: only the row changes."""
-        self.req_to_token[st.row, lo:hi] = 0
-        self._add_holes(st, hi - lo)
+    def unmap_demoted(self, st: RequestZoom, index: int) -> None:
+        """The radix tree demoted thought ``index``'s detail and freed its slots itself: the row gets holes there, or
+        for a parked detail (holes already) its slots are no longer kept."""
+        if st.table.location(index) is Location.PARKED:
+            self._unpark(st, index)
+            return
+        t = st.table.thought(index)
+        self.req_to_token[st.row, t.detail_start:t.detail_end] = 0
+        self._add_holes(st, t.detail_len)
 
     def _free(self, slots: torch.Tensor) -> None:
         from zoomr_sgl.hooks import free_known_slots

@@ -94,6 +94,7 @@ from zoomr_sgl.engine_markers import EngineMarkers
 from zoomr_sgl.forward_slots import ForwardSlots
 from zoomr_sgl.host_store import HostDetailStore, auto_capacity
 from zoomr_sgl.poison import FreedSlotPoison
+from zoomr_sgl.prompt_sentences import PromptSentences
 from zoomr_sgl.request_params import check_custom_params, check_scoring_layers
 from zoomr_sgl.request_state import RequestZoom, request_stats
 from zoomr_sgl.stream_stats import LatestStats
@@ -152,6 +153,7 @@ class ZoomRManager:
         if tree is not None:
             tree.attach_host_store(self.host)
         self.markers = EngineMarkers(scheduler.tokenizer)
+        self.sentences = PromptSentences(scheduler.tokenizer)
         # query_buffers: layer id -> [max_bs, Hq, D] queries written by a CUDA-graph-safe backend in every forward
         self.slots = ForwardSlots(self.req_to_token.shape[0], self.device, query_buffers)
         self.planner = ZoomPlanner(self.kv_pool, self.req_to_token, self.scoring_layers, self.mover, self.allocator,
@@ -206,13 +208,19 @@ class ZoomRManager:
             if st is None or req.finished() or req.is_retracted:
                 continue
             self._advance(req, st, batch.forward_iter)
-            if step % st.config.zoom_interval == 0 and st.policy.zooms:
+            if step % st.config.zoom_interval == 0 and st.policy.zooms or PromptSentences.due(st):
                 due.append((st, i))
         if due:
             if self.probe is not None:
                 self.probe.step["zoom"] = True
+            for st, _ in due:
+                if PromptSentences.due(st):  # its first zoom: the prompt's sentences leave the device now
+                    self.sentences.leave(st, self.req_to_token, self.planner.k_buffers, self.scoring_layers,
+                                         self.host, self.mover)
             self.planner.run(due, self.slots.queries(batch.forward_iter), step, headroom=len(batch.reqs))
             for st, _ in due:
+                if st.policy.prompt_sentences:
+                    self.sentences.demote_parked(st, self.borrow)
                 st.peak_device = max(st.peak_device, st.device_tokens())
         if self.metrics is not None and time.monotonic() - self._metrics_at >= METRICS_PERIOD_S:
             self._metrics_at = time.monotonic()
@@ -396,20 +404,22 @@ class ZoomRManager:
         req.customized_info = {"zoomr": LatestStats(lambda: request_stats(st)._asdict())}
         return st
 
-    @staticmethod
-    def _new_table(cfg: ZoomRConfig, open_ids: tuple[int, ...], close_ids: tuple[int, ...],
+    def _new_table(self, cfg: ZoomRConfig, open_ids: tuple[int, ...], close_ids: tuple[int, ...],
                    prompt_ids) -> ThoughtTable:
         """A request's thought table. Program/trained mode segments from position 0. Engine mode segments its
         output from ``len(prompt)``; a prompt that holds closed thoughts (an earlier turn or request of an
         engine-mode conversation) is segmented from 0 up to there as well, so those thoughts are the request's too:
         borrowed from the tree when their detail is a host-backed hole run, like in program mode
-        (``Segmenter(start=0, restart_at=len(prompt))``)."""
+        (``Segmenter(start=0, restart_at=len(prompt))``). A policy with ``prompt_sentences`` (``sentencekv``) adds the
+        prompt's sentences as preset thoughts before them (``zoomr_sgl.prompt_sentences``)."""
         prompt_len = len(prompt_ids)
+        preset = self.sentences.presets(cfg, prompt_ids, open_ids) if policy_for(cfg.policy).prompt_sentences else []
+        first = preset[-1][1] if preset else 0  # marker thoughts are found after the prompt's sentences
         if cfg.summary_mode != "engine":
-            return ThoughtTable(cfg, open_ids, close_ids, 0)
-        if prompt_len and close_ids[0] in prompt_ids:  # cheap pre-check: no closing marker token, no closed thought
-            return ThoughtTable(cfg, open_ids, close_ids, 0, restart_at=prompt_len)
-        return ThoughtTable(cfg, open_ids, close_ids, prompt_len)
+            return ThoughtTable(cfg, open_ids, close_ids, first, preset=preset)
+        if prompt_len > first and close_ids[0] in prompt_ids:  # cheap pre-check: no closing marker, no closed thought
+            return ThoughtTable(cfg, open_ids, close_ids, first, restart_at=prompt_len, preset=preset)
+        return ThoughtTable(cfg, open_ids, close_ids, prompt_len, preset=preset)
 
     # ------------------------------------------------------------------ one step of one request
     def _advance(self, req, st: RequestZoom, processed: int) -> None:

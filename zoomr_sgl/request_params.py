@@ -16,7 +16,7 @@ from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError, request_enables_zoom
 
 # The core implements every policy; the server attends what req_to_token holds, which serves these (streaming's
 # window frees what it leaves behind; quest's per-step page choice is not a slot table).
-SERVED_POLICIES = ("zoomr", "full", "summary_only", "streaming")
+SERVED_POLICIES = ("zoomr", "full", "summary_only", "streaming", "sentencekv")
 
 
 def check_scoring_layers(server: ZoomRConfig, request: ZoomRConfig, num_layers: int) -> tuple[int, ...]:

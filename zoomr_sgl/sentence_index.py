@@ -1,7 +1,7 @@
 """SentenceKV's index over a prompt: one mean key per closed sentence and scoring layer, and the query's ranking.
 
-The second piece of the ``sentencekv`` policy (the SentenceKV issue, after ``zoomr_sgl.sentences``); not yet used by
-the server.
+The second piece of the ``sentencekv`` policy (after ``zoomr_sgl.sentences``; the server's side is
+``zoomr_sgl.prompt_sentences``).
 
 Contract:
 - ``build(k_buffers, slots, sentences)``: ``k_buffers`` is the scoring layers' key buffers (SGLang's

@@ -1,7 +1,7 @@
 """Sentence segmentation of a prompt, for SentenceKV (arXiv 2504.00970): token ids in, sentence spans out.
 
-The first piece of the ``sentencekv`` policy (the SentenceKV issue; ``zoomr_sgl.sentence_index`` is the second); not
-yet used by the server.
+The first piece of the ``sentencekv`` policy (``zoomr_sgl.sentence_index`` is the second; the server's side is
+``zoomr_sgl.prompt_sentences``).
 
 Contract:
 - ``SentenceEnds.from_texts(texts)``: one flag per vocabulary id, from each id's decoded text: an id ends a sentence

@@ -12,7 +12,8 @@ Contract (the manager's module docstring tells the whole story; this is the mech
   slots out of this request's resident set, written back at its release; ``DetailMover.park``); holes backed by exactly one whole, live tree
   block start ``HOST`` with that block borrowed; any other holes make it ``DROPPED``.
 - ``demote``: ``tree.demote`` makes the span one host node with a new tree-owned block; the row and
-  ``req.prefix_indices`` get holes there; refused (kept on the device, counted) when another running request reads
+  ``req.prefix_indices`` get holes there (a parked detail's row has them already: ``demote_parked``, once per
+  thought, for prompt sentences that left the device at their request's first zoom); refused (kept on the device, counted) when another running request reads
   it, the host store is full, or its rows are promised to other requests (``DetailMover.may_take``).
 - Borrowed blocks are never freed by the request; ``release(st)`` forgets the request's borrows and hands its own
   blocks to the tree (``req.zoomr_host_spans``) when it will be inserted, else frees them.
@@ -69,6 +70,8 @@ class TreeBorrow:
             return
         runs = hole_runs(self.mover.req_to_token[st.row, t.detail_start:t.detail_end])  # a prompt thought: rare
         if not runs:
+            if st.table.is_preset(index):  # a prompt sentence: attended until the request's first zoom
+                return
             if st.policy.detail_action is DetailAction.OFFLOAD and t.detail_end <= st.protected_len \
                     and not self._demote(st, index):
                 self.mover.park(st, index)  # the tree's slots, out of this request's resident set until its release
@@ -87,6 +90,14 @@ class TreeBorrow:
             st.spans[index] = (span.start, span.end)
         self._borrow(st, index, span.block)
 
+    def demote_parked(self, st: RequestZoom, index: int) -> None:
+        """Asks the tree, once per thought, to demote a parked (tree-owned) detail; refused, it stays parked."""
+        if index not in st.demotion_tried:
+            st.demotion_tried.add(index)
+            t = st.table.thought(index)
+            if t.detail_end <= st.protected_len:
+                self._demote(st, index)
+
     def _demote(self, st: RequestZoom, index: int) -> bool:
         t = st.table.thought(index)
         req = st.req
@@ -102,7 +113,7 @@ class TreeBorrow:
             self.totals["kept_shared_tokens"] += t.detail_len
         if result.block is None:  # refused, or host store full under keep_on_device
             return False
-        self.mover.unmap_demoted(st, lo, hi)  # the tree freed the slots: no step reads them from now on
+        self.mover.unmap_demoted(st, index)  # the tree freed the slots: no step reads them from now on
         prefix = getattr(req, "prefix_indices", None)
         if isinstance(prefix, torch.Tensor) and len(prefix) >= hi:
             prefix = prefix.clone()

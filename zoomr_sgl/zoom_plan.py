@@ -8,9 +8,10 @@ Contract:
   silent). For each request, ``policy.to_score(table)`` names the thoughts to score; their summary keys are read
   from the pool by slot (``req_to_token``) and scored by each request's own query: on CUDA by the Triton kernel
   (``kernels.thought_scoring``), elsewhere by ``zoomr_sgl.scoring.thought_scores`` over the gathered keys; both one
-  launch for the whole step. The scores are read to the host once (with tensor parallelism, averaged over the
-  ranks' heads, the same on every rank: ``zoomr_sgl.tp_consensus``); ``policy.decide`` then runs per request on host
-  data.
+  launch for the whole step. ``policy.sentences_to_score(table)`` names the prompt sentences to score (``sentencekv``):
+  each by its row of the request's ``SentenceIndex`` as a one-token summary, one launch for the step as well. The
+  scores are read to the host once, both kinds together (with tensor parallelism, averaged over the ranks' heads, the
+  same on every rank: ``zoomr_sgl.tp_consensus``); ``policy.decide`` then runs per request on host data.
 - Recall room: a recall takes fresh slots only if the allocator keeps ``headroom`` free slots afterwards (the next
   decode step's tokens), counting the slots its own evictions free. A recall that does not fit is trimmed
   (``recalls_trimmed``; a later zoom asks again) and the evictions that only made buffer room for it are not done.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -37,6 +38,26 @@ from zoomr_sgl.thought_table import ZoomDecision
 logger = logging.getLogger("zoomr_sgl")
 
 
+class Plan(NamedTuple):
+    """One due request's zoom: where its query sits in the batch and what it scores (thought indices)."""
+
+    st: RequestZoom
+    batch_index: int
+    summaries: tuple[int, ...]  # marker thoughts, by their summary keys
+    sentences: tuple[int, ...]  # prompt sentences (preset thoughts), by their mean keys
+
+
+def _given(scores: torch.Tensor, planned, what: str):
+    """The policy's scorer: this request's slice of the step's scores, for exactly what was planned."""
+    n = planned if isinstance(planned, int) else len(planned)
+
+    def scorer(asked):
+        if len(asked) != n or (not isinstance(planned, int) and tuple(asked) != tuple(planned)):
+            raise RuntimeError(f"policy scored {len(asked)} {what}, {n} were planned")
+        return scores
+    return scorer
+
+
 class ZoomPlanner:
     def __init__(self, kv_pool, req_to_token: torch.Tensor, scoring_layers: Sequence[int], mover: DetailMover,
                  allocator, agree=lambda scores: scores, verify=None):
@@ -48,7 +69,7 @@ class ZoomPlanner:
         self.agree = agree  # this rank's scores -> the scores over every TP rank's heads (TPConsensus.scores)
         self.verify = verify  # debug, or None: the ranks took the same decisions (TPConsensus.verify)
         self.device = self.k_buffers[0].device
-        self.totals = dict(zooms=0, zooms_skipped=0, recalls_trimmed=0, scored_thoughts=0)
+        self.totals = dict(zooms=0, zooms_skipped=0, recalls_trimmed=0, scored_thoughts=0, scored_sentences=0)
         self._warned = False
         self.host_side = contextlib.nullcontext  # the step probe swaps in its pause (zoomr_sgl.step_probe)
 
@@ -62,21 +83,21 @@ class ZoomPlanner:
                                self.scoring_layers)
                 self._warned = True
             return
-        plans = [(st, b, st.policy.to_score(st.table)) for st, b in due]
-        scores = self._score(plans, queries)
+        plans = [Plan(st, b, st.policy.to_score(st.table), st.policy.sentences_to_score(st.table)) for st, b in due]
+        summary_scores, sentence_scores = self._score(plans, queries)
         room = int(self.allocator.available_size()) - headroom
-        offset, taken = 0, []
-        for st, _, scored in plans:
-            mine = scores[offset:offset + len(scored)]
-            offset += len(scored)
-
-            def given(spans, mine=mine, n=len(scored)):
-                if len(spans) != n:
-                    raise RuntimeError(f"policy scored {len(spans)} thoughts, {n} were planned")
-                return mine
-
+        at_summary = at_sentence = 0
+        taken = []
+        for plan in plans:
+            st = plan.st
+            mine = summary_scores[at_summary:at_summary + len(plan.summaries)]
+            theirs = sentence_scores[at_sentence:at_sentence + len(plan.sentences)]
+            at_summary += len(plan.summaries)
+            at_sentence += len(plan.sentences)
+            inputs = StepInputs(step, score_summaries=_given(mine, len(plan.summaries), "thoughts"),
+                                score_sentences=_given(theirs, plan.sentences, "sentences"))
             with self.host_side():  # policies decide on host data only
-                decision = st.policy.decide(st.table, StepInputs(step, score_summaries=given))
+                decision = st.policy.decide(st.table, inputs)
             room = self._apply(st, decision, room)
             self.totals["zooms"] += 1
             if self.verify is not None:
@@ -85,39 +106,62 @@ class ZoomPlanner:
             self.verify(f"the zoom of step {step}", [digest(taken), int(self.allocator.available_size())])
 
     # ------------------------------------------------------------------ scoring, once for the step
-    def _score(self, plans, queries) -> torch.Tensor:
+    def _score(self, plans: list["Plan"], queries) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every plan's summary scores, then every plan's sentence scores, each in plan order: one device read."""
+        dev = self.device
+        to_dev = lambda values, dtype=torch.int64: torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)  # noqa: E731
+        batch_index = to_dev([p.batch_index for p in plans])
+        q = torch.stack([queries[layer][batch_index] for layer in self.scoring_layers], dim=1)  # [B, L, Hq, D]
+        parts = [self._score_summaries(plans, q, to_dev), self._score_sentences(plans, q, to_dev)]
+        n_summaries = len(parts[0])
+        if not n_summaries and not len(parts[1]):
+            return torch.empty(0), torch.empty(0)
+        scores = self.agree(torch.cat(parts).cpu())  # the step's one device read; with TP, the same on every rank
+        return scores[:n_summaries], scores[n_summaries:]
+
+    def _score_summaries(self, plans, q, to_dev) -> torch.Tensor:
         rows, positions, owner, lengths = [], [], [], []
-        for b, (st, _, scored) in enumerate(plans):
-            for i in scored:
-                lo, hi = st.table.summary_span(i)
-                rows.extend([st.row] * (hi - lo))
+        for b, plan in enumerate(plans):
+            for i in plan.summaries:
+                lo, hi = plan.st.table.summary_span(i)
+                rows.extend([plan.st.row] * (hi - lo))
                 positions.extend(range(lo, hi))
                 owner.append(b)
                 lengths.append(hi - lo)
         if not owner:
-            return torch.empty(0)
+            return torch.empty(0, device=self.device)
         self.totals["scored_thoughts"] += len(owner)
         dev = self.device
-        to_dev = lambda values, dtype=torch.int64: torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)  # noqa: E731
         slots = self.req_to_token[to_dev(rows), to_dev(positions)]
-        batch_index = to_dev([b for _, b, _ in plans])
-        q = torch.stack([queries[layer][batch_index] for layer in self.scoring_layers], dim=1)  # [B, L, Hq, D]
         if dev.type == "cuda":
             from kernels.thought_scoring import thought_scores_triton
 
             indptr = torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-            scores = thought_scores_triton(q.to(self.k_buffers[0].dtype).contiguous(), self.k_buffers,
-                                           to_dev(owner, torch.int32), indptr.to(dev, non_blocking=True), slots)
-        else:  # the torch reference, padded by index on the host (no device value read before the scores)
-            width, starts = max(lengths), [0]
-            for n in lengths[:-1]:
-                starts.append(starts[-1] + n)
-            pad = torch.tensor([[s + min(j, n - 1) for j in range(width)] for s, n in zip(starts, lengths)])
-            valid = torch.tensor([[j < n for j in range(width)] for n in lengths])
-            picked = slots.long()[pad.to(dev)]  # [T, N]
-            keys = torch.stack([buf[picked] for buf in self.k_buffers], dim=1)  # [T, L, N, Hkv, D]
-            scores = scores_over_padded(q.float()[to_dev(owner)], keys, valid.to(dev))
-        return self.agree(scores.cpu())  # the step's one device read; with TP, the same scores on every rank
+            return thought_scores_triton(q.to(self.k_buffers[0].dtype).contiguous(), self.k_buffers,
+                                         to_dev(owner, torch.int32), indptr.to(dev, non_blocking=True), slots)
+        # the torch reference, padded by index on the host (no device value read before the scores)
+        width, starts = max(lengths), [0]
+        for n in lengths[:-1]:
+            starts.append(starts[-1] + n)
+        pad = torch.tensor([[s + min(j, n - 1) for j in range(width)] for s, n in zip(starts, lengths)])
+        valid = torch.tensor([[j < n for j in range(width)] for n in lengths])
+        picked = slots.long()[pad.to(dev)]  # [T, N]
+        keys = torch.stack([buf[picked] for buf in self.k_buffers], dim=1)  # [T, L, N, Hkv, D]
+        return scores_over_padded(q.float()[to_dev(owner)], keys, valid.to(dev))
+
+    def _score_sentences(self, plans, q, to_dev) -> torch.Tensor:
+        """Prompt sentences scored by their mean keys, a one-token summary each (``SentenceIndex.scores``)."""
+        keys, owner = [], []
+        for b, plan in enumerate(plans):
+            if plan.sentences:
+                keys.append(plan.st.sentences.keys[to_dev(plan.sentences)])
+                owner.extend([b] * len(plan.sentences))
+        if not owner:
+            return torch.empty(0, device=self.device)
+        self.totals["scored_sentences"] += len(owner)
+        keys = torch.cat(keys)[:, :, None]  # [K, L, 1, Hkv, D]
+        valid = torch.ones(len(owner), 1, dtype=torch.bool, device=self.device)
+        return scores_over_padded(q.float()[to_dev(owner)], keys, valid)
 
     # ------------------------------------------------------------------ applying, with room
     def _apply(self, st: RequestZoom, decision: ZoomDecision, room: int) -> int:

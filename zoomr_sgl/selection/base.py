@@ -17,6 +17,9 @@ Contract:
   before deciding.
 - ``detail_action`` says what the caller does with a thought's detail when it closes: keep it on the device,
   offload it to the host store, or drop it.
+- ``prompt_sentences``: the request's prompt sentences are preset thoughts (``zoomr_sgl.prompt_sentences``), which
+  leave the device at its first zoom where ``may_leave(table, index, prompt_len)`` says so, and are scored from their
+  mean keys: ``sentences_to_score(table)`` names them (through ``inputs.score_sentences``, in that order).
 - ``forgotten(length, config)`` is ``[lo, hi)``: positions the policy never attends again once the sequence holds
   ``length`` tokens, whatever the thoughts (``streaming``'s window), so the server may free them for good; empty by
   default. The server frees only what the request owns (never the radix tree's prompt).
@@ -77,6 +80,7 @@ class Policy:
     detail_action: ClassVar[DetailAction] = DetailAction.KEEP
     zooms: ClassVar[bool] = False  # whether zoom steps can recall or evict (the server plans only for these)
     windowed: ClassVar[bool] = False  # whether ``forgotten`` can be non-empty (the server asks only these)
+    prompt_sentences: ClassVar[bool] = False  # whether the prompt's sentences are thoughts (SentenceKV)
 
     def select(self, table: ThoughtTable, inputs: StepInputs) -> Selection:
         if table.finished:
@@ -98,6 +102,14 @@ class Policy:
     def to_score(self, table: ThoughtTable) -> tuple[int, ...]:
         """Thoughts whose summaries ``zoom`` scores now, in the order it asks for them; by default none."""
         return ()
+
+    def sentences_to_score(self, table: ThoughtTable) -> tuple[int, ...]:
+        """Preset thoughts whose mean keys ``zoom`` scores now, in the order it asks for them; by default none."""
+        return ()
+
+    def may_leave(self, table: ThoughtTable, index: int, prompt_len: int) -> bool:
+        """Whether prompt sentence ``index`` may leave the device; by default none may."""
+        return False
 
     def zoom(self, table: ThoughtTable, inputs: StepInputs) -> tuple[Sequence[int], Sequence[int], Sequence[int]]:
         """(selected, recall, evict) thought indices; by default no zoom."""

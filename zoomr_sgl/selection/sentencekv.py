@@ -1,7 +1,7 @@
 """``sentencekv``: SentenceKV over the prompt, ZoomR over the output. The prompt's closed sentences are the table's
 preset thoughts (no summary; ``ThoughtTable.is_preset``), their detail offloaded, and each zoom step recalls the
 sentences whose mean keys the query scores highest; marker thoughts (the output's, or earlier turns') zoom as under
-``zoomr``. The core only: the server does not serve it yet (``docs/sentencekv_plan.md``).
+``zoomr``. The server's side (sentences, their index, leaving the device): ``zoomr_sgl.prompt_sentences``.
 
 Contract (on a zoom step):
 - Sentence candidates are the preset thoughts with a non-empty detail in ``HOST``, ``PARKED``, ``RECALLING`` or
@@ -18,6 +18,9 @@ Contract (on a zoom step):
 - ``sentences_to_score(table)`` names the sentence candidates ``zoom`` will score (through ``score_sentences``, in
   that order), beside ``to_score`` for the marker thoughts' summaries, so a server can score every due request at
   once.
+- ``may_leave(table, index, prompt_len)``: a sentence outside the attention sink (it starts at or after
+  ``sink_tokens``) and the recent window (it ends at or before ``prompt_len - recent_tokens``); the others stay on the
+  device, attended.
 """
 
 from zoomr_sgl.selection.zoomr import ZoomRPolicy, summary_scores, zoom_within, zoomable
@@ -26,6 +29,11 @@ from zoomr_sgl.thought_table import ZOOMABLE_HOMES, Location
 
 class SentenceKVPolicy(ZoomRPolicy):
     name = "sentencekv"
+    prompt_sentences = True
+
+    def may_leave(self, table, index, prompt_len):
+        t, cfg = table.thought(index), table.config
+        return t.detail_start >= cfg.sink_tokens and t.detail_end <= prompt_len - cfg.recent_tokens
 
     @staticmethod
     def _sentences(table):
