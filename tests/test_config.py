@@ -34,6 +34,8 @@ def test_defaults_validate_and_round_trip_through_env():
         ({"wait_for_recall": 1}, "true or false"),
         ({"scoring_layers": "1,x"}, "scoring_layers"),
         ({"host_full_fallback": "ignore"}, "host_full_fallback"),
+        ({"beacon": "   "}, "beacon"),
+        ({"beacon": "</think>"}, "beacon"),
     ],
 )
 def test_bad_settings_are_rejected_naming_the_setting(changes, needle):

@@ -60,7 +60,7 @@ def peak_tokens(cfg: ZoomRConfig | None, prompt_len: int, max_new_tokens: int, m
     if action is DetailAction.KEEP:
         return None
     late = lag - 1  # tokens a marker may land after it was decided
-    summary = cfg.max_summary_tokens + marker_tokens + late
+    summary = (0 if cfg.beacon else cfg.max_summary_tokens) + marker_tokens + late  # a beacon is all its summary
     summaries = math.ceil(max_new_tokens * summary / (cfg.min_thought_tokens + summary)) + summary
     zoom = cfg.zoom_budget if action is DetailAction.OFFLOAD else 0
     open_thought = cfg.max_thought_tokens + late
@@ -118,7 +118,7 @@ class ZoomRAdmission:
         if cfg is None:
             return None
         markers = self.manager.markers
-        marker_tokens = len(markers.marker_ids(cfg.summary_open)) + len(markers.marker_ids(cfg.summary_close))
+        marker_tokens = sum(len(markers.marker_ids(text)) for text in cfg.marker_texts())
         return peak_tokens(cfg, prompt_len, req.sampling_params.max_new_tokens, marker_tokens, self.manager.lag)
 
     def settle(self, st, req) -> None:

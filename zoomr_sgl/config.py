@@ -42,6 +42,10 @@ class ZoomRConfig:
 
     summary_open: str = _opt("<summary>", "marker string that opens a thought's summary")
     summary_close: str = _opt("</summary>", "marker string that closes a thought's summary")
+    beacon: str = _opt(
+        "", "beacon mode (Breadcrumbs): this marker alone is each thought's summary, in place of the summary markers; "
+        "engine mode forces it where it would open a summary (every max_thought_tokens generated tokens when "
+        "min_thought_tokens equals it), a trained model writes it itself; empty: the summary markers")
     summary_mode: str = _opt(
         "engine",
         "how summaries enter the stream: 'engine' (the server closes thoughts and forces markers), "
@@ -66,8 +70,8 @@ class ZoomRConfig:
     scoring_layers: str = _opt(
         "auto", "layers whose queries score thoughts: 'auto' (a few spread over the model) or comma-separated ids"
     )
-    sink_tokens: int = _opt(64, "streaming policy: first tokens always attended (attention sink)")
-    recent_tokens: int = _opt(1024, "streaming policy: most recent tokens always attended")
+    sink_tokens: int = _opt(64, "streaming and sentencekv policies: first tokens always attended (attention sink)")
+    recent_tokens: int = _opt(1024, "streaming and sentencekv policies: most recent tokens always attended")
     quest_page_size: int = _opt(16, "quest policy: tokens per page")
     quest_top_pages: int = _opt(64, "quest policy: pages attended per step besides the open window")
     sentence_budget: int = _opt(
@@ -130,7 +134,15 @@ class ZoomRConfig:
             raise ZoomRConfigError("zoomr thought_delimiter must not be empty")
         if self.thinking_end and self.thinking_end in (self.summary_open, self.summary_close):
             raise ZoomRConfigError("zoomr thinking_end must differ from the summary markers")
+        if self.beacon and not self.beacon.strip():
+            raise ZoomRConfigError("zoomr beacon must not be blank (empty turns beacon mode off)")
+        if self.beacon and self.thinking_end and (self.beacon in self.thinking_end or self.thinking_end in self.beacon):
+            raise ZoomRConfigError("zoomr beacon and thinking_end must not contain one another")
         self.scoring_layer_ids(num_layers=None)
+
+    def marker_texts(self) -> tuple[str, str]:
+        """The strings that open and close a summary: the beacon and nothing in beacon mode."""
+        return (self.beacon, "") if self.beacon else (self.summary_open, self.summary_close)
 
     def scoring_layer_ids(self, num_layers: int | None) -> tuple[int, ...]:
         """The layers whose queries score thoughts. 'auto' picks up to 4 layers spread over the upper half of the

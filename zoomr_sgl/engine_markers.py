@@ -6,7 +6,7 @@ Contract:
   just fed): when nothing is queued or still in flight, at a boundary (the open thought reached
   ``max_thought_tokens``, or ``min_thought_tokens`` and its last token completes ``thought_delimiter``) it queues the
   opening marker's ids on the request (``st.forced``); in a summary of ``max_summary_tokens`` it queues the closing
-  marker's. A token is in flight from the forward it was handed to until that forward is processed
+  marker's (beacon mode has none: the beacon is the whole summary). A token is in flight from the forward it was handed to until that forward is processed
   (``st.forced_forward``): with the overlap scheduler the forward after the processed one is already running, so
   the token decided now is emitted one token later than without it (a thought or summary one token longer).
   ``last_two`` are the stream's last two token ids (the delimiter test decodes them once per distinct pair, cached).
@@ -63,7 +63,7 @@ class EngineMarkers:
             )
             if boundary:
                 self._queue(st, st.open_ids)
-        elif seg.length - open_summary.summary_start - len(st.open_ids) >= cfg.max_summary_tokens:
+        elif st.close_ids and seg.length - open_summary.summary_start - len(st.open_ids) >= cfg.max_summary_tokens:
             self._queue(st, st.close_ids)
 
     def _queue(self, st: RequestZoom, ids: tuple[int, ...]) -> None:

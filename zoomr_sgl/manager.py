@@ -386,7 +386,7 @@ class ZoomRManager:
             return None
         prompt_len = len(req.origin_input_ids)
         engine = cfg.summary_mode == "engine" and getattr(req, "grammar", None) is None
-        open_ids, close_ids = self.markers.marker_ids(cfg.summary_open), self.markers.marker_ids(cfg.summary_close)
+        open_ids, close_ids = (self.markers.marker_ids(text) for text in cfg.marker_texts())
         st = RequestZoom(
             rid=req.rid, row=req.req_pool_idx, config=cfg, policy=policy_for(cfg.policy),
             table=self._new_table(cfg, open_ids, close_ids, req.origin_input_ids), prompt_len=prompt_len,
@@ -417,7 +417,7 @@ class ZoomRManager:
         first = preset[-1][1] if preset else 0  # marker thoughts are found after the prompt's sentences
         if cfg.summary_mode != "engine":
             return ThoughtTable(cfg, open_ids, close_ids, first, preset=preset)
-        if prompt_len > first and close_ids[0] in prompt_ids:  # cheap pre-check: no closing marker, no closed thought
+        if prompt_len > first and (close_ids or open_ids)[0] in prompt_ids:  # no closing marker (beacon): no thought
             return ThoughtTable(cfg, open_ids, close_ids, first, restart_at=prompt_len, preset=preset)
         return ThoughtTable(cfg, open_ids, close_ids, prompt_len, preset=preset)
 

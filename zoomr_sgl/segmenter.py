@@ -28,6 +28,8 @@ Contract:
   with an empty summary (``summary_start == summary_end == detail_end == hi``). They are thoughts
   ``0 .. len(preset) - 1``; marker thoughts, found from ``start`` on, are numbered after them. Positions before
   ``start`` outside every preset span stay outside every thought.
+- Beacon mode (``close_ids`` empty, Breadcrumbs): the opening marker alone is the summary. Its thought closes when
+  the next token comes (that token is the next thought's first), so a closed thought's beacon has its KV written.
 - Incremental: ``feed`` one token at a time, ``extend`` with chunks, or ``segment`` the whole sequence: the same ids
   give the same thoughts.
 """
@@ -63,8 +65,8 @@ class Segmenter:
     def __init__(self, open_ids: Sequence[int], close_ids: Sequence[int], start: int = 0,
                  restart_at: int | None = None, preset: Sequence[tuple[int, int]] = ()):
         self.open_ids, self.close_ids = tuple(open_ids), tuple(close_ids)
-        if not self.open_ids or not self.close_ids:
-            raise ValueError("summary marker ids must not be empty")
+        if not self.open_ids:
+            raise ValueError("the opening summary marker's ids must not be empty")
         if self.open_ids == self.close_ids:
             raise ValueError(f"opening and closing marker ids must differ; both are {self.open_ids}")
         if start < 0:
@@ -132,6 +134,15 @@ class Segmenter:
         if pos == self.restart_at:  # drop what is open; segment on as if started here
             self._summary_start = None
             self._detail_start = self._scan_from = pos
+        if self._summary_start is not None and not self.close_ids:  # a beacon, complete: this token follows it
+            s = self._summary_start
+            thought = Thought(len(self._closed), self._detail_start, s, s, pos, True)
+            self._closed.append(thought)
+            self._detail_start = self._scan_from = pos
+            self._summary_start = None
+            if self._ends_with(self.open_ids):  # a one-token beacon right after it (an empty detail)
+                self._summary_start, self._scan_from = pos, pos + 1
+            return thought
         if self._summary_start is None:
             if self._ends_with(self.open_ids):
                 self._summary_start = pos + 1 - len(self.open_ids)

@@ -56,7 +56,18 @@ def test_empty_detail_and_markers_that_share_tokens_do_not_overlap():
     assert segment([1, 2, 2, 3], (1, 2), (2, 3)) == (T(0, 0, 0, 4),)
 
 
-@pytest.mark.parametrize("open_ids, close_ids", [((), (1,)), ((1,), ()), ((3, 4), (3, 4))])
+def test_a_beacon_is_the_whole_summary_and_its_thought_closes_when_the_next_token_comes():
+    B = (9,)
+    #      0  1  2  3  4  5  6  7  8
+    ids = [5, 5, 9, 5, 5, 5, 9, 9, 5]
+    seg = Segmenter(B, ())
+    assert seg.extend(ids[:3]) == [] and seg.open_summary == T(0, 0, 2, 3, closed=False)
+    assert seg.extend(ids[3:4]) == [T(0, 0, 2, 3)]  # the beacon's KV exists once the next token is fed
+    assert seg.extend(ids[4:]) == [T(1, 3, 6, 7), T(2, 7, 7, 8)]  # a beacon right after one: an empty detail
+    assert segment([5, 1, 2, 5, 5], (1, 2), ()) == (T(0, 0, 1, 3),)  # a two-token beacon
+
+
+@pytest.mark.parametrize("open_ids, close_ids", [((), (1,)), ((), ()), ((3, 4), (3, 4))])
 def test_bad_markers_are_rejected(open_ids, close_ids):
     with pytest.raises(ValueError):
         Segmenter(open_ids, close_ids)
@@ -83,7 +94,7 @@ marker = st.lists(st.integers(0, 3), min_size=1, max_size=3).map(tuple)
 
 @st.composite
 def streams(draw):
-    o, c = draw(marker), draw(marker)
+    o, c = draw(marker), draw(st.one_of(marker, st.just(())))  # no closing marker: beacon mode
     if o == c:
         c = c + (4,)
     pieces = draw(st.lists(st.one_of(st.just(o), st.just(c), st.lists(st.integers(0, 5), max_size=6).map(tuple)),
