@@ -9,7 +9,9 @@ problem in the user's model's prompt format (``{problem}`` marks where it goes).
 ``reasoner.answers.normalise`` (``\\boxed{}`` extracted, else the last ``Answer:`` line).
 
 Per policy of ``--policies`` and budget of ``--budgets`` (``zoomr``: zoom budget in tokens; ``streaming``: recent
-window in tokens; ``quest``: pages; ``full`` and ``summary_only`` take none), every problem is sent greedy with the
+window in tokens; ``quest``: pages; ``sentencekv``: prompt-sentence tokens recalled at once, with ``MARKER_SHARE``
+more zoom buffer for marker thoughts and ``--sink-tokens``/``--recent-tokens`` of the prompt always attended;
+``full`` and ``summary_only`` take none), every problem is sent greedy with the
 request's ZoomR settings in ``custom_params`` (``--summary-mode``, default ``trained``: the model writes its own
 summaries). Recorded per problem: correct, peak device KV (``meta_info.zoomr``),
 the mean device KV over its decode steps, full KV, zoom recalls, output tokens. A policy the server refuses (400,
@@ -53,7 +55,8 @@ from reasoner import answers  # noqa: E402
 from reasoner.cli import OneLineParser  # noqa: E402
 
 BUDGET_KEY = {"zoomr": "zoomr_zoom_budget", "streaming": "zoomr_recent_tokens", "quest": "zoomr_quest_top_pages",
-              "full": None, "summary_only": None}
+              "sentencekv": "zoomr_sentence_budget", "full": None, "summary_only": None}
+MARKER_SHARE = 256  # sentencekv: zoom buffer tokens left to marker thoughts beside the sentence budget
 
 
 class Outcome(NamedTuple):
@@ -94,6 +97,9 @@ def request_params(policy: str, budget: int | None, args) -> dict:
               "zoomr_zoom_interval": args.zoom_interval, "zoomr_zoom_retain": args.zoom_retain == "true"}
     if budget is not None:
         params[BUDGET_KEY[policy]] = budget
+    if policy == "sentencekv":  # the prompt's sentences share the one zoom buffer with the marker thoughts
+        params.update(zoomr_zoom_budget=budget + MARKER_SHARE, zoomr_sink_tokens=args.sink_tokens,
+                      zoomr_recent_tokens=args.recent_tokens)
     return params
 
 
@@ -178,6 +184,8 @@ def parse(argv):
     ap.add_argument("--zoom-interval", type=int, default=4)
     ap.add_argument("--zoom-retain", choices=("true", "false"), default="false",
                     help="keep earlier recalls in the zoom buffer (LRU); false: attend only what the last zoom picked")
+    ap.add_argument("--sink-tokens", type=int, default=16, help="sentencekv: first prompt tokens always attended")
+    ap.add_argument("--recent-tokens", type=int, default=64, help="sentencekv: last prompt tokens always attended")
     ap.add_argument("--max-new-tokens", type=int, default=8192)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -192,6 +200,8 @@ def parse(argv):
         for name in ("zoom_topk", "zoom_interval", "max_new_tokens", "concurrency", "servers"):
             if getattr(args, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        if args.sink_tokens < 0 or args.recent_tokens < 0:
+            raise ValueError("--sink-tokens and --recent-tokens must be zero or more")
         if any(b <= 0 for b in args.budget_list) or not args.budget_list:
             raise ValueError("--budgets must be positive integers")
         if "{problem}" not in args.template:

@@ -47,15 +47,15 @@ def test_every_policy_is_measured_or_reported_refused(zoomr_server, tmp_path):
                     "--items", "8", "--out", str(problems)], cwd=REPO, check=True, capture_output=True)
     out = tmp_path / "out"
     r = run(["--problems", str(problems), "--url", f"{zoomr_server.url},{zoomr_server.url}/", "--policies",
-             "full,zoomr,summary_only,streaming,quest", "--budgets", "64", "--max-new-tokens", "40",
+             "full,zoomr,summary_only,streaming,quest,sentencekv", "--budgets", "64", "--max-new-tokens", "40",
              "--summary-mode", "engine", "--out", str(out)])
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads((out / "accuracy.json").read_text())
     rows = {row["policy"]: row for row in result["rows"]}
     assert result["meta"]["servers"] == 2 and not result["meta"]["partial"]
-    assert set(rows) == {"full", "zoomr", "summary_only", "streaming", "quest"}
+    assert set(rows) == {"full", "zoomr", "summary_only", "streaming", "quest", "sentencekv"}
     assert "not served yet" in rows["quest"]["refused"]
-    for name in ("full", "zoomr", "summary_only", "streaming"):
+    for name in ("full", "zoomr", "summary_only", "streaming", "sentencekv"):
         row = rows[name]
         assert row["refused"] is None and row["answered"] == 3 and row["errors"] == 0
         assert 0.0 <= row["accuracy"] <= 1.0 and row["needs_detail_problems"] + (3 - row["needs_detail_problems"]) == 3

@@ -113,3 +113,40 @@ def test_time_between_tokens_splits_a_chunk_over_its_tokens():
     assert tbt_ms([trace], 0.0, 1.0) == (pytest.approx(10.0), pytest.approx(10.0), 5)
     late = RequestTrace(times=[0.0, 0.1], tokens=[1, 2])  # only gaps inside the window count
     assert tbt_ms([late], 0.05, 1.0) == (None, None, 0)
+
+
+@pytest.mark.server
+def test_long_prompts_rows_ratios_and_what_sentencekv_saves(zoomr_server, stock_metrics_server, tmp_path):
+    """SentenceKV's yardstick (``benchmarks/long_prompts.py``) attached to real servers: every row measured to
+    completion, ratios to full and stock, and sentencekv's device KV per request a fraction of full KV's once the
+    prompt has left (its peak is the whole prompt: the prefill and the first decode step hold it)."""
+    from benchmarks import long_prompts
+
+    rc = long_prompts.main(["--url-stock", stock_metrics_server.url, "--url-zoomr", zoomr_server.url,
+                            "--prompt-lengths", "800", "--batch", "2", "--output", "24", "--sentence-budget", "64",
+                            "--sink", "16", "--recent", "32", "--zoom-interval", "4", "--out", str(tmp_path)])
+    assert rc == 0
+    result = json.loads((tmp_path / "long_prompts.json").read_text())
+    points = {p["row"]: p for p in result["points"]}
+    assert set(points) == {"stock", "full", "sentencekv"} and "incomplete" not in result["meta"]
+    for p in points.values():
+        assert p["mode"] == "complete" and p["output_tokens"] == 2 * 24 and p["prompt_tokens"] == 800, p
+        assert 0 < p["tbt_p50_ms"] <= p["tbt_p99_ms"] and p["faster_than_stock"] is not None, p
+    skv, full = points["sentencekv"], points["full"]
+    assert skv["peak_kv_max"] >= 800 and skv["step_kv_mean"] < full["step_kv_mean"] / 2, (skv, full)
+    assert skv["kv_less_than_full"] == pytest.approx(full["step_kv_mean"] / skv["step_kv_mean"])
+    assert "## prompt 800 tokens" in (tmp_path / "long_prompts.md").read_text()
+    assert (tmp_path / "long_prompts.png").exists()
+    for server in (zoomr_server, stock_metrics_server):
+        assert _scheduler_idle(server.url)
+
+
+def test_long_prompts_bad_arguments_are_one_line_and_status_2(capsys):
+    from benchmarks import long_prompts
+
+    for argv in (["--prompt-lengths", "64"], ["--batch", "0"], ["--prompt-lengths", "x"]):
+        with pytest.raises(SystemExit) as e:
+            long_prompts.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("long_prompts: error:"), err

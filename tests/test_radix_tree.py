@@ -225,6 +225,39 @@ def test_demote_moves_a_locked_device_span_to_a_host_node(world):
     assert w.alloc.available_size() == SIZE and w.host.stats().used_tokens == 0
 
 
+def test_demote_spans_moves_many_spans_at_once_and_refuses_each_on_its_own(world):
+    """One call, one walk, one batch of copies: spans on the chain become host nodes with their own blocks (the
+    chain cut at their edges); a span past the chain or over a host node is refused alone; the accounting holds."""
+    from zoomr_sgl.radix_tree import Demotion
+
+    w = world
+    k = [torch.randn(SIZE + 1, 1, 4) for _ in range(2)]
+    v = [torch.randn(SIZE + 1, 1, 4) for _ in range(2)]
+    a, _ = run_request(w, IDS, holes=[(16, 18)])
+    finish(w, a)  # device [0, 16), host [16, 18), device [18, 20)
+    b, _ = run_request(w, IDS + [7])  # the only reader of the chain
+    row = w.r2t.req_to_token[b.req_pool_idx]
+    before = row[:20].to(torch.int64).clone()
+    available = w.alloc.available_size()
+    spans = [(2, 5), (5, 9), (12, 14), (15, 17), (18, 30)]  # the fourth holds a host position, the last is too long
+    results = w.tree.demote_spans(b.last_node, spans, k, v, [("t", "b", i) for i in range(len(spans))])
+    assert [r.refused for r in results] == [None, None, None, Demotion.READ_ELSEWHERE, Demotion.READ_ELSEWHERE]
+    for (lo, hi), result in zip(spans[:3], results):
+        assert result.block.num_tokens == hi - lo
+        (start, count), = result.block.runs
+        for layer in range(2):
+            assert torch.equal(w.host.k[layer, start:start + count], k[layer][before[lo:hi]])
+            assert torch.equal(w.host.v[layer, start:start + count], v[layer][before[lo:hi]])
+        row[lo:hi] = 0  # what the manager does to the request's row
+    assert w.alloc.available_size() == available + 3 + 4 + 2
+    spans_now = [(s.start, s.end, s.offset) for s in w.tree.host_spans(b.last_node)]
+    assert spans_now == [(2, 5, 0), (5, 9, 0), (12, 14, 0), (16, 18, 0)]
+    assert w.tree.state()["demoted_tokens"] == 9
+    check_accounting(w, held=1)  # b's own slot past the prefix
+    finish(w, b)
+    check_accounting(w)
+
+
 def test_evict_host_spares_device_branches_without_host_nodes(world):
     """evict_host frees host rows only: a device-only branch stays cached (even when it is the oldest leaf); a
     device summary node below a host detail node goes only to expose that host node."""

@@ -213,10 +213,12 @@ class ZoomRManager:
         if due:
             if self.probe is not None:
                 self.probe.step["zoom"] = True
-            for st, _ in due:
-                if PromptSentences.due(st):  # its first zoom: the prompt's sentences leave the device now
-                    self.sentences.leave(st, self.req_to_token, self.planner.k_buffers, self.scoring_layers,
-                                         self.host, self.mover)
+            first = [st for st, _ in due if PromptSentences.due(st)]
+            if first:  # their first zoom: their prompts' sentences leave the device now
+                if self.probe is not None:
+                    self.probe.step["index"] = True
+                self.sentences.leave(first, self.req_to_token, self.planner.k_buffers, self.scoring_layers,
+                                     self.host, self.mover)
             self.planner.run(due, self.slots.queries(batch.forward_iter), step, headroom=len(batch.reqs))
             for st, _ in due:
                 if st.policy.prompt_sentences:

@@ -17,7 +17,8 @@ Contract:
   turn's marker thoughts are ``zoomr``'s), as ``(lo, hi)`` spans. Canonical: a prefix's spans are a prefix of the
   whole prompt's, which is what lets a later request borrow them.
 - ``due(st)``: the request still has to take its first zoom (it has sentences and no index yet).
-- ``leave(st, req_to_token, k_buffers, scoring_layers, host, mover)``, right before that zoom is planned: builds
+- ``leave(due, req_to_token, k_buffers, scoring_layers, host, mover)``, right before the zoom of the requests ``due``
+  for their first one is planned (all of them at once: one index build for the step): builds each one's
   ``st.sentences`` (a ``SentenceIndex`` with one row per preset thought, ``k_buffers`` being the scoring layers' key
   buffers: device sentences' mean keys from the pool, borrowed ones' from their host block, dropped ones' zero: never
   candidates), then parks every ``DEVICE`` sentence the policy lets leave (``SentenceKVPolicy.may_leave``: outside
@@ -65,32 +66,44 @@ class PromptSentences:
     def due(st: RequestZoom) -> bool:
         return st.policy.prompt_sentences and st.sentences is None and bool(st.table.segmenter.preset)
 
-    def leave(self, st: RequestZoom, req_to_token: torch.Tensor, k_buffers: Sequence[torch.Tensor],
+    def leave(self, due: Sequence[RequestZoom], req_to_token: torch.Tensor, k_buffers: Sequence[torch.Tensor],
               scoring_layers: Sequence[int], host: HostDetailStore, mover) -> None:
-        table = st.table
-        presets = table.segmenter.preset
-        spans = [Sentence(lo, hi, True) for lo, hi in presets]
+        """Every request of ``due`` takes its first zoom now: their device sentences' mean keys come from one index
+        build over all of them (one launch per scoring layer for the step, not per request)."""
+        rows, spans, at = [], [], 0  # the due requests' rows end to end, and their device sentences in those terms
+        for st in due:
+            on_device = [i for i in range(len(st.table.segmenter.preset)) if st.table.location(i) is Location.DEVICE]
+            if on_device:
+                end = st.table.thought(on_device[-1]).detail_end
+                rows.append(req_to_token[st.row, :end])
+                spans += [Sentence(at + st.table.thought(i).detail_start, at + st.table.thought(i).detail_end, True)
+                          for i in on_device]
+                at += end
+        device_keys = build(k_buffers, torch.cat(rows), spans).keys if spans else None
         kv_heads, head_dim = k_buffers[0].shape[1:]
-        keys = torch.zeros(len(spans), len(k_buffers), kv_heads, head_dim, dtype=torch.float32,
-                           device=k_buffers[0].device)
-        on_device = [i for i in range(len(spans)) if table.location(i) is Location.DEVICE]
-        if on_device:
-            row = req_to_token[st.row, :spans[on_device[-1]].end]
-            keys[on_device] = build(k_buffers, row, [spans[i] for i in on_device]).keys
-        for i in range(len(spans)):
-            if table.location(i) is Location.HOST and i in st.blocks:
-                keys[i] = host_mean_keys(host, st.blocks[i], scoring_layers).to(keys.device, non_blocking=True)
-        st.sentences = SentenceIndex(tuple(spans), keys)
-        self.totals["sentence_indexes"] += 1
-        self.totals["sentences_indexed"] += len(spans)
-        for i in on_device:
-            if st.policy.may_leave(table, i, st.prompt_len):
-                mover.park(st, i)
+        taken = 0
+        for st in due:
+            table = st.table
+            presets = [Sentence(lo, hi, True) for lo, hi in table.segmenter.preset]
+            keys = torch.zeros(len(presets), len(k_buffers), kv_heads, head_dim, dtype=torch.float32,
+                               device=k_buffers[0].device)
+            on_device = [i for i in range(len(presets)) if table.location(i) is Location.DEVICE]
+            if on_device:
+                keys[on_device] = device_keys[taken:taken + len(on_device)]
+                taken += len(on_device)
+            for i in range(len(presets)):
+                if table.location(i) is Location.HOST and i in st.blocks:
+                    keys[i] = host_mean_keys(host, st.blocks[i], scoring_layers).to(keys.device, non_blocking=True)
+            st.sentences = SentenceIndex(tuple(presets), keys)
+            self.totals["sentence_indexes"] += 1
+            self.totals["sentences_indexed"] += len(presets)
+            for i in on_device:
+                if st.policy.may_leave(table, i, st.prompt_len):
+                    mover.park(st, i)
 
     @staticmethod
     def demote_parked(st: RequestZoom, borrow) -> None:
-        for i in [i for i in st.parked if st.table.is_preset(i)]:
-            borrow.demote_parked(st, i)
+        borrow.demote_parked(st, [i for i in st.parked if st.table.is_preset(i)])
 
 
 def host_mean_keys(host: HostDetailStore, block: HostBlock, layers: Sequence[int]) -> torch.Tensor:

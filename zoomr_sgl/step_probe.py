@@ -7,7 +7,9 @@ counts every call that reads a tensor's value into Python (``item``, ``tolist``,
 the requests advanced, the tokens fed to their thought tables (1 each when nothing walks the stream), whether a zoom
 or a thought boundary happened, and the reads. ``host_side()`` pauses the count around work that by contract reads
 host data only (the policies' decisions, after the zoom's one read of the scores). ``summary()`` aggregates: the most reads on a plain step (no zoom, no
-boundary, no admission), on a zoom step and on a boundary step, and tokens fed against requests advanced.
+boundary, no admission), on a zoom step, on a boundary step and on an index step (a ``sentencekv`` request's first
+zoom, where its prompt sentences' index is built and they leave the device: once per request), and tokens fed against
+requests advanced.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ class StepProbe:
     def __init__(self):
         self.steps = 0
         self.step = self._fresh()
-        self.max_reads = {"plain": 0, "zoom": 0, "boundary": 0}
-        self.plain_steps = self.zoom_steps = self.boundary_steps = 0
+        self.max_reads = {"plain": 0, "zoom": 0, "boundary": 0, "index": 0}
+        self.plain_steps = self.zoom_steps = self.boundary_steps = self.index_steps = 0
         self.requests_advanced = self.tokens_fed = 0
         self.paused = self.active = False
 
@@ -49,7 +51,7 @@ class StepProbe:
 
     @staticmethod
     def _fresh() -> dict:
-        return {"reads": 0, "zoom": False, "boundary": False}
+        return {"reads": 0, "zoom": False, "boundary": False, "index": False}
 
     @contextmanager
     def measure(self):
@@ -77,7 +79,7 @@ class StepProbe:
 
     def end_step(self) -> None:
         """Close the decode step whose work was measured since the last call."""
-        kind = "zoom" if self.step["zoom"] else "boundary" if self.step["boundary"] else "plain"
+        kind = next(k for k in ("index", "zoom", "boundary", "plain") if k == "plain" or self.step[k])
         self.max_reads[kind] = max(self.max_reads[kind], self.step["reads"])
         setattr(self, f"{kind}_steps", getattr(self, f"{kind}_steps") + 1)
         self.steps += 1
@@ -85,5 +87,6 @@ class StepProbe:
 
     def summary(self) -> dict:
         return {"decode_steps": self.steps, "plain_steps": self.plain_steps, "zoom_steps": self.zoom_steps,
-                "boundary_steps": self.boundary_steps, "max_reads": dict(self.max_reads),
+                "boundary_steps": self.boundary_steps, "index_steps": self.index_steps,
+                "max_reads": dict(self.max_reads),
                 "requests_advanced": self.requests_advanced, "tokens_fed": self.tokens_fed}

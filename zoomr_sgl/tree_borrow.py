@@ -68,12 +68,17 @@ class TreeBorrow:
         t = st.table.thought(index)
         if t.detail_len == 0:
             return
-        runs = hole_runs(self.mover.req_to_token[st.row, t.detail_start:t.detail_end])  # a prompt thought: rare
+        runs = self._prefix_hole_runs(st, t.detail_start, t.detail_end)
+        if CHECKS:
+            on_device = hole_runs(self.mover.req_to_token[st.row, t.detail_start:t.detail_end])
+            if on_device != runs:
+                raise RuntimeError(f"request {st.rid}: prompt thought {index} has hole runs {on_device} in its row, "
+                                   f"{runs} from the tree's spans")
         if not runs:
             if st.table.is_preset(index):  # a prompt sentence: attended until the request's first zoom
                 return
             if st.policy.detail_action is DetailAction.OFFLOAD and t.detail_end <= st.protected_len \
-                    and not self._demote(st, index):
+                    and not self._demote(st, [index])[0]:
                 self.mover.park(st, index)  # the tree's slots, out of this request's resident set until its release
             return
         span = None
@@ -90,40 +95,59 @@ class TreeBorrow:
             st.spans[index] = (span.start, span.end)
         self._borrow(st, index, span.block)
 
-    def demote_parked(self, st: RequestZoom, index: int) -> None:
-        """Asks the tree, once per thought, to demote a parked (tree-owned) detail; refused, it stays parked."""
-        if index not in st.demotion_tried:
-            st.demotion_tried.add(index)
-            t = st.table.thought(index)
-            if t.detail_end <= st.protected_len:
-                self._demote(st, index)
+    @staticmethod
+    def _prefix_hole_runs(st: RequestZoom, lo: int, hi: int) -> list[tuple[int, int]]:
+        """Maximal hole runs of the row in ``[lo, hi)`` (below ``protected_len``), relative to ``lo``: the tree's host
+        spans of the matched prefix, the only holes a prompt thought has when it closes (host data, no device read;
+        ``ZOOMR_SGL_CHECK_HOLES=1`` compares them with the row)."""
+        runs: list[tuple[int, int]] = []
+        for s in st.tree_spans:
+            a, b = max(s.start, lo) - lo, min(s.end, hi) - lo
+            if a < b:
+                if runs and runs[-1][1] == a:
+                    runs[-1] = (runs[-1][0], b)
+                else:
+                    runs.append((a, b))
+        return runs
 
-    def _demote(self, st: RequestZoom, index: int) -> bool:
-        t = st.table.thought(index)
-        req = st.req
+    def demote_parked(self, st: RequestZoom, indices: list[int]) -> None:
+        """Asks the tree, once per thought and all in one batch, to demote parked (tree-owned) details; a refused one
+        stays parked."""
+        todo = [i for i in indices if i not in st.demotion_tried and st.table.thought(i).detail_end <= st.protected_len]
+        st.demotion_tried.update(indices)
+        if todo:
+            self._demote(st, todo)
+
+    def _demote(self, st: RequestZoom, indices: list[int]) -> list[bool]:
+        """Demote these thoughts' tree-owned device detail (``tree.demote_spans``); which ones went."""
+        req, went = st.req, [False] * len(indices)
         if self.tree is None or req is None or req.last_node is None:
-            return False
-        lo, hi = t.detail_start, t.detail_end
-        if self.mover.may_take is not None and not self.mover.may_take(st, hi - lo):
-            return False  # those host rows are promised to requests charged by their bound
-        result = self.tree.demote(req.last_node, lo, hi, self.mover.kv_pool.k_buffer, self.mover.kv_pool.v_buffer,
-                                  owner=("zoomr-tree", st.rid, index))  # 3-tuple: not a request's own block
-        if result.refused == Demotion.READ_ELSEWHERE:
-            st.kept_shared_tokens += t.detail_len
-            self.totals["kept_shared_tokens"] += t.detail_len
-        if result.block is None:  # refused, or host store full under keep_on_device
-            return False
-        self.mover.unmap_demoted(st, index)  # the tree freed the slots: no step reads them from now on
+            return went
+        thoughts = [st.table.thought(i) for i in indices]
+        if self.mover.may_take is not None and not self.mover.may_take(st, sum(t.detail_len for t in thoughts)):
+            return went  # those host rows are promised to requests charged by their bound
+        results = self.tree.demote_spans(req.last_node, [(t.detail_start, t.detail_end) for t in thoughts],
+                                         self.mover.kv_pool.k_buffer, self.mover.kv_pool.v_buffer,
+                                         [("zoomr-tree", st.rid, i) for i in indices])  # 3-tuples: the tree's blocks
         prefix = getattr(req, "prefix_indices", None)
-        if isinstance(prefix, torch.Tensor) and len(prefix) >= hi:
-            prefix = prefix.clone()
-            prefix[lo:hi] = 0
+        prefix = prefix.clone() if isinstance(prefix, torch.Tensor) else None
+        for n, (i, t, result) in enumerate(zip(indices, thoughts, results)):
+            if result.refused == Demotion.READ_ELSEWHERE:
+                st.kept_shared_tokens += t.detail_len
+                self.totals["kept_shared_tokens"] += t.detail_len
+            if result.block is None:  # refused, or host store full under keep_on_device
+                continue
+            self.mover.unmap_demoted(st, i)  # the tree freed the slots: no step reads them from now on
+            if prefix is not None and len(prefix) >= t.detail_end:
+                prefix[t.detail_start:t.detail_end] = 0
+            st.table.mark_offloaded(i)
+            self._borrow(st, i, result.block)
+            st.demoted_tokens += t.detail_len
+            self.totals["demoted_tokens"] += t.detail_len
+            went[n] = True
+        if prefix is not None and any(went):
             req.prefix_indices = prefix
-        st.table.mark_offloaded(index)
-        self._borrow(st, index, result.block)
-        st.demoted_tokens += t.detail_len
-        self.totals["demoted_tokens"] += t.detail_len
-        return True
+        return went
 
     def _borrow(self, st: RequestZoom, index: int, block: HostBlock) -> None:
         st.blocks[index] = block
