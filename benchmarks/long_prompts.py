@@ -113,8 +113,10 @@ def add_ratios(result: dict) -> None:
 def markdown(result: dict) -> str:
     m = result["meta"]
     n = lambda x, d=0: "-" if x is None else f"{x:,.{d}f}"  # noqa: E731
+    models = sorted({Path(str(s.get("model_path"))).name for s in m["servers"].values()})
     lines = [f"# Long prompts: SentenceKV against full KV and stock SGLang ({m.get('gpu')}, {m.get('date')})", "",
-             ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items()) + f". {m['batch']} concurrent greedy "
+             f"Model {', '.join(models)}; " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+             + f". {m['batch']} concurrent greedy "
              f"`ignore_eos` requests of {m['output']} output tokens per point, records prompts cut to the length; "
              f"sentencekv settings `{json.dumps(m['sentencekv_settings'])}`. KV pool: "
              + ", ".join(f"{k} {n(s.get('max_total_num_tokens'))}" for k, s in m["servers"].items()) + " tokens.",
@@ -205,6 +207,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     add("--load-format")
     add("--max-total-tokens", type=int, help="KV pool tokens of each server started here (default: its own)")
     add("--mem-fraction-static", type=float)
+    add("--zoomr-server-flags", default="", help="launch.py flags for the ZoomR server only, e.g. its host store size "
+        "(the demoted sentences of every request of a point must fit it)")
     add("--seed", type=int, default=20261206)
     add("--server-timeout", type=float, default=900.0)
     add("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -221,7 +225,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if args.sink < 0 or args.recent < 0:
         ap.error("--sink and --recent must be zero or more")
     # what capacity.open_server reads: without --max-total-tokens each server sizes its own pool (its "whole GPU")
-    args.whole_gpu, args.zoomr_server_flags = args.max_total_tokens is None, ""
+    args.whole_gpu = args.max_total_tokens is None
     args.url_stock_flags = args.url_zoomr_no_overlap = None
     return args, extra
 

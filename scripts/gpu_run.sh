@@ -4,7 +4,7 @@
 #
 #   here (CPU host), once:  scripts/gpu_run.sh --prepare     # fills .gpu/ (runtime archive, pure-python test deps)
 #   on the device:          bash scripts/gpu_run.sh [long] [tests] [bench] [e2e] [suite] [capacity-launch]
-#                           [capacity-start] [capacity] [capacity-stop] [train] [accuracy]
+#                           [capacity-start] [capacity] [capacity-stop] [train] [accuracy] [long-prompts]
 #                           (default: tests bench e2e; long runs in the background beside the later phases)
 #                           writes $OUT/results/{kernels,serve_long,capacity}.{json,md,png}, $OUT/gpu_run.log,
 #                           $OUT/logs.tgz
@@ -77,9 +77,11 @@ CAP_URL_FLAGS=(--url-stock --url-stock-flags --url-zoomr --url-zoomr-no-overlap)
 CAP_SERVERS=${CAPACITY_SERVERS:-stock,zoomr}
 CAP_BASE_PORT=$([[ ${CAPACITY_WHOLE_GPU:-0} == 1 ]] && echo 30031 || echo 30021)  # whole-GPU servers apart
 CAP_LENGTHS=${CAPACITY_LENGTHS:-4096,8192,16384,32768}
+# Admission promises a bounded request max_new_tokens host rows: the store must hold every admitted request's detail
+# (16 x 32K = 524K rows), or the rest run on stock accounting. 560K rows of Qwen3-8B are 77 GiB of the H200 host's 128.
 cap_flags() {  # the benchmark's server-shaping flags: the same for --print-server-argv and the run
   local f=(--model-path /tmp/qwen3-8b --load-format dummy --lengths "$CAP_LENGTHS"
-           "--zoomr-server-flags=${CAPACITY_ZOOMR_FLAGS:---zoomr-host-store-tokens 262144}")
+           "--zoomr-server-flags=${CAPACITY_ZOOMR_FLAGS:---zoomr-host-store-tokens 560000}")
   [[ -n ${CAPACITY_MAX_TOTAL_TOKENS:-} ]] && f+=(--max-total-tokens "$CAPACITY_MAX_TOTAL_TOKENS")
   [[ ${CAPACITY_WHOLE_GPU:-0} == 1 ]] && f+=(--whole-gpu)
   printf '%q ' "${f[@]}"
@@ -142,6 +144,20 @@ for phase in "${PHASES[@]}"; do
       stamp "kernel benchmark"
       timeout $(left 30 400) python3 benchmarks/bench_kernels.py --out "$OUT/results" > "$OUT/bench.log" 2>&1
       echo "bench rc=$?" | tee -a "$OUT/bench.log"; tail -15 "$OUT/bench.log"
+      ;;
+    long-prompts)
+      # SentenceKV's yardstick (benchmarks/long_prompts.py) on Qwen3-8B with random weights: stock, then launch.py
+      # --enable-zoomr, each started here alone (16 x 32K prompts need a 530K-token pool each; the sentences of all
+      # of them fit the 560K-row host store). Needs a call of its own: two server starts (the second finds the
+      # FlashInfer kernels compiled) and three rows per prompt length.
+      stamp "long prompts: ${LONG_PROMPT_LENGTHS:-4K,16K,32K} x ${LONG_PROMPT_BATCH:-16}"
+      mkdir -p /tmp/qwen3-8b && cp .gpu/configs/qwen3-8b/config.json .gpu/configs/tiny-tokenizer/* /tmp/qwen3-8b/
+      timeout -s TERM $(left 30) python3 benchmarks/long_prompts.py --model-path /tmp/qwen3-8b --load-format dummy \
+        --prompt-lengths "${LONG_PROMPT_LENGTHS:-4K,16K,32K}" --batch "${LONG_PROMPT_BATCH:-16}" \
+        --max-total-tokens "${LONG_PROMPT_POOL:-540000}" --mem-fraction-static 0.85 \
+        "--zoomr-server-flags=--zoomr-host-store-tokens 560000" --out "$OUT/results" \
+        -- --cuda-graph-max-bs 32 > "$OUT/long_prompts.log" 2>&1
+      echo "long_prompts rc=$?"; grep '^|' "$OUT/results/long_prompts.md" 2>/dev/null | tail -12
       ;;
     long)
       # Qwen3-8B (random weights) for long engine-mode generations, ZoomR and full KV on the same server; in the
