@@ -136,14 +136,22 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(result: dict, path: Path) -> bool:
+def pyplot(prog: str):
+    """matplotlib's pyplot on the Agg backend, or None (a note on stderr) where matplotlib is missing."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("capacity: no matplotlib here: no PNG (redraw elsewhere with --from-json)", file=sys.stderr)
+        print(f"{prog}: no matplotlib here: no PNG (redraw elsewhere from the JSON)", file=sys.stderr)
+        return None
+    return plt
+
+
+def plot(result: dict, path: Path) -> bool:
+    plt = pyplot("capacity")
+    if plt is None:
         return False
     m = result["meta"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -145,13 +145,8 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("long_prompts: matplotlib missing, no PNG", file=sys.stderr)
+    plt = capacity_report.pyplot("long_prompts")
+    if plt is None:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for row, _, _ in ROWS:
