@@ -130,10 +130,7 @@ class DetailMover:
             return False
         if index in st.host_refused:
             st.host_refused.remove(index)
-        if st.table.location(index) is Location.PARKED:
-            slots = self._unpark(st, index)  # already holes in the row
-        else:
-            slots = self._unmap(st, t.detail_start, t.detail_end)
+        slots = self._out_of_row(st, index)
         handle = self.host.copy_from_device(block, self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots)
         st.blocks[index] = block
         st.table.begin_offload(index)
@@ -155,9 +152,7 @@ class DetailMover:
                 return
 
     def drop(self, st: RequestZoom, index: int) -> None:
-        t = st.table.thought(index)
-        parked = st.table.location(index) is Location.PARKED
-        self._free(self._unpark(st, index) if parked else self._unmap(st, t.detail_start, t.detail_end))
+        self._free(self._out_of_row(st, index))
         st.table.drop(index)
 
     def park(self, st: RequestZoom, index: int) -> None:
@@ -175,6 +170,19 @@ class DetailMover:
             self.totals["parked_detail_tokens"] += len(slots)
         else:  # a ZOOM detail recalled from PARKED: evicted back there
             st.table.evict(index)
+
+    def _out_of_row(self, st: RequestZoom, index: int) -> torch.Tensor:
+        """The detail's slots, out of the row: a parked detail's (holes already), else unmapped now."""
+        if st.table.location(index) is Location.PARKED:
+            return self._unpark(st, index)
+        t = st.table.thought(index)
+        return self._unmap(st, t.detail_start, t.detail_end)
+
+    def _back_into_row(self, st: RequestZoom, index: int) -> None:
+        """A parked detail's own slots written back over its span of the row."""
+        lo, hi = st.span(index)
+        self.req_to_token[st.row, lo:hi] = self._unpark(st, index).to(self.req_to_token.dtype)
+        self._add_holes(st, lo - hi)
 
     def _unpark(self, st: RequestZoom, index: int) -> torch.Tensor:
         """A parked detail's slots, no longer kept aside (the caller moves the thought on)."""
@@ -209,8 +217,7 @@ class DetailMover:
     def recall(self, st: RequestZoom, index: int) -> None:
         lo, hi = st.span(index)
         if st.table.location(index) is Location.PARKED:  # its own slots back into the row: no copy, no new slot
-            self.req_to_token[st.row, lo:hi] = self._unpark(st, index).to(self.req_to_token.dtype)
-            self._add_holes(st, lo - hi)
+            self._back_into_row(st, index)
             st.table.mark_recalled(index)
             self.totals["recalls"] += 1
             return
@@ -301,9 +308,7 @@ class DetailMover:
         st.inflight_slots = st.offloading_slots = 0
         self.busy.pop(st.rid, None)
         for i in list(st.parked):  # back into the row: SGLang frees or caches them with it
-            lo, hi = st.span(i)
-            self.req_to_token[st.row, lo:hi] = self._unpark(st, i).to(self.req_to_token.dtype)
-            self._add_holes(st, lo - hi)
+            self._back_into_row(st, i)
         if evict_zoom:
             for i in list(st.blocks):
                 if st.table.location(i) is Location.ZOOM:

@@ -346,7 +346,7 @@ class ZoomRManager:
         }
 
     def totals(self) -> dict:
-        return {**self.mover.totals, **self.borrow.totals, **self.planner.totals,
+        return {**self.mover.totals, **self.borrow.totals, **self.planner.totals, **self.sentences.totals,
                 "forced_markers": self.markers.forced_markers, "requests": self.admitted}
 
     def state(self) -> dict:

@@ -71,8 +71,10 @@ class PromptSentences:
         """Every request of ``due`` takes its first zoom now: their device sentences' mean keys come from one index
         build over all of them (one launch per scoring layer for the step, not per request)."""
         rows, spans, at = [], [], 0  # the due requests' rows end to end, and their device sentences in those terms
+        device = {st.rid: [i for i in range(len(st.table.segmenter.preset)) if st.table.location(i) is Location.DEVICE]
+                  for st in due}
         for st in due:
-            on_device = [i for i in range(len(st.table.segmenter.preset)) if st.table.location(i) is Location.DEVICE]
+            on_device = device[st.rid]
             if on_device:
                 end = st.table.thought(on_device[-1]).detail_end
                 rows.append(req_to_token[st.row, :end])
@@ -87,7 +89,7 @@ class PromptSentences:
             presets = [Sentence(lo, hi, True) for lo, hi in table.segmenter.preset]
             keys = torch.zeros(len(presets), len(k_buffers), kv_heads, head_dim, dtype=torch.float32,
                                device=k_buffers[0].device)
-            on_device = [i for i in range(len(presets)) if table.location(i) is Location.DEVICE]
+            on_device = device[st.rid]
             if on_device:
                 keys[on_device] = device_keys[taken:taken + len(on_device)]
                 taken += len(on_device)
