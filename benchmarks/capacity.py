@@ -13,7 +13,9 @@ KV pool (``--max-total-tokens``, default 4 x (prompt + longest output): stock ho
 Each is attached (``--url-*``, e.g. started side by side by ``scripts/gpu_run.sh capacity-start``) or started here,
 one at a time (stopped before the next; its log kept under --out). Rows are measured one at a time. Per output
 length every row gets the same ``--requests`` random prompts (ids below ``--vocab`` and the model's vocabulary):
-greedy ``ignore_eos`` streamed ``/generate`` calls, the radix cache flushed first. A point
+greedy ``ignore_eos`` streamed generations over ``--api`` (``benchmarks/stream_client.py``; default ``openai``:
+``/v1/completions``, whose chunks stay small at any length, with ``--kv-probes`` requests over ``/generate`` for
+ZoomR's ``meta_info.zoomr``), the radix cache flushed first. A point
 (``benchmarks/capacity_point.py``) runs to completion or, for lengths >= ``--window-from``, counts output tokens for
 ``--window`` s once the server is full, then aborts everything and waits until the scheduler is idle. Recorded per
 point: output tok/s; running requests, token usage and retractions from the scheduler's ``/metrics``
@@ -47,9 +49,11 @@ import requests
 try:
     from benchmarks import capacity_report
     from benchmarks.capacity_point import PointPlan, PointResult, measure_point
+    from benchmarks.stream_client import APIS
 except ImportError:  # run as a script: benchmarks/ itself is on the path
     import capacity_report
     from capacity_point import PointPlan, PointResult, measure_point
+    from stream_client import APIS
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_FLAGS = {"stock": [], "stock_zoomr_flags": ["--page-size", "1"], "zoomr": ["--enable-zoomr"],
@@ -213,7 +217,8 @@ def run(args, extra: list[str]) -> tuple[dict, int]:
                                      meta["servers"][name]["max_total_num_tokens"],
                                      # whole GPU: the host store cannot promise every request's detail, so ZoomR
                                     # rows may retract too and count as full, like stock's, once the pool is
-                                    bounded=row.policy in ("zoomr", "summary_only") and not args.whole_gpu)
+                                    bounded=row.policy in ("zoomr", "summary_only") and not args.whole_gpu,
+                                    api=args.api, kv_probes=args.kv_probes)
                     points.append(asyncio.run(measure_point(server.url, plan)))
                     bar.set_postfix_str(f"{points[-1].output_tok_per_s or 0:.0f} tok/s")
                     bar.update()
@@ -264,6 +269,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     add("--prompt-tokens", type=int, default=256)
     add("--requests", type=int, default=32, help="concurrent requests per point")
     add("--vocab", type=int, default=4000, help="prompt ids are drawn below this (and below the model's vocabulary)")
+    add("--api", choices=APIS, default="openai", help="how requests stream: /v1/completions or /generate")
+    add("--kv-probes", type=int, default=2, help="with --api openai: requests per point streamed over /generate "
+        "(ZoomR's per-request meta_info.zoomr)")
     add("--window-from", default="16K", help="lengths from this one on are measured over a window")
     add("--window", type=float, default=120.0, help="seconds measured once the server is full")
     add("--settle", type=float, default=10.0, help="seconds without a new request streaming that mean 'full'")
@@ -309,6 +317,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             ap.error(f"--{name.replace('_', '-')} must be positive")
     if args.min_thought > args.max_thought:
         ap.error("--min-thought must not exceed --max-thought")
+    if args.kv_probes < 0:
+        ap.error("--kv-probes must not be negative")
     if args.vocab <= 10:
         ap.error("--vocab must exceed 10")
     if args.max_total_tokens is not None and args.max_total_tokens <= 0:

@@ -1,8 +1,11 @@
 """One point of the capacity benchmark: N concurrent streamed generations against one server, as the client and the
 scheduler saw them.
 
-Contract: ``measure_point(url, plan)`` flushes the server's radix cache, sends ``plan.prompts`` to ``/generate`` at
-once (greedy, ``ignore_eos``, ``stream``, ``plan.custom_params`` per request), and returns a ``PointResult``:
+Contract: ``measure_point(url, plan)`` flushes the server's radix cache, sends ``plan.prompts`` at once (greedy,
+``ignore_eos``, ``stream``, ``plan.custom_params`` per request) over ``plan.api`` (``benchmarks.stream_client``), the
+first ``plan.kv_probes`` of them over ``/generate`` for ZoomR's per-request ``meta_info.zoomr`` (the OpenAI
+transport carries none; the same split on every row, so every server sees the same load), and returns a
+``PointResult``:
 - ``plan.window_s`` None: every request runs to its end; the measurement spans the first send to the last token.
 - otherwise: once the server is full (``wait_full``) it counts output tokens for ``window_s`` seconds (less if a
   request finishes first: ``cut_short``; no rate under ``MIN_WINDOW_S``), then aborts everything (``/abort_request {"abort_all": true}``).
@@ -14,20 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import aiohttp
 
 try:
     from benchmarks.scheduler_probe import SchedulerProbe, read_sample, wait_idle
+    from benchmarks.stream_client import RequestTrace, stream_one
 except ImportError:  # run as a script: benchmarks/ itself is on the path
     from scheduler_probe import SchedulerProbe, read_sample, wait_idle
-
-try:
-    from orjson import loads
-except ImportError:
-    from json import loads
+    from stream_client import RequestTrace, stream_one
 
 
 MIN_WINDOW_S = 0.5  # a shorter measurement has no rate worth reporting
@@ -45,6 +44,8 @@ class PointPlan(NamedTuple):
     poll_s: float = 0.5  # between /metrics reads
     pool_tokens: int | None = None  # the server's KV pool (wait_full: may a retraction still come?)
     bounded: bool = False  # a row charged by ZoomR's bound: it never retracts, and its usage grows until the end
+    api: str = "openai"  # stream_client transport of every request but the KV probes
+    kv_probes: int = 2  # the first requests stream over /generate: meta_info.zoomr (ZoomR's device KV per request)
 
 
 class PointResult(NamedTuple):
@@ -68,61 +69,7 @@ class PointResult(NamedTuple):
     peak_kv_source: str
     step_kv_mean: float | None  # device KV per request averaged over its decode steps, then over the requests
     scheduler: dict  # scheduler_probe.SchedulerFigures
-
-
-@dataclass
-class RequestTrace:
-    """One streamed request as the client saw it: arrival time and cumulative completion tokens of each chunk."""
-
-    times: list[float] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    zoomr: dict | None = None  # the latest meta_info.zoomr
-    finish: str | None = None
-    error: str | None = None
-
-    @property
-    def count(self) -> int:
-        return self.tokens[-1] if self.tokens else 0
-
-
-def meta_info(body: bytes) -> dict:
-    """``meta_info`` of one stream chunk. SGLang's chunks end with it; parse just that (a chunk also carries every
-    output id so far), else the whole chunk."""
-    at = body.rfind(b'"meta_info":')
-    if at >= 0 and body.endswith(b"}"):
-        try:
-            meta = loads(body[at + 12:-1])
-            if isinstance(meta, dict) and "completion_tokens" in meta:
-                return meta
-        except ValueError:
-            pass
-    chunk = loads(body)
-    if "error" in chunk:
-        raise RuntimeError(chunk["error"].get("message", chunk["error"]))
-    return chunk["meta_info"]
-
-
-async def stream_one(session: aiohttp.ClientSession, url: str, payload: dict, trace: RequestTrace) -> None:
-    try:
-        async with session.post(url + "/generate", json=payload) as r:
-            if r.status != 200:
-                trace.error = f"HTTP {r.status}: {(await r.text())[:300]}"
-                return
-            async for line in r.content:
-                if not line.startswith(b"data: "):
-                    continue
-                t, body = time.perf_counter(), line[6:].strip()
-                if body == b"[DONE]":
-                    return
-                meta = meta_info(body)
-                if meta["completion_tokens"] > trace.count:
-                    trace.times.append(t)
-                    trace.tokens.append(meta["completion_tokens"])
-                trace.zoomr = meta.get("zoomr") or trace.zoomr
-                if meta.get("finish_reason"):
-                    trace.finish = meta["finish_reason"]["type"]
-    except (aiohttp.ClientError, RuntimeError, ValueError) as e:
-        trace.error = f"{type(e).__name__}: {e}"
+    transport: str = "generate"  # how the requests streamed (points measured before 2026-12-06: all /generate)
 
 
 def tbt_ms(traces: list[RequestTrace], t0: float, t1: float) -> tuple[float | None, float | None, int]:
@@ -171,6 +118,18 @@ async def wait_full(traces: list[RequestTrace], probe: SchedulerProbe, plan: Poi
         await asyncio.sleep(0.1)
 
 
+def api_of(plan: PointPlan, i: int) -> str:
+    return "generate" if i < plan.kv_probes else plan.api
+
+
+def transport(plan: PointPlan) -> str:
+    n = len(plan.prompts)
+    probes = min(n, plan.kv_probes) if plan.api != "generate" else 0
+    if not probes:
+        return plan.api
+    return f"{plan.api}, {probes} of {n} over generate"
+
+
 async def measure_point(url: str, plan: PointPlan) -> PointResult:
     params = {"max_new_tokens": plan.length, "temperature": 0, "ignore_eos": True}
     if plan.custom_params:
@@ -186,9 +145,8 @@ async def measure_point(url: str, plan: PointPlan) -> PointResult:
         probe.start()
         traces = [RequestTrace() for _ in plan.prompts]
         t_send = time.perf_counter()
-        tasks = [asyncio.create_task(stream_one(session, url, {"input_ids": ids, "stream": True,
-                                                               "sampling_params": params}, tr))
-                 for ids, tr in zip(plan.prompts, traces)]
+        tasks = [asyncio.create_task(stream_one(session, url, api_of(plan, i), ids, params, tr))
+                 for i, (ids, tr) in enumerate(zip(plan.prompts, traces))]
         try:
             if plan.window_s is None:
                 await asyncio.gather(*tasks)
@@ -231,4 +189,5 @@ async def measure_point(url: str, plan: PointPlan) -> PointResult:
         cut_short=cut, started=sum(1 for tr in traces if tr.tokens), output_tokens=tokens,
         output_tok_per_s=tokens / seconds if seconds >= MIN_WINDOW_S else None, tbt_p50_ms=p50, tbt_p99_ms=p99, tbt_samples=n_gaps,
         peak_kv_max=max(peaks) if peaks else None, peak_kv_mean=sum(peaks) / len(peaks) if peaks else None,
-        peak_kv_source=source, step_kv_mean=sum(steps) / len(steps) if steps else None, scheduler=sched._asdict())
+        peak_kv_source=source, step_kv_mean=sum(steps) / len(steps) if steps else None, scheduler=sched._asdict(),
+        transport=transport(plan))

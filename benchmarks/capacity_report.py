@@ -59,10 +59,11 @@ def _n(x, digits: int = 0) -> str:
 
 
 def _measured(p: dict) -> str:
+    over = f"; streamed: {p.get('transport', 'generate')}"
     if p["mode"] == "complete":
-        return f"complete, {p['measured_s']:.1f} s"
+        return f"complete, {p['measured_s']:.1f} s{over}"
     text = f"window {p['measured_s']:.1f} s after {p['ramp_s']:.1f} s ramp ({p['full_by']})"
-    return text + (", cut short by a finish" if p["cut_short"] else "")
+    return text + (", cut short by a finish" if p["cut_short"] else "") + over
 
 
 def markdown(result: dict) -> str:
@@ -120,7 +121,12 @@ def markdown(result: dict) -> str:
         if rate("zoomr") and rate("zoomr_no_overlap"):
             lines += ["", f"`zoomr` against `zoomr_no_overlap` (what the overlap scheduler gives ZoomR): "
                           f"{rate('zoomr') / rate('zoomr_no_overlap'):.2f}x."]
-    lines += ["", "Output tok/s: output tokens the client received inside the measurement over its length (complete: "
+    lines += ["", "Streamed: `openai` is `/v1/completions` with `stream_options.continuous_usage_stats` (each chunk: the "
+              "new text and the token count so far); `generate` is SGLang's `/generate` with its default streaming "
+              "(each chunk: the whole text and every output id so far, so SGLang's HTTP side does more per chunk as "
+              "outputs grow); `openai, K of N over generate`: K requests of the point streamed over `/generate` for "
+              "ZoomR's per-request `meta_info.zoomr` (peak device KV), the same split on every row.",
+              "", "Output tok/s: output tokens the client received inside the measurement over its length (complete: "
               "first request sent to last token; window: from the moment the server was full). Generated tok/s: the "
               "mean of the scheduler's own `sglang:gen_throughput` gauge over the measurement (tokens the GPU "
               "produced; SGLang's HTTP side delivers them later when it falls behind). Running requests and "

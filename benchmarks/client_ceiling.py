@@ -2,7 +2,7 @@
 """The capacity benchmark's client ceiling: how many SGLang-shaped stream chunks per second its client takes in.
 
 Why: at 16K outputs the capacity benchmark's clients received 61% of the tokens ZoomR's scheduler generated. This
-tells apart the two suspects: if the client (``benchmarks/capacity_point.stream_one``, the code the benchmark runs)
+tells apart the two suspects: if the client (``benchmarks/stream_client.stream_one``, the code the benchmark runs)
 takes in far more chunks per second than the scheduler produced, the shortfall is SGLang's HTTP side.
 
 A local aiohttp server (its own process) streams, per request, chunks shaped as SGLang 0.5.17's default streaming
@@ -62,12 +62,12 @@ def _serve(port: int, start: int, chunks: int) -> None:
 async def _client(url: str, streams: int) -> tuple[int, float, list[str]]:
     import aiohttp
 
-    from benchmarks.capacity_point import RequestTrace, stream_one
+    from benchmarks.stream_client import RequestTrace, stream_one
 
     traces = [RequestTrace() for _ in range(streams)]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         t0 = time.perf_counter()
-        await asyncio.gather(*[stream_one(session, url, {}, tr) for tr in traces])
+        await asyncio.gather(*[stream_one(session, url, "generate", [], {}, tr) for tr in traces])
         seconds = time.perf_counter() - t0
     return sum(len(t.tokens) for t in traces), seconds, [t.error for t in traces if t.error]
 
@@ -105,7 +105,7 @@ def write(out: Path, meta: dict, rows: list[dict]) -> str:
     (out / "client_ceiling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     lines = [f"# The capacity client's ceiling ({meta['machine']}, {meta['date']})", "",
              f"{meta['streams']} concurrent SGLang-shaped streams (whole text and every output id so far in each "
-             f"chunk), {meta['chunks']} chunks each, taken in by `benchmarks/capacity_point.stream_one`; the server "
+             f"chunk), {meta['chunks']} chunks each, taken in by `benchmarks/stream_client.stream_one`; the server "
              "is a local aiohttp process on the same host.", "",
              "| cumulative ids per chunk | chunks / s taken in | MB / s |", "|---|---|---|"]
     lines += [f"| {r['start_ids']:,} | {r['chunks_per_s']:,} | {r['mb_per_s']:,} |" for r in rows]

@@ -10,8 +10,9 @@ import pytest
 import requests
 
 from benchmarks import capacity
-from benchmarks.capacity_point import RequestTrace, tbt_ms
+from benchmarks.capacity_point import tbt_ms
 from benchmarks.scheduler_probe import QUEUED, RUNNING, parse_metrics
+from benchmarks.stream_client import RequestTrace
 from tests.server_process import ServerProcess
 
 N = 3
@@ -54,6 +55,8 @@ def test_capacity_rows_points_and_idle_servers(zoomr_server, stock_metrics_serve
         assert s["retractions"] == 0  # a 65,536-token pool holds 3 requests of 2.3K tokens
         assert 0 < p["tbt_p50_ms"] <= p["tbt_p99_ms"], (row, length, p)
         assert p["x_stock"] == pytest.approx(p["output_tok_per_s"] / points[("stock", length)]["output_tok_per_s"])
+        # the default transport: OpenAI completions (token counts from continuous usage), two KV probes on /generate
+        assert p["transport"] == f"openai, 2 of {N} over generate", p
     for row in ("stock", "zoomr", "full"):
         done, window = points[(row, 256)], points[(row, 2048)]
         assert done["mode"] == "complete" and done["output_tokens"] == N * 256
