@@ -22,10 +22,10 @@ from typing import NamedTuple
 import aiohttp
 
 try:
-    from benchmarks.scheduler_probe import SchedulerProbe, read_sample, wait_idle
+    from benchmarks.scheduler_probe import SchedulerProbe, host_ms_per_step, read_host_clock, read_sample, wait_idle
     from benchmarks.stream_client import RequestTrace, stream_one
 except ImportError:  # run as a script: benchmarks/ itself is on the path
-    from scheduler_probe import SchedulerProbe, read_sample, wait_idle
+    from scheduler_probe import SchedulerProbe, host_ms_per_step, read_host_clock, read_sample, wait_idle
     from stream_client import RequestTrace, stream_one
 
 
@@ -70,6 +70,7 @@ class PointResult(NamedTuple):
     step_kv_mean: float | None  # device KV per request averaged over its decode steps, then over the requests
     scheduler: dict  # scheduler_probe.SchedulerFigures
     transport: str = "generate"  # how the requests streamed (points measured before 2026-12-06: all /generate)
+    zoomr_host_ms: dict | None = None  # ZoomR's own host ms per decode step over the measurement, per hook
 
 
 def tbt_ms(traces: list[RequestTrace], t0: float, t1: float) -> tuple[float | None, float | None, int]:
@@ -144,20 +145,27 @@ async def measure_point(url: str, plan: PointPlan) -> PointResult:
         before = await read_sample(session, url)
         probe.start()
         traces = [RequestTrace() for _ in plan.prompts]
+        clock0 = clock1 = await read_host_clock(session, url) if plan.custom_params else None
         t_send = time.perf_counter()
         tasks = [asyncio.create_task(stream_one(session, url, api_of(plan, i), ids, params, tr))
                  for i, (ids, tr) in enumerate(zip(plan.prompts, traces))]
         try:
             if plan.window_s is None:
                 await asyncio.gather(*tasks)
+                if clock0 is not None:
+                    clock1 = await read_host_clock(session, url)
                 t0, ramp, full_by, tok0, cut = t_send, 0.0, "", 0, False
                 t1 = max((tr.times[-1] for tr in traces if tr.times), default=t_send)
             else:
                 t0, full_by = await wait_full(traces, probe, plan)
                 ramp, tok0 = t0 - t_send, count_at(traces)
+                if clock0 is not None:
+                    clock0 = await read_host_clock(session, url)
                 while time.perf_counter() < t0 + plan.window_s and not any(tr.finish or tr.error for tr in traces):
                     await asyncio.sleep(0.05)
                 t1, cut = time.perf_counter(), any(tr.finish for tr in traces)
+                if clock0 is not None:
+                    clock1 = await read_host_clock(session, url)
             tok1 = count_at(traces)
         finally:  # done, failed or interrupted: nothing of this point may keep running on the server
             if not all(t.done() for t in tasks):
@@ -190,4 +198,4 @@ async def measure_point(url: str, plan: PointPlan) -> PointResult:
         output_tok_per_s=tokens / seconds if seconds >= MIN_WINDOW_S else None, tbt_p50_ms=p50, tbt_p99_ms=p99, tbt_samples=n_gaps,
         peak_kv_max=max(peaks) if peaks else None, peak_kv_mean=sum(peaks) / len(peaks) if peaks else None,
         peak_kv_source=source, step_kv_mean=sum(steps) / len(steps) if steps else None, scheduler=sched._asdict(),
-        transport=transport(plan))
+        transport=transport(plan), zoomr_host_ms=host_ms_per_step(clock0, clock1))

@@ -66,6 +66,21 @@ def _measured(p: dict) -> str:
     return text + (", cut short by a finish" if p["cut_short"] else "") + over
 
 
+def step_ms(p: dict) -> float | None:
+    """The scheduler's time per decode step over the measurement: running requests over generated tokens/s."""
+    s = p["scheduler"]
+    gen = s.get("gen_throughput_mean")
+    return 1000.0 * s["running_mean"] / gen if gen else None
+
+
+def _host_line(p: dict) -> str:
+    ms = dict(p["zoomr_host_ms"])
+    total, steps = ms.pop("total"), ms.pop("decode_steps")
+    parts = ", ".join(f"{name} {v:.3f}" for name, v in sorted(ms.items(), key=lambda kv: -kv[1]))
+    return (f"\n`{p['row']}`: ZoomR's own host work {total:.2f} ms per decode step over {steps:,} steps ({parts}); "
+            f"the scheduler's step: {_n(step_ms(p), 2)} ms at {p['scheduler']['running_mean']:.1f} running requests.")
+
+
 def markdown(result: dict) -> str:
     m = result["meta"]
     versions = ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
@@ -115,6 +130,7 @@ def markdown(result: dict) -> str:
                 f"{s['token_usage_mean']:.0%} / {s['token_usage_max']:.0%} | {s['retractions']} | "
                 f"{_n(p['tbt_p50_ms'], 1)} / {_n(p['tbt_p99_ms'], 1)} | {kv} | {_measured(p)} |")
         by_row = {p["row"]: p for p in rows}
+        lines += [_host_line(p) for p in rows if p.get("zoomr_host_ms")]
         rate = lambda r: by_row.get(r, {}).get("output_tok_per_s")  # noqa: E731
         if rate("full") and rate("stock"):
             lines += ["", f"`full` against `stock`: {rate('full') / rate('stock'):.2f}x (target: at least 0.95)."]

@@ -6,6 +6,9 @@ Contract:
 - ``SchedulerProbe(session, url, interval)`` samples in the background between ``start()`` and ``await stop()``;
   ``figures(t0, t1, before, after)`` summarises the samples taken in ``[t0, t1]`` (plain means: the samples are
   evenly spaced in time) and the retractions between two samples read at the point's start and end.
+- ``read_host_clock(session, url)``: a ZoomR server's ``HostClock`` report (``/server_info``, the first scheduler's
+  ``zoomr.manager.host_clock``), None for a server without one; ``host_ms_per_step(before, after)``: ZoomR's host
+  milliseconds per decode step between two reports, per hook and in ``total`` (None without decode steps).
 - ``wait_idle(session, url, timeout)`` returns once two reads in a row show no running and no queued request;
   it raises ``TimeoutError`` otherwise.
 
@@ -85,6 +88,27 @@ async def read_sample(session: aiohttp.ClientSession, url: str) -> SchedulerSamp
         raise MetricsUnavailable(f"{url}/metrics has no {RUNNING}: start the server with --enable-metrics")
     return SchedulerSample(time.perf_counter(), m[RUNNING], m.get(QUEUED, 0.0), m.get(TOKEN_USAGE, 0.0),
                            m.get(USED_TOKENS, 0.0), m.get(GEN_THROUGHPUT, 0.0), m.get(RETRACTED, 0.0))
+
+
+async def read_host_clock(session: aiohttp.ClientSession, url: str) -> dict | None:
+    try:
+        async with session.get(url + "/server_info", timeout=aiohttp.ClientTimeout(total=30)) as r:
+            info = await r.json() if r.status == 200 else {}
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        return None
+    states = info.get("internal_states") or [{}]
+    return ((states[0].get("zoomr") or {}).get("manager") or {}).get("host_clock")
+
+
+def host_ms_per_step(before: dict | None, after: dict | None) -> dict | None:
+    if not before or not after:
+        return None
+    steps = after["decode_steps"] - before["decode_steps"]
+    if steps <= 0:
+        return None
+    seconds = {name: sec - before["hooks"].get(name, (0, 0.0))[1] for name, (_, sec) in after["hooks"].items()}
+    ms = {name: round(1000.0 * sec / steps, 4) for name, sec in seconds.items() if sec > 0}
+    return {**ms, "total": round(sum(ms.values()), 4), "decode_steps": steps}
 
 
 class SchedulerProbe:

@@ -57,6 +57,14 @@ def test_capacity_rows_points_and_idle_servers(zoomr_server, stock_metrics_serve
         assert p["x_stock"] == pytest.approx(p["output_tok_per_s"] / points[("stock", length)]["output_tok_per_s"])
         # the default transport: OpenAI completions (token counts from continuous usage), two KV probes on /generate
         assert p["transport"] == f"openai, 2 of {N} over generate", p
+        # ZoomR's own host time per decode step, from the server's clock (/server_info), on ZoomR rows only
+        host = p["zoomr_host_ms"]
+        if row == "stock":
+            assert host is None
+        else:
+            assert host["decode_steps"] > 0 and host["total"] > 0 and host["after_decode"] > 0, (row, length, host)
+            assert host["total"] == pytest.approx(sum(v for k, v in host.items() if k not in ("total", "decode_steps")),
+                                                  abs=1e-3)
     for row in ("stock", "zoomr", "full"):
         done, window = points[(row, 256)], points[(row, 2048)]
         assert done["mode"] == "complete" and done["output_tokens"] == N * 256
@@ -70,6 +78,7 @@ def test_capacity_rows_points_and_idle_servers(zoomr_server, stock_metrics_serve
     table = (tmp_path / "capacity.md").read_text()
     assert "## output 256 tokens" in table and "## output 2,048 tokens" in table
     assert "| row | output tok/s | x stock |" in table and "| full |" in table
+    assert "`zoomr`: ZoomR's own host work" in table and "ms per decode step" in table
     assert (tmp_path / "capacity.png").stat().st_size > 0
     # nothing left running on either server: the window points were aborted and drained
     assert _scheduler_idle(stock_metrics_server.url) and _scheduler_idle(zoomr_server.url)

@@ -29,6 +29,8 @@ Hooks now:
 - ``SchedulerBatchResultProcessor.process_batch_result_prefill`` / ``process_batch_result_decode`` (AFTER): the
   step's sampled tokens are in ``req.output_ids``; the manager segments, offloads, decides markers and zooms there.
   With the overlap scheduler the next forward is already running then (``zoomr_sgl.manager``'s contract).
+- Each hook that calls the manager times the manager's part (never SGLang's) into ``MANAGER.clock``
+  (``zoomr_sgl.host_clock``), which ``/server_info`` reports: ZoomR's host milliseconds per decode step, per hook.
 - ``Scheduler.run_batch`` (BEFORE, every batch): the last point before SGLang launches a forward, the one it numbers
   ``forward_ct + 1`` (``batch.forward_iter``): the manager fixes what that forward reads (hole counts for its plan,
   landed copies, forced tokens).
@@ -81,6 +83,7 @@ Hooks now:
 from __future__ import annotations
 
 import os
+from time import perf_counter
 
 import torch
 
@@ -210,31 +213,47 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
 
     def after_prefill(result, processor, batch, *args, **kwargs):
         if MANAGER is not None:
+            t0 = perf_counter()
             MANAGER.after_prefill(batch)
+            MANAGER.clock.add("after_prefill", perf_counter() - t0)
         return result
 
     def after_decode(result, processor, batch, *args, **kwargs):
         if MANAGER is not None:
+            t0 = perf_counter()
             MANAGER.after_decode(batch)
+            MANAGER.clock.add("after_decode", perf_counter() - t0)
+            MANAGER.clock.step()
         return result
 
     def before_run_batch(scheduler, batch, *args, **kwargs):
         if MANAGER is not None and batch is not None:
+            t0 = perf_counter()
             MANAGER.before_forward(batch, scheduler.forward_ct + 1)  # run_batch numbers it so first thing
+            MANAGER.clock.add("before_forward", perf_counter() - t0)
         return None
 
     def force_sampled(original, runner, logits_output, forward_batch, *args, **kwargs):
         ids = original(runner, logits_output, forward_batch, *args, **kwargs)
-        return ids if MANAGER is None else MANAGER.on_sample(ids, logits_output, forward_batch)
+        if MANAGER is None:
+            return ids
+        t0 = perf_counter()
+        ids = MANAGER.on_sample(ids, logits_output, forward_batch)
+        MANAGER.clock.add("on_sample", perf_counter() - t0)
+        return ids
 
     def screen_new_request(scheduler, req, is_retracted=False, *args, **kwargs):
         if MANAGER is not None and not is_retracted:
+            t0 = perf_counter()
             MANAGER.screen(req)
+            MANAGER.clock.add("screen", perf_counter() - t0)
         return None
 
     def before_release(req, tree_cache=None, is_insert=True, *args, **kwargs):
         if MANAGER is not None:
+            t0 = perf_counter()
             MANAGER.release(req, is_insert=is_insert)
+            MANAGER.clock.add("release", perf_counter() - t0)
         return None
 
     HookRegistry.register(SCHEDULER_INIT, build_manager, HookType.AFTER)
@@ -252,11 +271,19 @@ def install_admission_hooks() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     def running_offset(original, adder, req, *args, **kwargs):
-        growth = MANAGER.admission.running_growth(req) if MANAGER is not None else None
+        if MANAGER is None:
+            return original(adder, req, *args, **kwargs)
+        t0 = perf_counter()
+        growth = MANAGER.admission.running_growth(req)
+        MANAGER.clock.add("admission", perf_counter() - t0)
         return original(adder, req, *args, **kwargs) if growth is None else growth
 
     def admit_new(original, adder, req, *args, **kwargs):
-        growth = MANAGER.admission.new_growth(req) if MANAGER is not None else None
+        if MANAGER is None:
+            return original(adder, req, *args, **kwargs)
+        t0 = perf_counter()
+        growth = MANAGER.admission.new_growth(req)
+        MANAGER.clock.add("admission", perf_counter() - t0)
         if growth is None:
             return original(adder, req, *args, **kwargs)
         params, before = req.sampling_params, len(adder.can_run_list)

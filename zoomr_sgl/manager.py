@@ -92,6 +92,7 @@ from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError
 from zoomr_sgl.detail_mover import DetailMover
 from zoomr_sgl.engine_markers import EngineMarkers
 from zoomr_sgl.forward_slots import ForwardSlots
+from zoomr_sgl.host_clock import HostClock
 from zoomr_sgl.host_store import HostDetailStore, auto_capacity
 from zoomr_sgl.poison import FreedSlotPoison
 from zoomr_sgl.prompt_sentences import PromptSentences
@@ -164,6 +165,7 @@ class ZoomRManager:
         self._holes: ForwardHoles | None = None
         self.decode_steps = 0
         self.admitted = 0
+        self.clock = HostClock()  # written by the hooks around each manager call (zoomr_sgl.hooks)
         self.poison = FreedSlotPoison(self.kv_pool, self.forward_stream if self.overlap else None) \
             if FreedSlotPoison.enabled() else None
         self.probe = StepProbe() if StepProbe.enabled() else None
@@ -363,6 +365,7 @@ class ZoomRManager:
             **({"step_probe": self.probe.summary()} if self.probe is not None else {}),
             **({"poison_nan_rows": self.poison.nan_rows()} if self.poison is not None else {}),
             "overlap": self.overlap,
+            "host_clock": self.clock.report()._asdict(),
         }
 
     # ------------------------------------------------------------------ admission
