@@ -20,7 +20,10 @@ Contract:
   requests that opted out. The bound assumes the host store takes every detail; when it refuses (``keep_on_device``) a
   detail stays on the device (parked) and SGLang's own retraction is the backstop.
 - ``running_growth(req)``: for a running bounded request, ``peak - device_now`` (its device KV now, from the manager's
-  counters; 0 once finished): what the adder must keep free for it. Once its thinking has ended (engine mode's
+  counters; 0 once finished): what the adder must keep free for it. A request the adder took by its bound that the
+  manager has not taken yet (the overlap scheduler runs it one step before its prefill result is processed) is
+  charged ``peak - (prompt + output)``: its bound, not stock's estimate (SGLang stops admitting after one refusal
+  until a request finishes, so a transient overcharge would cap the batch for good). Once its thinking has ended (engine mode's
   ``thinking_end``) its answer stays on the device, so it keeps at least the rest of ``max_new_tokens`` free too. No
   ``new_token_ratio``: the bound holds, so a batch of bounded requests that was admitted never needs a retraction.
 - ``new_growth(req)``: for a waiting bounded request, ``peak - prompt_len`` (what it adds beyond its prefill).
@@ -131,7 +134,9 @@ class ZoomRAdmission:
 
     def running_growth(self, req) -> int | None:
         st = self.manager.requests.get(req.rid)
-        if st is None or not st.engine:
+        if st is None:
+            return self._unmanaged_growth(req)
+        if not st.engine:
             return None
         if st.bound == UNKNOWN:
             self.settle(st, req)
@@ -143,6 +148,21 @@ class ZoomRAdmission:
         if st.thinking_done:  # the answer stays on the device: it may grow to the request's limit
             return max(0, peak - st.device_tokens(), req.sampling_params.max_new_tokens - len(req.output_ids))
         return max(0, peak - st.device_tokens())
+
+    def _unmanaged_growth(self, req) -> int | None:
+        """A running request the manager has not taken yet: with the overlap scheduler SGLang merges a prefilled
+        request into the running batch one step before its prefill result (where the manager takes it) is
+        processed. One the adder took by its bound (promised) is charged its bound less all it holds (nothing has
+        left the device yet); charged as stock instead, its first decode step would overcharge the pool, and one
+        refused admission keeps SGLang from trying again (``batch_is_full``) until a request finishes."""
+        cfg = getattr(req, "zoomr_config", None)
+        if cfg is None or getattr(req, "grammar", None) is not None or not self._promised(cfg, req):
+            return None
+        prompt_len = len(req.origin_input_ids)
+        peak = self._peak(cfg, prompt_len, req)
+        if peak is None:
+            return None
+        return 0 if req.finished() else max(0, peak - prompt_len - len(req.output_ids))
 
     def new_growth(self, req) -> int | None:
         cfg = getattr(req, "zoomr_config", None)  # set when the request was queued (ZoomRManager.screen)
