@@ -21,6 +21,7 @@ Contract:
 - ``recall`` (HOST -> RECALLING -> ZOOM): takes slots from the allocator (the caller checked the room) and starts
   the copy; the slots are written into the row when the copy has landed (``land``), from the next step on. From
   PARKED (-> ZOOM at once) it takes no slot and copies nothing: the parked slots go back into the row.
+  ``recall_many(st, indices)`` does so for several at once, the host copies of all of them batched (one handle).
   ``recall_slots(st, index)`` / ``evict_slots(st, index)``: the allocator slots a recall takes / an eviction frees.
 - ``land(st, wait)`` finishes the copies of ``st`` that have landed (all of them with ``wait``); ``land_busy`` does
   so for every request with copies in flight, and nothing for the others (no per-request work on a plain step).
@@ -215,25 +216,34 @@ class DetailMover:
         self.totals["evictions"] += 1
 
     def recall(self, st: RequestZoom, index: int) -> None:
-        lo, hi = st.span(index)
-        if st.table.location(index) is Location.PARKED:  # its own slots back into the row: no copy, no new slot
-            self._back_into_row(st, index)
-            st.table.mark_recalled(index)
+        self.recall_many(st, [index])
+
+    def recall_many(self, st: RequestZoom, indices) -> None:
+        """Recall each of ``indices`` (see the contract): the ones on the host with one batched copy."""
+        batch = []
+        for index in indices:
+            lo, hi = st.span(index)
             self.totals["recalls"] += 1
+            if st.table.location(index) is Location.PARKED:  # its own slots back into the row: no copy, no slot
+                self._back_into_row(st, index)
+                st.table.mark_recalled(index)
+                continue
+            slots = self.allocator.alloc(hi - lo)
+            if slots is None:
+                raise RuntimeError(f"recall of {hi - lo} tokens found no room (the caller checks the room first)")
+            # SGLang hands out a view of its whole free list, and every free replaces that list by a new tensor (a
+            # cat): a view kept while the copy lands pins the old list, one pool-sized tensor per recall (on an H200
+            # with a 44M-token pool, 330 MiB each: the server ran out of memory at 64 concurrent requests). A copy
+            # pins nothing.
+            batch.append((index, slots.clone()))
+            st.table.begin_recall(index)
+            self.totals["recalled_tokens"] += hi - lo
+        if not batch:
             return
-        slots = self.allocator.alloc(hi - lo)
-        if slots is None:
-            raise RuntimeError(f"recall of {hi - lo} tokens found no room (the caller checks the room first)")
-        # SGLang hands out a view of its whole free list, and every free replaces that list by a new tensor (a cat):
-        # a view kept while the copy lands pins the old list, one pool-sized tensor per recall (on an H200 with a
-        # 44M-token pool, 330 MiB each: the server ran out of memory at 64 concurrent requests). A copy pins nothing.
-        slots = slots.clone()
-        st.table.begin_recall(index)
-        handle = self.host.copy_to_device(st.blocks[index], self.kv_pool.k_buffer, self.kv_pool.v_buffer, slots,
-                                          after=self.recall_after)
-        self._track(st, st.recalling, Copy(index, slots, handle))
-        self.totals["recalls"] += 1
-        self.totals["recalled_tokens"] += hi - lo
+        handle = self.host.copy_many_to_device([(st.blocks[i], slots) for i, slots in batch], self.kv_pool.k_buffer,
+                                               self.kv_pool.v_buffer, after=self.recall_after)
+        for i, slots in batch:
+            self._track(st, st.recalling, Copy(i, slots, handle))
 
     def _track(self, st: RequestZoom, copies: list, copy: Copy) -> None:
         copies.append(copy)

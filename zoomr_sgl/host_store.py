@@ -21,6 +21,9 @@ Contract:
   On CUDA each run of a block is one contiguous host<->device copy of its rows, staged on the device by one
   ``kernels.kv_rows`` launch over every layer (not two copies per layer). ``copy_to_device(..., after=stream)``
   also waits for the work already queued on ``stream`` (a forward in flight that may still read those slots).
+  ``copy_many_to_device(items, k_buffers, v_buffers, after)`` does the same for several ``(block, slots)`` at once
+  with one handle for all: on CUDA one host->device copy per run into one device staging tensor and one
+  ``kernels.kv_rows`` scatter for all of them (a zoom recalls dozens of prompt sentences at once).
   Consumers on the compute stream must ``wait()`` (or ``handle.event`` must be waited on) before reading.
 - ``auto_capacity(pool_tokens, bytes_per_token, available_bytes, pinned)`` sizes the store for
   ``host_store_tokens = 0``: ``AUTO_POOL_MULTIPLE`` times the device pool's tokens (ZoomR admits more requests than
@@ -180,14 +183,54 @@ class HostDetailStore:
     def copy_from_device(self, block: HostBlock, k_buffers: Sequence[torch.Tensor],
                          v_buffers: Sequence[torch.Tensor], slots: torch.Tensor) -> CopyHandle:
         """Device slots -> this block, every layer."""
-        return self._copy(block, k_buffers, v_buffers, slots, to_host=True)
+        return self._copy_to_host(block, k_buffers, v_buffers, slots)
 
     def copy_to_device(self, block: HostBlock, k_buffers: Sequence[torch.Tensor],
                        v_buffers: Sequence[torch.Tensor], slots: torch.Tensor, after=None) -> CopyHandle:
         """This block -> device slots, every layer (after the work queued on stream ``after``, if given)."""
-        return self._copy(block, k_buffers, v_buffers, slots, to_host=False, after=after)
+        return self.copy_many_to_device([(block, slots)], k_buffers, v_buffers, after=after)
 
-    def _copy(self, block, k_buffers, v_buffers, slots, to_host: bool, after=None) -> CopyHandle:
+    def copy_many_to_device(self, items: Sequence[tuple[HostBlock, torch.Tensor]], k_buffers: Sequence[torch.Tensor],
+                            v_buffers: Sequence[torch.Tensor], after=None) -> CopyHandle:
+        """Each ``(block, slots)`` of ``items`` -> its device slots, every layer, with one handle for all of them."""
+        for block, slots in items:
+            self._validate(block, k_buffers, v_buffers, slots)
+        if self._stream is None:  # CPU: synchronous
+            for block, slots in items:
+                self._copy_runs(block, k_buffers, v_buffers, slots, to_host=False)
+            return CopyHandle()
+        if not items:
+            return CopyHandle()
+        from kernels.kv_rows import scatter_rows
+
+        buffers = [*k_buffers, *v_buffers]
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)  # the freshly allocated slots are ready
+        if after is not None:
+            self._stream.wait_stream(after)
+        total = sum(block.num_tokens for block, _ in items)
+        with torch.cuda.stream(self._stream):
+            slots = torch.cat([s.to(self.device, non_blocking=True) for _, s in items])
+            staged = torch.empty((total, len(buffers), *self.kv.shape[3:]), dtype=self.kv.dtype, device=self.device)
+            at = 0
+            for block, _ in items:  # one contiguous host->device copy per run, into its place in ``staged``
+                for start, count in block.runs:
+                    staged[at:at + count].copy_(self.kv[start:start + count].view(count, len(buffers),
+                                                                                 *self.kv.shape[3:]),
+                                                non_blocking=True)
+                    at += count
+            scatter_rows(buffers, slots, staged)
+            event = torch.cuda.Event()
+            event.record(self._stream)
+        handle = CopyHandle(event)
+        for block, s in items:
+            if s.is_cuda:
+                s.record_stream(self._stream)
+            pending = [h for h in self._pending.get(block.block_id, ()) if not h.done()]
+            self._pending[block.block_id] = pending + [handle]
+        return handle
+
+    def _validate(self, block, k_buffers, v_buffers, slots) -> None:
         self._check(block)
         if len(k_buffers) != self.k.shape[0] or len(v_buffers) != self.v.shape[0]:
             raise ValueError(f"expected {self.k.shape[0]} layers of K and V buffers")
@@ -196,16 +239,24 @@ class HostDetailStore:
         for buf in (*k_buffers, *v_buffers):
             if buf.dtype != self.k.dtype or buf.shape[1:] != self.k.shape[2:]:
                 raise ValueError(f"device buffer {tuple(buf.shape)} {buf.dtype} does not match the host store")
+
+    def _copy_to_host(self, block, k_buffers, v_buffers, slots) -> CopyHandle:
+        self._validate(block, k_buffers, v_buffers, slots)
         if self._stream is None:  # CPU: synchronous
-            self._copy_runs(block, k_buffers, v_buffers, slots, to_host)
+            self._copy_runs(block, k_buffers, v_buffers, slots, to_host=True)
             return CopyHandle()
+        from kernels.kv_rows import gather_rows
+
         current = torch.cuda.current_stream(self.device)
-        self._stream.wait_stream(current)  # the KV to offload, or the freshly allocated slots, are ready
-        if after is not None:
-            self._stream.wait_stream(after)
+        self._stream.wait_stream(current)  # the KV to offload is ready
+        buffers = [*k_buffers, *v_buffers]
         with torch.cuda.stream(self._stream):
             slots = slots.to(self.device, non_blocking=True)
-            self._copy_runs_staged(block, [*k_buffers, *v_buffers], slots, to_host)
+            offset = 0
+            for start, count in block.runs:  # per run, one kernel into a device staging tensor, one contiguous copy
+                host = self.kv[start:start + count].view(count, len(buffers), *self.kv.shape[3:])
+                host.copy_(gather_rows(buffers, slots[offset:offset + count]), non_blocking=True)
+                offset += count
             event = torch.cuda.Event()
             event.record(self._stream)
         if slots.is_cuda:
@@ -214,21 +265,6 @@ class HostDetailStore:
         pending = [h for h in self._pending.get(block.block_id, ()) if not h.done()]
         self._pending[block.block_id] = pending + [handle]
         return handle
-
-    def _copy_runs_staged(self, block, buffers, slots, to_host: bool) -> None:
-        """CUDA, on the side stream: per run, one kernel between the pool and a device staging tensor and one
-        contiguous copy between that and the run's host rows."""
-        from kernels.kv_rows import gather_rows, scatter_rows
-
-        offset = 0
-        for start, count in block.runs:
-            idx = slots[offset:offset + count]
-            host = self.kv[start:start + count].view(count, len(buffers), *self.kv.shape[3:])
-            if to_host:
-                host.copy_(gather_rows(buffers, idx), non_blocking=True)
-            else:
-                scatter_rows(buffers, idx, host.to(self.device, non_blocking=True))
-            offset += count
 
     def _copy_runs(self, block, k_buffers, v_buffers, slots, to_host: bool) -> None:
         nb = self._stream is not None

@@ -195,8 +195,7 @@ class ZoomPlanner:
             buffered = buf + size(i)
         for i in evict:
             self.mover.evict(st, i)
-        for i in recall:
-            self.mover.recall(st, i)
+        self.mover.recall_many(st, recall)
         st.table.touch([i for i in decision.selected if i not in trimmed])
         if trimmed:
             st.recalls_trimmed += len(trimmed)

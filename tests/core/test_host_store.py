@@ -52,6 +52,36 @@ def test_fragmented_block_spans_several_runs_and_still_round_trips():
     assert s.stats().used_tokens == 12
 
 
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("device", [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")]),
+])
+def test_many_blocks_go_back_to_their_own_slots_in_one_copy(device):
+    # a zoom recalls several details at once (prompt sentences): one batched copy, one handle, each block to its slots
+    s = HostDetailStore(LAYERS, 18, HKV, D, torch.bfloat16, device)
+    k, v = ([b.to(device) for b in bufs] for bufs in pool())
+    a, gap, b = s.allocate(4), s.allocate(4), s.allocate(6)
+    s.free(gap)
+    c = s.allocate(8)  # fragmented: the freed gap and the rows after b
+    assert len(c.runs) == 2
+    blocks = [(a, torch.tensor([1, 2, 3, 4])), (b, torch.arange(10, 16)), (c, torch.arange(20, 28) * 2)]
+    for block, src in blocks:
+        s.copy_from_device(block, k, v, src.to(device)).wait()
+    want = [[x[src.to(device)].clone() for x in (*k, *v)] for _, src in blocks]
+    dsts = [torch.tensor([60, 0, 33, 21]), torch.arange(40, 46), torch.tensor([5, 7, 9, 11, 13, 17, 19, 23])]
+    handle = s.copy_many_to_device([(block, dst.to(device)) for (block, _), dst in zip(blocks, dsts)], k, v)
+    handle.wait()
+    assert handle.done()
+    for got_rows, dst in zip(want, dsts):
+        for x, rows in zip((*k, *v), got_rows):
+            assert torch.equal(x[dst.to(device)].view(torch.uint8), rows.view(torch.uint8))
+    with pytest.raises(ValueError):  # every item is checked before anything is copied
+        s.copy_many_to_device([(a, torch.arange(4).to(device)), (b, torch.arange(3).to(device))], k, v)
+
+
 def test_keep_on_device_refuses_when_full_and_changes_nothing():
     s = store(capacity=10, fallback="keep_on_device")
     a = s.allocate(6)
