@@ -188,21 +188,21 @@ def test_demote_moves_a_locked_device_span_to_a_host_node(world):
     assert w.tree.protected_size() == 20
     # Shared: refused, nothing changes.
     assert not w.tree.can_demote(b.last_node, 6, 10)
-    assert w.tree.demote(b.last_node, 6, 10, k, v) == (None, Demotion.READ_ELSEWHERE)
+    assert w.tree.demote(b.last_node, 6, 10, k, v)[:2] == (None, Demotion.READ_ELSEWHERE)
     check_accounting(w, held=3)
     assert w.tree.protected_size() == 20 and w.host.stats().used_tokens == 0
     finish(w, c)
     assert not w.tree.can_demote(b.last_node, 6, 30)  # past the chain
     # Only b reads it now, but the host store is full (a running request's block: not the tree's to evict).
     hog = w.host.allocate(64, owner=("rid", 0))
-    assert w.tree.demote(b.last_node, 6, 10, k, v) == (None, Demotion.HOST_FULL)
+    assert w.tree.demote(b.last_node, 6, 10, k, v)[:2] == (None, Demotion.HOST_FULL)
     check_accounting(w, held=2, host_held=64)
     w.host.free(hog)
     # With room: [6, 10) becomes a host node backed by one block holding its KV.
     row = w.r2t.req_to_token[b.req_pool_idx]
     slots = row[6:10].to(torch.int64).clone()
     available = w.alloc.available_size()
-    block, refused = w.tree.demote(b.last_node, 6, 10, k, v, owner=("t", "b", 0))
+    block, refused = w.tree.demote(b.last_node, 6, 10, k, v, owner=("t", "b", 0))[:2]
     assert refused is None and block.num_tokens == 4
     row[6:10] = 0  # what the manager does to the request's row
     (start, count), = block.runs

@@ -13,6 +13,8 @@ Contract:
   kept in ``st.parked``), so the step attends what the policy says whatever the host store's room, and the thought
   joins ``st.host_refused`` (oldest first), which ``retry_refused`` offloads once there is room (the manager calls it
   as each later thought closes).
+- ``demoted(st, index, slots, handle)``: a detail the radix tree demoted without waiting (``TreeBorrow``) is an
+  offload from there on (DEVICE or PARKED -> OFFLOADING -> HOST), its slots freed once the copy has landed.
 - ``drop`` (DEVICE or PARKED -> DROPPED): holes, slots freed. ``evict`` (ZOOM -> HOST): holes, slots freed (the host
   copy stays); a detail recalled from PARKED has no host copy and goes back there (holes, slots kept).
 - ``forget(st, lo, hi)``: positions ``[lo, hi)`` a windowed policy no longer attends become holes and their slots are
@@ -99,15 +101,16 @@ class DetailMover:
         self._add_holes(st, hi - lo)
         return slots
 
-    def unmap_demoted(self, st: RequestZoom, index: int) -> None:
-        """The radix tree demoted thought ``index``'s detail and freed its slots itself: the row gets holes there, or
-        for a parked detail (holes already) its slots are no longer kept."""
-        if st.table.location(index) is Location.PARKED:
-            self._unpark(st, index)
-            return
-        t = st.table.thought(index)
-        self.req_to_token[st.row, t.detail_start:t.detail_end] = 0
-        self._add_holes(st, t.detail_len)
+    def demoted(self, st: RequestZoom, index: int, slots: torch.Tensor, handle) -> None:
+        """The radix tree demoted thought ``index``'s detail (``slots``, which were the tree's) into a block the caller
+        has put in ``st.blocks``, the copy landing at ``handle``: the row gets holes there (a parked detail has them
+        already) and from here on it is an offload (OFFLOADING, its slots held by the request until the copy has
+        landed, then freed by ``land``: HOST)."""
+        self._out_of_row(st, index)
+        st.table.begin_offload(index)
+        self._track(st, st.offloading, Copy(index, slots, handle))
+        st.offloading_slots += len(slots)
+        self.land(st, wait=False)
 
     def _free(self, slots: torch.Tensor) -> None:
         from zoomr_sgl.hooks import free_known_slots

@@ -78,10 +78,13 @@ class HostPiece(NamedTuple):
 
 
 class Demotion(NamedTuple):
-    """What ``demote`` did: ``block`` (the tree's new host block) when it demoted, else why not (``refused``)."""
+    """What ``demote`` did: ``block`` (the tree's new host block) when it demoted, else why not (``refused``); with
+    ``wait=False`` also the span's device ``slots``, now the caller's to free once ``handle`` (the copy) has landed."""
 
     block: HostBlock | None
     refused: str | None = None  # READ_ELSEWHERE or HOST_FULL
+    slots: torch.Tensor | None = None
+    handle: Any = None
 
     READ_ELSEWHERE = "not demotable: shared with another running request, off the chain, or not all device"
     HOST_FULL = "host store full"

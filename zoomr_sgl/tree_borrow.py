@@ -128,7 +128,8 @@ class TreeBorrow:
             return went  # those host rows are promised to requests charged by their bound
         results = self.tree.demote_spans(req.last_node, [(t.detail_start, t.detail_end) for t in thoughts],
                                          self.mover.kv_pool.k_buffer, self.mover.kv_pool.v_buffer,
-                                         [("zoomr-tree", st.rid, i) for i in indices])  # 3-tuples: the tree's blocks
+                                         [("zoomr-tree", st.rid, i) for i in indices],  # 3-tuples: the tree's blocks
+                                         wait=False)  # the step goes on; the request frees the slots once landed
         prefix = getattr(req, "prefix_indices", None)
         prefix = prefix.clone() if isinstance(prefix, torch.Tensor) else None
         for n, (i, t, result) in enumerate(zip(indices, thoughts, results)):
@@ -137,11 +138,10 @@ class TreeBorrow:
                 self.totals["kept_shared_tokens"] += t.detail_len
             if result.block is None:  # refused, or host store full under keep_on_device
                 continue
-            self.mover.unmap_demoted(st, i)  # the tree freed the slots: no step reads them from now on
+            self._borrow(st, i, result.block)
+            self.mover.demoted(st, i, result.slots, result.handle)  # holes now; the slots freed once the copy landed
             if prefix is not None and len(prefix) >= t.detail_end:
                 prefix[t.detail_start:t.detail_end] = 0
-            st.table.mark_offloaded(i)
-            self._borrow(st, i, result.block)
             st.demoted_tokens += t.detail_len
             self.totals["demoted_tokens"] += t.detail_len
             went[n] = True

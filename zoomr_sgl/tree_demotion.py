@@ -15,7 +15,10 @@ Contract:
   by the tree, ``owners[i]`` recorded), every layer's KV is copied there, and once all copies have landed (one wait
   on CUDA for the whole batch, none on CPU) their device slots go back to the allocator at once and
   ``protected_size_`` drops by their count (the nodes stay locked). The caller zeroes its own ``req_to_token`` row
-  over what went. No device value is read: a node is a device node exactly when it has no host pieces.
+  over what went. No device value is read: a node is a device node exactly when it has no host pieces. With
+  ``wait=False`` nothing waits and nothing is freed: each ``Demotion`` carries its span's ``slots`` and the copy's
+  ``handle``, and the caller frees the slots once the copy has landed (a running request's, like an offload's:
+  ``DetailMover.demoted``), so the step goes on while the KV crosses to the host.
 - ``demote(last_node, start, end, k_buffers, v_buffers, owner)``: the same for one span.
 - ``can_demote(last_node, start, end)``: the rule above, without the host store.
 """
@@ -42,7 +45,7 @@ class TreeDemotion:
         return self._demotable(self._chain(last_node), start, end)
 
     def demote_spans(self, last_node: TreeNode, spans: Sequence[tuple[int, int]], k_buffers, v_buffers,
-                     owners: Sequence) -> list:
+                     owners: Sequence, wait: bool = True) -> list:
         from zoomr_sgl.hooks import free_known_slots
         from zoomr_sgl.radix_tree import Demotion, HostPiece
 
@@ -83,7 +86,9 @@ class TreeDemotion:
                 offset += len(node.key)
             self.protected_size_ -= end - start  # locked (lock_ref 1) nodes: their slots were protected
             self.counters["demoted_tokens"] += end - start
-            results[i] = Demotion(block)
+            results[i] = Demotion(block) if wait else Demotion(block, None, slots, handles[-1])
+        if not wait:
+            return results  # the caller frees each span's slots once its copy has landed
         for handle in handles:  # in order on one side stream: past the first, each wait finds its copy landed
             handle.wait()
         free_known_slots(self.token_to_kv_pool_allocator, torch.cat(freed))  # landed: the slots may go back
