@@ -145,26 +145,27 @@ async def measure_point(url: str, plan: PointPlan) -> PointResult:
         before = await read_sample(session, url)
         probe.start()
         traces = [RequestTrace() for _ in plan.prompts]
-        clock0 = clock1 = await read_host_clock(session, url) if plan.custom_params else None
+        zoomr = bool(plan.custom_params)  # a ZoomR row: its host clock is read where the measurement starts and ends
+        clock0 = clock1 = await read_host_clock(session, url) if zoomr and plan.window_s is None else None
         t_send = time.perf_counter()
         tasks = [asyncio.create_task(stream_one(session, url, api_of(plan, i), ids, params, tr))
                  for i, (ids, tr) in enumerate(zip(plan.prompts, traces))]
         try:
             if plan.window_s is None:
                 await asyncio.gather(*tasks)
-                if clock0 is not None:
+                if zoomr:
                     clock1 = await read_host_clock(session, url)
                 t0, ramp, full_by, tok0, cut = t_send, 0.0, "", 0, False
                 t1 = max((tr.times[-1] for tr in traces if tr.times), default=t_send)
             else:
                 t0, full_by = await wait_full(traces, probe, plan)
                 ramp, tok0 = t0 - t_send, count_at(traces)
-                if clock0 is not None:
+                if zoomr:
                     clock0 = await read_host_clock(session, url)
                 while time.perf_counter() < t0 + plan.window_s and not any(tr.finish or tr.error for tr in traces):
                     await asyncio.sleep(0.05)
                 t1, cut = time.perf_counter(), any(tr.finish for tr in traces)
-                if clock0 is not None:
+                if zoomr:
                     clock1 = await read_host_clock(session, url)
             tok1 = count_at(traces)
         finally:  # done, failed or interrupted: nothing of this point may keep running on the server

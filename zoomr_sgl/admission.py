@@ -23,9 +23,10 @@ Contract:
   counters; 0 once finished): what the adder must keep free for it. A request the adder took by its bound that the
   manager has not taken yet (the overlap scheduler runs it one step before its prefill result is processed) is
   charged ``peak - (prompt + output)``: its bound, not stock's estimate (SGLang stops admitting after one refusal
-  until a request finishes, so a transient overcharge would cap the batch for good). Once its thinking has ended (engine mode's
-  ``thinking_end``) its answer stays on the device, so it keeps at least the rest of ``max_new_tokens`` free too. No
-  ``new_token_ratio``: the bound holds, so a batch of bounded requests that was admitted never needs a retraction.
+  until a request finishes, so a transient overcharge would cap the batch for good). Once its thinking has ended
+  (engine mode's ``thinking_end``) its answer stays on the device, so it keeps at least the rest of
+  ``max_new_tokens`` free too. No ``new_token_ratio``: the bound holds, so a batch of bounded requests that was
+  admitted never needs a retraction.
 - ``new_growth(req)``: for a waiting bounded request, ``peak - prompt_len`` (what it adds beyond its prefill).
 - ``is_bounded(req)``: the request is charged by its bound (running or waiting).
 - The bound holds only if the host store takes every detail, so the host tier is charged too. A bounded request of
@@ -156,13 +157,10 @@ class ZoomRAdmission:
         left the device yet); charged as stock instead, its first decode step would overcharge the pool, and one
         refused admission keeps SGLang from trying again (``batch_is_full``) until a request finishes."""
         cfg = getattr(req, "zoomr_config", None)
-        if cfg is None or getattr(req, "grammar", None) is not None or not self._promised(cfg, req):
+        growth = self.new_growth(req) if cfg is not None and self._promised(cfg, req) else None
+        if growth is None:
             return None
-        prompt_len = len(req.origin_input_ids)
-        peak = self._peak(cfg, prompt_len, req)
-        if peak is None:
-            return None
-        return 0 if req.finished() else max(0, peak - prompt_len - len(req.output_ids))
+        return 0 if req.finished() else max(0, growth - len(req.output_ids))
 
     def new_growth(self, req) -> int | None:
         cfg = getattr(req, "zoomr_config", None)  # set when the request was queued (ZoomRManager.screen)

@@ -83,7 +83,6 @@ Hooks now:
 from __future__ import annotations
 
 import os
-from time import perf_counter
 
 import torch
 
@@ -213,47 +212,34 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
 
     def after_prefill(result, processor, batch, *args, **kwargs):
         if MANAGER is not None:
-            t0 = perf_counter()
-            MANAGER.after_prefill(batch)
-            MANAGER.clock.add("after_prefill", perf_counter() - t0)
+            MANAGER.clock.call("after_prefill", MANAGER.after_prefill, batch)
         return result
 
     def after_decode(result, processor, batch, *args, **kwargs):
         if MANAGER is not None:
-            t0 = perf_counter()
-            MANAGER.after_decode(batch)
-            MANAGER.clock.add("after_decode", perf_counter() - t0)
+            MANAGER.clock.call("after_decode", MANAGER.after_decode, batch)
             MANAGER.clock.step()
         return result
 
     def before_run_batch(scheduler, batch, *args, **kwargs):
         if MANAGER is not None and batch is not None:
-            t0 = perf_counter()
-            MANAGER.before_forward(batch, scheduler.forward_ct + 1)  # run_batch numbers it so first thing
-            MANAGER.clock.add("before_forward", perf_counter() - t0)
+            # run_batch numbers the forward it launches forward_ct + 1, first thing
+            MANAGER.clock.call("before_forward", MANAGER.before_forward, batch, scheduler.forward_ct + 1)
         return None
 
     def force_sampled(original, runner, logits_output, forward_batch, *args, **kwargs):
         ids = original(runner, logits_output, forward_batch, *args, **kwargs)
-        if MANAGER is None:
-            return ids
-        t0 = perf_counter()
-        ids = MANAGER.on_sample(ids, logits_output, forward_batch)
-        MANAGER.clock.add("on_sample", perf_counter() - t0)
-        return ids
+        return ids if MANAGER is None else MANAGER.clock.call("on_sample", MANAGER.on_sample, ids, logits_output,
+                                                              forward_batch)
 
     def screen_new_request(scheduler, req, is_retracted=False, *args, **kwargs):
         if MANAGER is not None and not is_retracted:
-            t0 = perf_counter()
-            MANAGER.screen(req)
-            MANAGER.clock.add("screen", perf_counter() - t0)
+            MANAGER.clock.call("screen", MANAGER.screen, req)
         return None
 
     def before_release(req, tree_cache=None, is_insert=True, *args, **kwargs):
         if MANAGER is not None:
-            t0 = perf_counter()
-            MANAGER.release(req, is_insert=is_insert)
-            MANAGER.clock.add("release", perf_counter() - t0)
+            MANAGER.clock.call("release", MANAGER.release, req, is_insert=is_insert)
         return None
 
     HookRegistry.register(SCHEDULER_INIT, build_manager, HookType.AFTER)
@@ -271,19 +257,11 @@ def install_admission_hooks() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     def running_offset(original, adder, req, *args, **kwargs):
-        if MANAGER is None:
-            return original(adder, req, *args, **kwargs)
-        t0 = perf_counter()
-        growth = MANAGER.admission.running_growth(req)
-        MANAGER.clock.add("admission", perf_counter() - t0)
+        growth = MANAGER.clock.call("admission", MANAGER.admission.running_growth, req) if MANAGER is not None else None
         return original(adder, req, *args, **kwargs) if growth is None else growth
 
     def admit_new(original, adder, req, *args, **kwargs):
-        if MANAGER is None:
-            return original(adder, req, *args, **kwargs)
-        t0 = perf_counter()
-        growth = MANAGER.admission.new_growth(req)
-        MANAGER.clock.add("admission", perf_counter() - t0)
+        growth = MANAGER.clock.call("admission", MANAGER.admission.new_growth, req) if MANAGER is not None else None
         if growth is None:
             return original(adder, req, *args, **kwargs)
         params, before = req.sampling_params, len(adder.can_run_list)

@@ -1,9 +1,10 @@
 """Where ZoomR's own host time goes in a scheduler process: wall seconds inside each of its SGLang hooks.
 
-Contract: ``HostClock()`` starts at zero. ``clock.add(name, seconds)`` adds one call of ``name`` that took
-``seconds`` (the caller reads ``time.perf_counter`` around its own work only, never around SGLang's);
-``clock.step()`` counts a decode step (the manager's ``after_decode``). ``report()`` returns a ``HostTimes``: per hook ``(calls, seconds)``, the decode
-steps, and ``ms_per_step``, every hook's seconds over the decode steps in milliseconds (None before the first step).
+Contract: ``HostClock()`` starts at zero. ``clock.call(name, fn, *args, **kwargs)`` runs ``fn`` and adds its wall time
+(``time.perf_counter``) to ``name``'s seconds and one to its calls, and returns what ``fn`` returned (callers time
+ZoomR's own work only, never SGLang's); ``clock.step()`` counts a decode step (the manager's ``after_decode``).
+``report()`` returns a ``HostTimes``: per hook ``(calls, seconds)``, the decode steps, and ``ms_per_step``, every
+hook's seconds over the decode steps in milliseconds (None before the first step).
 Counters only grow, so a client reads two reports and divides their differences (``benchmarks/capacity_point``).
 One writer: the scheduler thread, from ``zoomr_sgl.hooks``. The cost is two ``perf_counter`` calls per hook call.
 With the overlap scheduler the result-processing hooks run while the GPU computes the next forward, so their time
@@ -12,7 +13,8 @@ is hidden as long as the host's step stays shorter than the GPU's; the figure is
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from time import perf_counter
+from typing import Any, Callable, NamedTuple
 
 
 class HostTimes(NamedTuple):
@@ -27,9 +29,13 @@ class HostClock:
         self._seconds: dict[str, float] = {}
         self._steps = 0
 
-    def add(self, name: str, seconds: float) -> None:
-        self._seconds[name] = self._seconds.get(name, 0.0) + seconds
-        self._calls[name] = self._calls.get(name, 0) + 1
+    def call(self, name: str, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        t0 = perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._seconds[name] = self._seconds.get(name, 0.0) + perf_counter() - t0
+            self._calls[name] = self._calls.get(name, 0) + 1
 
     def step(self) -> None:
         self._steps += 1

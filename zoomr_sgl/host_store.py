@@ -226,8 +226,7 @@ class HostDetailStore:
         for block, s in items:
             if s.is_cuda:
                 s.record_stream(self._stream)
-            pending = [h for h in self._pending.get(block.block_id, ()) if not h.done()]
-            self._pending[block.block_id] = pending + [handle]
+            self._add_pending(block, handle)
         return handle
 
     def _validate(self, block, k_buffers, v_buffers, slots) -> None:
@@ -262,8 +261,7 @@ class HostDetailStore:
         if slots.is_cuda:
             slots.record_stream(self._stream)  # the caller's index tensor is read on our stream
         handle = CopyHandle(event)
-        pending = [h for h in self._pending.get(block.block_id, ()) if not h.done()]
-        self._pending[block.block_id] = pending + [handle]
+        self._add_pending(block, handle)
         return handle
 
     def _copy_runs(self, block, k_buffers, v_buffers, slots, to_host: bool) -> None:
@@ -281,6 +279,10 @@ class HostDetailStore:
             offset += count
 
     # ------------------------------------------------------------------ internals
+    def _add_pending(self, block: HostBlock, handle: CopyHandle) -> None:
+        """``handle`` is a copy in flight of ``block`` (``free`` waits for it); the landed ones are forgotten."""
+        self._pending[block.block_id] = [h for h in self._pending.get(block.block_id, ()) if not h.done()] + [handle]
+
     def _check(self, block: HostBlock) -> None:
         if not self.is_live(block):
             raise StaleBlockError(f"host block {block.block_id} (owner {block.owner!r}) was freed or dropped")
