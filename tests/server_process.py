@@ -2,7 +2,8 @@
 
 Contract: ``ServerProcess.start(args)`` runs ``python launch.py ARGS --host 127.0.0.1 --port P`` in its own
 process group (``$ZOOMR_TEST_SERVER_ARGS`` appended), waits until ``/health`` answers 200 and a first ``/generate`` succeeds, and raises with the log's
-tail if the server dies or takes longer than ``timeout``. ``stop()`` ends the whole group (SIGTERM, then SIGKILL)
+tail if the server dies or takes longer than ``timeout``. A free port another process binds first (the pick and the
+server's bind race) is retried on a new port, ``PORT_TRIES`` times in all. ``stop()`` ends the whole group (SIGTERM, then SIGKILL)
 and returns the processes that survived, which callers assert to be none. Without ``--model-path`` the server
 serves the bigram model (``ZOOMR_SGL_DEFAULT_MODEL=bigram`` unless ``env`` or the caller's environment says
 otherwise; ``zoomr_sgl.default_model``).
@@ -27,6 +28,14 @@ EXTRA_ARGS_VAR = "ZOOMR_TEST_SERVER_ARGS"  # appended to every test server's fla
 TIMEOUT_VAR = "ZOOMR_TEST_SERVER_TIMEOUT"  # seconds to ready (default 240; the GPU's first start compiles kernels)
 
 
+PORT_IN_USE = "address already in use"  # uvicorn's bind error; the server then hangs in its shutdown
+PORT_TRIES = 3
+
+
+class PortTaken(RuntimeError):
+    """The port ``free_port`` picked was bound by another process before the server could bind it."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,20 +56,28 @@ class ServerProcess:
 
     @classmethod
     def start(cls, args: list[str], timeout: float | None = None, env: dict[str, str] | None = None) -> "ServerProcess":
-        server = cls(args + os.environ.get(EXTRA_ARGS_VAR, "").split(), env)
         timeout = timeout if timeout is not None else float(os.environ.get(TIMEOUT_VAR, 240))
-        t0 = time.monotonic()
-        server.proc = subprocess.Popen(
-            [sys.executable, str(REPO / "launch.py"), *server.args, "--host", "127.0.0.1", "--port", str(server.port)],
-            cwd=REPO, env=server.env, stdout=server.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        try:
-            server._wait_ready(t0 + timeout)
-        except BaseException:
-            server.stop()
-            raise
-        server.ready_seconds = time.monotonic() - t0
-        return server
+        for attempt in range(PORT_TRIES):
+            server = cls(args + os.environ.get(EXTRA_ARGS_VAR, "").split(), env)
+            t0 = time.monotonic()
+            server.proc = subprocess.Popen(
+                [sys.executable, str(REPO / "launch.py"), *server.args, "--host", "127.0.0.1", "--port",
+                 str(server.port)],
+                cwd=REPO, env=server.env, stdout=server.log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+            try:
+                server._wait_ready(t0 + timeout)
+            except PortTaken:
+                server.stop()  # another process took the free port between our pick and the server's bind
+                if attempt + 1 == PORT_TRIES:
+                    raise
+                continue
+            except BaseException:
+                server.stop()
+                raise
+            server.ready_seconds = time.monotonic() - t0
+            return server
+        raise AssertionError("unreachable")
 
     @classmethod
     def attach(cls, url: str) -> "ServerProcess":
@@ -71,6 +88,8 @@ class ServerProcess:
 
     def _wait_ready(self, deadline: float) -> None:
         while time.monotonic() < deadline:
+            if PORT_IN_USE in self.log_tail(5):
+                raise PortTaken(f"port {self.port} was taken before the server bound it:\n{self.log_tail()}")
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
