@@ -136,7 +136,7 @@ for phase in "${PHASES[@]}"; do
       stamp "GPU tests"
       timeout $(left 60 300) python3 -m pytest -m gpu -p no:cacheprovider -o addopts="" -q -rA \
         ${GPU_TESTS_K:+-k "$GPU_TESTS_K"} tests/test_kernels.py tests/test_flashinfer_resident.py \
-        tests/core/test_sentence_index.py --junitxml="$OUT/gpu_tests.xml" \
+        tests/core/test_sentence_index.py tests/core/test_host_store.py --junitxml="$OUT/gpu_tests.xml" \
         > "$OUT/gpu_tests.log" 2>&1
       echo "pytest rc=$?" | tee -a "$OUT/gpu_tests.log"; tail -5 "$OUT/gpu_tests.log"
       ;;
@@ -265,10 +265,10 @@ PY
         urls=(); for i in "${!CAP_NAMES[@]}"; do
           cap_wanted "${CAP_NAMES[$i]}" && urls+=("${CAP_URL_FLAGS[$i]}" "http://127.0.0.1:$((CAP_BASE_PORT + i))")
         done
-        n=0; outs=()
+        n=0; outs=(); cap_stem=$([[ ${CAPACITY_WHOLE_GPU:-0} == 1 ]] && echo capacity_whole_gpu || echo capacity)
         for entry in "${plan[@]}"; do
           IFS=: read -r lengths rows requests mode <<< "$entry"
-          n=$((n + 1)); out_dir=$OUT/cap_$n; outs+=("$out_dir/capacity.json")
+          n=$((n + 1)); out_dir=$OUT/cap_$n; outs+=("$out_dir/$cap_stem.json")
           rows_arg=""; [[ $rows != all ]] && rows_arg="--rows $rows"
           from=$([[ $mode == complete ]] && echo 1000000 || echo "${CAPACITY_WINDOW_FROM:-4096}")
           eval "timeout -s TERM $(left ${CAPACITY_RESERVE_S:-30}) python3 benchmarks/capacity.py $(cap_flags) \
@@ -279,7 +279,7 @@ PY
           echo "capacity $entry rc=$?"; tr '\r' '\n' < "$OUT/capacity_$n.log" | grep -v '^\s*$' | grep '^|' | tail -12
         done
         existing=(); for f in "${outs[@]}"; do [[ -s $f ]] && existing+=("$f"); done
-        if (( ${#existing[@]} == 1 )); then mkdir -p "$OUT/results" && cp "$(dirname "${existing[0]}")"/capacity.* "$OUT/results/"
+        if (( ${#existing[@]} == 1 )); then mkdir -p "$OUT/results" && cp "$(dirname "${existing[0]}")"/$cap_stem.* "$OUT/results/"
         elif (( ${#existing[@]} > 1 )); then python3 benchmarks/capacity.py --from-json "${existing[@]}" --out "$OUT/results"; fi
       fi
       for f in "$CAP_DIR"/*.log; do [[ -e $f ]] && cp "$f" "$OUT/capacity_server_$(basename "$f")"; done

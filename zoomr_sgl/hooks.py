@@ -305,7 +305,7 @@ def install_http_hooks(config: ZoomRConfig) -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from zoomr_sgl import request_validation
-    from zoomr_sgl.request_params import check_custom_params, check_scoring_layers
+    from zoomr_sgl.request_params import request_config
     from zoomr_sgl.stream_stats import StatsFollower
 
     async def latest_zoomr_stats(original, *args, **kwargs):
@@ -328,9 +328,7 @@ def install_http_hooks(config: ZoomRConfig) -> None:
                                                   vocab)
         custom = params.get("custom_params") if isinstance(params, dict) else None
         request_validation.check_zoomr_integers(custom)
-        cfg = check_custom_params(config, custom)
-        if cfg is not None:  # the layer count is known here, not in SamplingParams.verify
-            check_scoring_layers(config, cfg, manager.model_config.num_hidden_layers)
+        request_config(config, custom, manager.model_config.num_hidden_layers)  # layers are known here only
         return None
 
     def validate_shape(obj, *args, **kwargs):
@@ -354,7 +352,9 @@ def install(config: ZoomRConfig, role: str) -> None:
     def report_state(result, scheduler, *args, **kwargs):  # result: GetInternalStateReqOutput
         state = {**zoomr_state(config), "attention_backend": attention_backend_name(scheduler)}
         if MANAGER is not None:
-            state["manager"] = MANAGER.state()
+            from zoomr_sgl.manager_report import server_state
+
+            state["manager"] = server_state(MANAGER)
         result.internal_state["zoomr"] = state
         return result
 

@@ -5,7 +5,9 @@ when the request opts out with ``zoomr_enable: false``) and raises ``ZoomRConfig
 SGLang answers with HTTP 400) with a one-line message naming the key for anything it cannot accept: an unknown
 ``zoomr_`` key, a wrong type, an invalid value, a server-wide setting, or a policy the server does not run yet.
 Keys without the ``zoomr_`` prefix belong to others and are ignored. ``check_scoring_layers`` checks the request's
-scoring layers against the model's layer count and the server's own (the only ones served).
+scoring layers against the model's layer count and the server's own (the only ones served). ``request_config(config,
+custom_params, num_layers)`` is both, what the HTTP process and the scheduler check (keys SGLang adds, ``__req__``,
+are skipped).
 """
 
 from __future__ import annotations
@@ -40,4 +42,13 @@ def check_custom_params(config: ZoomRConfig, custom_params: Mapping[str, Any] | 
         raise ZoomRConfigError(
             f"zoomr policy {effective.policy!r} is not served yet (served: {', '.join(SERVED_POLICIES)})"
         )
+    return effective
+
+
+def request_config(config: ZoomRConfig, custom_params: Mapping[str, Any] | None, num_layers: int) -> ZoomRConfig | None:
+    if isinstance(custom_params, Mapping) and "__req__" in custom_params:
+        custom_params = {k: v for k, v in custom_params.items() if k != "__req__"}
+    effective = check_custom_params(config, custom_params)
+    if effective is not None:
+        check_scoring_layers(config, effective, num_layers)
     return effective
