@@ -9,7 +9,7 @@ problem in the user's model's prompt format (``{problem}`` marks where it goes).
 ``reasoner.answers.normalise`` (``\\boxed{}`` extracted, else the last ``Answer:`` line).
 
 Per policy of ``--policies`` and budget of ``--budgets`` (``zoomr``: zoom budget in tokens; ``streaming``: recent
-window in tokens; ``quest``: pages; ``sentencekv``: prompt-sentence tokens recalled at once, with ``MARKER_SHARE``
+window in tokens; ``quest``: pages of ``QUEST_PAGE`` tokens; ``sentencekv``: prompt-sentence tokens recalled at once, with ``MARKER_SHARE``
 more zoom buffer for marker thoughts and ``--sink-tokens``/``--recent-tokens`` of the prompt always attended;
 ``full`` and ``summary_only`` take none), every problem is sent greedy with the
 request's ZoomR settings in ``custom_params`` (``--summary-mode``, default ``trained``: the model writes its own
@@ -57,6 +57,7 @@ from reasoner.cli import OneLineParser  # noqa: E402
 BUDGET_KEY = {"zoomr": "zoomr_zoom_budget", "streaming": "zoomr_recent_tokens", "quest": "zoomr_quest_top_pages",
               "sentencekv": "zoomr_sentence_budget", "full": None, "summary_only": None}
 MARKER_SHARE = 256  # sentencekv: zoom buffer tokens left to marker thoughts beside the sentence budget
+QUEST_PAGE = 16  # quest: tokens per page (the budget counts pages; the zoom buffer holds them all)
 
 
 class Outcome(NamedTuple):
@@ -100,6 +101,8 @@ def request_params(policy: str, budget: int | None, args) -> dict:
     if policy == "sentencekv":  # the prompt's sentences share the one zoom buffer with the marker thoughts
         params.update(zoomr_zoom_budget=budget + MARKER_SHARE, zoomr_sink_tokens=args.sink_tokens,
                       zoomr_recent_tokens=args.recent_tokens)
+    if policy == "quest" and budget is not None:
+        params.update(zoomr_quest_page_size=QUEST_PAGE, zoomr_zoom_budget=budget * QUEST_PAGE)
     return params
 
 

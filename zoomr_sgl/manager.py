@@ -75,6 +75,7 @@ from zoomr_sgl.forward_slots import ForwardSlots
 from zoomr_sgl.host_clock import HostClock
 from zoomr_sgl import manager_report
 from zoomr_sgl.host_store import HostDetailStore, auto_capacity
+from zoomr_sgl.page_bounds import PageBounds
 from zoomr_sgl.poison import FreedSlotPoison
 from zoomr_sgl.prompt_sentences import PromptSentences
 from zoomr_sgl.request_params import request_config
@@ -83,7 +84,7 @@ from zoomr_sgl.stream_stats import LatestStats
 from zoomr_sgl.selection import policy_for
 from zoomr_sgl.selection.base import DetailAction
 from zoomr_sgl.step_probe import StepProbe
-from zoomr_sgl.thought_table import ThoughtTable
+from zoomr_sgl.thought_table import Location, ThoughtTable
 from zoomr_sgl.tp_consensus import TPConsensus
 from zoomr_sgl.tree_borrow import TreeBorrow
 from zoomr_sgl.zoom_plan import ZoomPlanner
@@ -190,7 +191,8 @@ class ZoomRManager:
             if st is None or req.finished() or req.is_retracted:
                 continue
             self._advance(req, st, batch.forward_iter)
-            if step % st.config.zoom_interval == 0 and st.policy.zooms or PromptSentences.due(st):
+            if st.policy.zooms and (st.policy.zooms_every_step or step % st.config.zoom_interval == 0) \
+                    or PromptSentences.due(st):
                 due.append((st, i))
         if due:
             if self.probe is not None:
@@ -201,6 +203,10 @@ class ZoomRManager:
                     self.probe.step["index"] = True
                 self.sentences.leave(first, self.req_to_token, self.planner.k_buffers, self.scoring_layers,
                                      self.host, self.mover)
+            for st, _ in due:
+                for index in st.to_park:
+                    self.mover.park(st, index)
+                st.to_park.clear()
             self.planner.run(due, self.slots.queries(batch.forward_iter), step, headroom=len(batch.reqs))
             for st, _ in due:
                 if st.policy.prompt_sentences:
@@ -326,15 +332,18 @@ class ZoomRManager:
         if cfg is None:
             return None
         prompt_len = len(req.origin_input_ids)
-        engine = cfg.summary_mode == "engine" and getattr(req, "grammar", None) is None
+        policy = policy_for(cfg.policy)
+        engine = cfg.summary_mode == "engine" and getattr(req, "grammar", None) is None and not policy.pages
         open_ids, close_ids = (self.markers.marker_ids(text) for text in cfg.marker_texts())
         st = RequestZoom(
-            rid=req.rid, row=req.req_pool_idx, config=cfg, policy=policy_for(cfg.policy),
+            rid=req.rid, row=req.req_pool_idx, config=cfg, policy=policy,
             table=self._new_table(cfg, open_ids, close_ids, req.origin_input_ids), prompt_len=prompt_len,
             protected_len=len(req.prefix_indices) if req.prefix_indices is not None else 0,
             engine=engine, open_ids=open_ids, close_ids=close_ids, req=req, row_holes=self.mover.row_holes,
         )
         st.protected_len = max(st.protected_len, prompt_len)  # the prefill inserted the prompt into the tree
+        if policy.pages:
+            st.pages = PageBounds()
         self.borrow.admit(st, req)
         if st.reused_host_tokens:
             self.admission.ledger.borrow(req.rid, st.reused_host_tokens)  # locked tree rows: not reclaimable
@@ -353,6 +362,8 @@ class ZoomRManager:
         borrowed from the tree when their detail is a host-backed hole run, like in program mode
         (``Segmenter(start=0, restart_at=len(prompt))``). A policy with ``prompt_sentences`` (``sentencekv``) adds the
         prompt's sentences as preset thoughts before them (``zoomr_sgl.prompt_sentences``)."""
+        if policy_for(cfg.policy).pages:  # quest: fixed pages from position 0, no markers
+            return ThoughtTable(cfg, open_ids, close_ids, 0, page_size=cfg.quest_page_size)
         prompt_len = len(prompt_ids)
         preset = self.sentences.presets(cfg, prompt_ids, open_ids) if policy_for(cfg.policy).prompt_sentences else []
         first = preset[-1][1] if preset else 0  # marker thoughts are found after the prompt's sentences
@@ -368,11 +379,15 @@ class ZoomRManager:
         out, fed = req.output_ids, st.table.length
         new = out[fed - st.prompt_len:] if fed >= st.prompt_len else [*req.origin_input_ids[fed:], *out]
         closed = st.table.append(new)
+        if st.pages is not None and closed:  # quest: the pages' key bounds, before they leave the row
+            st.pages.add(self.planner.k_buffers, self.req_to_token[st.row], closed)
         if self.probe is not None:
             self.probe.fed(len(new))
             self.probe.step["boundary"] |= bool(closed)
         for thought in closed:
             self._close_thought(st, thought)
+        if st.policy.parks_closed:  # attended until the request's next zoom, which parks them first (quest)
+            st.to_park.extend(t.index for t in closed if t.detail_len and st.table.location(t.index) is Location.DEVICE)
         if st.engine:
             self.markers.see_output(st, out, min(len(new), len(out)))
             last_two = tuple(out[-2:]) if len(out) >= 2 else None

@@ -16,9 +16,9 @@ from typing import Any, Mapping
 
 from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError, request_enables_zoomr
 
-# The core implements every policy; the server attends what req_to_token holds, which serves these (streaming's
-# window frees what it leaves behind; quest's per-step page choice is not a slot table).
-SERVED_POLICIES = ("zoomr", "full", "summary_only", "streaming", "sentencekv")
+# The core implements every policy; the server attends what req_to_token holds, which serves them all (streaming's
+# window frees what it leaves behind; quest's pages are parked and picked back into the row every step).
+SERVED_POLICIES = ("zoomr", "full", "summary_only", "streaming", "quest", "sentencekv")
 
 
 def check_scoring_layers(server: ZoomRConfig, request: ZoomRConfig, num_layers: int) -> tuple[int, ...]:
@@ -38,6 +38,9 @@ def check_custom_params(config: ZoomRConfig, custom_params: Mapping[str, Any] | 
     if not request_enables_zoomr(custom_params):
         return None
     effective = config.with_request_overrides(custom_params)
+    if effective.policy == "quest" and effective.quest_page_size > effective.zoom_budget:
+        raise ZoomRConfigError(f"zoomr quest_page_size ({effective.quest_page_size}) exceeds zoom_budget "
+                               f"({effective.zoom_budget}): not one page could be attended")
     if effective.policy not in SERVED_POLICIES:
         raise ZoomRConfigError(
             f"zoomr policy {effective.policy!r} is not served yet (served: {', '.join(SERVED_POLICIES)})"

@@ -107,6 +107,8 @@ class RequestZoom:
     kept_shared_tokens: int = 0
     recalls_trimmed: int = 0
     host_refused: list[int] = field(default_factory=list)  # thoughts a full host store refused, oldest first
+    to_park: list[int] = field(default_factory=list)  # quest: pages closed since its last zoom, still attended
+    pages: Any = None  # quest: the closed pages' key bounds (zoomr_sgl.page_bounds.PageBounds)
     sentences: Any = None  # sentencekv: the prompt sentences' SentenceIndex (row = preset thought), from its first zoom
     demotion_tried: set[int] = field(default_factory=set)  # parked prompt sentences the tree was asked to demote
     summary_tokens: int = 0  # closed thoughts' summary tokens (kept as thoughts close)

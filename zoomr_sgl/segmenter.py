@@ -28,6 +28,9 @@ Contract:
   with an empty summary (``summary_start == summary_end == detail_end == hi``). They are thoughts
   ``0 .. len(preset) - 1``; marker thoughts, found from ``start`` on, are numbered after them. Positions before
   ``start`` outside every preset span stay outside every thought.
+- Pages (``page_size`` > 0, the ``quest`` policy): no markers count; thought ``k`` is the page
+  ``[start + k * page_size, start + (k + 1) * page_size)`` with an empty summary, closed when the token after it is fed
+  (so its last token's KV has been written when a server sees it close). No presets or restart with pages.
 - Beacon mode (``close_ids`` empty, Breadcrumbs): the opening marker alone is the summary. Its thought closes when
   the next token comes (that token is the next thought's first), so a closed thought's beacon has its KV written.
 - Incremental: ``feed`` one token at a time, ``extend`` with chunks, or ``segment`` the whole sequence: the same ids
@@ -63,8 +66,11 @@ class Segmenter:
     """Incremental segmentation of one request's token stream (see the module contract)."""
 
     def __init__(self, open_ids: Sequence[int], close_ids: Sequence[int], start: int = 0,
-                 restart_at: int | None = None, preset: Sequence[tuple[int, int]] = ()):
+                 restart_at: int | None = None, preset: Sequence[tuple[int, int]] = (), page_size: int = 0):
         self.open_ids, self.close_ids = tuple(open_ids), tuple(close_ids)
+        if page_size < 0 or page_size and (preset or restart_at is not None):
+            raise ValueError(f"pages of {page_size} tokens take no preset spans or restart")
+        self.page_size = page_size
         if not self.open_ids:
             raise ValueError("the opening summary marker's ids must not be empty")
         if self.open_ids == self.close_ids:
@@ -131,6 +137,13 @@ class Segmenter:
                 self._closed.append(Thought(k, lo, hi, hi, hi, True))
                 return self._closed[-1]
             return None
+        if self.page_size:
+            if pos - self._detail_start < self.page_size:
+                return None
+            lo, hi = self._detail_start, self._detail_start + self.page_size
+            self._closed.append(Thought(len(self._closed), lo, hi, hi, hi, True))
+            self._detail_start = hi
+            return self._closed[-1]
         if pos == self.restart_at:  # drop what is open; segment on as if started here
             self._summary_start = None
             self._detail_start = self._scan_from = pos

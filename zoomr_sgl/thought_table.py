@@ -4,7 +4,8 @@ Contract:
 - ``ThoughtTable`` owns the request's ``Segmenter``; ``append(ids)`` feeds new tokens (the prompt too: positions
   start at 0) and returns the thoughts they closed. A newly closed thought's detail is ``DEVICE``. ``preset`` spans
   (the segmenter's) are thoughts with no summary (``is_preset``): they move like any other, have no
-  ``summary_span`` (it raises), and the policies that score summaries leave them alone.
+  ``summary_span`` (it raises), and the policies that score summaries leave them alone. So are the pages of a table
+  built with ``page_size`` (``quest``: the segmenter's pages mode).
 - Each closed thought's detail is in one ``Location``. Legal moves (anything else raises ``ThoughtStateError``):
   ``DEVICE -> OFFLOADING -> HOST`` (``begin_offload``/``finish_offload``, or ``mark_offloaded`` in one go),
   ``DEVICE -> PARKED`` (``park``: the host store refused the detail; it keeps its device slots but leaves the
@@ -110,9 +111,9 @@ class ThoughtTable:
     """One request's thoughts, detail locations, zoom buffer and accounting (see the module contract)."""
 
     def __init__(self, config: ZoomRConfig, open_ids: Sequence[int], close_ids: Sequence[int], start: int = 0,
-                 restart_at: int | None = None, preset: Sequence[tuple[int, int]] = ()):
+                 restart_at: int | None = None, preset: Sequence[tuple[int, int]] = (), page_size: int = 0):
         self.config = config
-        self.segmenter = Segmenter(open_ids, close_ids, start, restart_at, preset)
+        self.segmenter = Segmenter(open_ids, close_ids, start, restart_at, preset, page_size)
         self.finished = False
         self._loc: list[Location] = []
         self._last_used: dict[int, int] = {}
@@ -144,8 +145,8 @@ class ThoughtTable:
         return loc is Location.HOST or (loc in IN_BUFFER and index not in self._from_parked)
 
     def is_preset(self, index: int) -> bool:
-        """Whether thought ``index`` is a preset span (no summary; see the module contract)."""
-        return index < len(self.segmenter.preset)
+        """Whether thought ``index`` is a preset span or a page (no summary; see the module contract)."""
+        return index < len(self.segmenter.preset) or self.segmenter.page_size > 0
 
     def states(self) -> list[ThoughtState]:
         return [ThoughtState(t, self._loc[t.index], self._last_used.get(t.index)) for t in self.thoughts]
@@ -276,6 +277,11 @@ class ThoughtTable:
             if i < len(preset):
                 if (t.detail_start, t.detail_end) != preset[i] or not t.detail_end == t.summary_start == t.summary_end:
                     fail(f"preset thought {i} is {t}, not the span {preset[i]} with no summary")
+                continue
+            if ps := self.segmenter.page_size:
+                if (t.detail_start, t.detail_end, t.summary_end) != (prev_end, prev_end + ps, prev_end + ps):
+                    fail(f"page {i} is {t}, not the {ps} tokens after {prev_end} with no summary")
+                prev_end += ps
                 continue
             if restart is not None and t.detail_start >= restart > prev_end:  # the gap the restart leaves
                 prev_end = restart

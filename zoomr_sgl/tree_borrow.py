@@ -99,7 +99,7 @@ class TreeBorrow:
                 raise RuntimeError(f"request {st.rid}: prompt thought {index} has hole runs {on_device} in its row, "
                                    f"{runs} from the tree's spans")
         if not runs:
-            if st.table.is_preset(index):  # a prompt sentence: attended until the request's first zoom
+            if st.table.is_preset(index):  # a prompt sentence or page: attended until the request's next zoom
                 return
             if st.policy.detail_action is DetailAction.OFFLOAD and t.detail_end <= st.protected_len \
                     and not self._demote(st, [index])[0]:

@@ -10,12 +10,15 @@ Contract:
   (``kernels.thought_scoring``), elsewhere by ``zoomr_sgl.scoring.thought_scores`` over the gathered keys; both one
   launch for the whole step. ``policy.sentences_to_score(table)`` names the prompt sentences to score (``sentencekv``):
   each by its row of the request's ``SentenceIndex`` as a one-token summary, one launch for the step as well. The
-  scores are read to the host once, both kinds together (with tensor parallelism, averaged over the ranks' heads, the
+  ``policy.pages_to_score(table)`` names the pages to score (``quest``): each by its key bounds
+  (``page_bounds.PageBounds``, ``selection.quest.bound_scores``), one computation for the step as well. The
+  scores are read to the host once, all kinds together (with tensor parallelism, averaged over the ranks' heads, the
   same on every rank: ``zoomr_sgl.tp_consensus``); ``policy.decide`` then runs per request on host data.
 - Recall room: a recall takes fresh slots only if the allocator keeps ``headroom`` free slots afterwards (the next
   decode step's tokens), counting the slots its own evictions free. A recall that does not fit is trimmed
   (``recalls_trimmed``; a later zoom asks again) and the evictions that only made buffer room for it are not done.
-  With ``zoom_retain`` false every eviction the policy lists is done first (it lists every unpicked detail).
+  With ``zoom_retain`` false, or a policy that does not retain (``quest``), every eviction the policy lists is done
+  first (it lists every unpicked detail).
 - The selected thoughts still in the buffer are stamped most recently used (``ThoughtTable.touch``).
 - With ``wait_for_recall`` the request's recalls are waited for before the next forward.
 """
@@ -33,6 +36,7 @@ from zoomr_sgl.request_state import RequestZoom
 from zoomr_sgl.scoring import scores_over_padded
 from zoomr_sgl.tp_consensus import digest
 from zoomr_sgl.selection.base import StepInputs
+from zoomr_sgl.selection.quest import bound_scores
 from zoomr_sgl.thought_table import ZoomDecision
 
 logger = logging.getLogger("zoomr_sgl")
@@ -45,6 +49,7 @@ class Plan(NamedTuple):
     batch_index: int
     summaries: tuple[int, ...]  # marker thoughts, by their summary keys
     sentences: tuple[int, ...]  # prompt sentences (preset thoughts), by their mean keys
+    pages: tuple[int, ...] = ()  # quest's pages, by their key bounds
 
 
 def _given(scores: torch.Tensor, planned, what: str):
@@ -69,7 +74,8 @@ class ZoomPlanner:
         self.agree = agree  # this rank's scores -> the scores over every TP rank's heads (TPConsensus.scores)
         self.verify = verify  # debug, or None: the ranks took the same decisions (TPConsensus.verify)
         self.device = self.k_buffers[0].device
-        self.totals = dict(zooms=0, zooms_skipped=0, recalls_trimmed=0, scored_thoughts=0, scored_sentences=0)
+        self.totals = dict(zooms=0, zooms_skipped=0, recalls_trimmed=0, scored_thoughts=0, scored_sentences=0,
+                           scored_pages=0)
         self._warned = False
         self.host_side = contextlib.nullcontext  # the step probe swaps in its pause (zoomr_sgl.step_probe)
 
@@ -83,19 +89,23 @@ class ZoomPlanner:
                                self.scoring_layers)
                 self._warned = True
             return
-        plans = [Plan(st, b, st.policy.to_score(st.table), st.policy.sentences_to_score(st.table)) for st, b in due]
-        summary_scores, sentence_scores = self._score(plans, queries)
+        plans = [Plan(st, b, st.policy.to_score(st.table), st.policy.sentences_to_score(st.table),
+                      st.policy.pages_to_score(st.table)) for st, b in due]
+        summary_scores, sentence_scores, page_scores = self._score(plans, queries)
         room = int(self.allocator.available_size()) - headroom
-        at_summary = at_sentence = 0
+        at_summary = at_sentence = at_page = 0
         taken = []
         for plan in plans:
             st = plan.st
             mine = summary_scores[at_summary:at_summary + len(plan.summaries)]
             theirs = sentence_scores[at_sentence:at_sentence + len(plan.sentences)]
+            pages = page_scores[at_page:at_page + len(plan.pages)]
             at_summary += len(plan.summaries)
             at_sentence += len(plan.sentences)
+            at_page += len(plan.pages)
             inputs = StepInputs(step, score_summaries=_given(mine, len(plan.summaries), "thoughts"),
-                                score_sentences=_given(theirs, plan.sentences, "sentences"))
+                                score_sentences=_given(theirs, plan.sentences, "sentences"),
+                                score_pages=_given(pages, plan.pages, "pages"))
             with self.host_side():  # policies decide on host data only
                 decision = st.policy.decide(st.table, inputs)
             room = self._apply(st, decision, room)
@@ -106,18 +116,20 @@ class ZoomPlanner:
             self.verify(f"the zoom of step {step}", [digest(taken), int(self.allocator.available_size())])
 
     # ------------------------------------------------------------------ scoring, once for the step
-    def _score(self, plans: list["Plan"], queries) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every plan's summary scores, then every plan's sentence scores, each in plan order: one device read."""
+    def _score(self, plans: list["Plan"], queries) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every plan's summary scores, then its sentence scores, then its page scores, each kind in plan order: one
+        device read."""
         dev = self.device
         to_dev = lambda values, dtype=torch.int64: torch.tensor(values, dtype=dtype).to(dev, non_blocking=True)  # noqa: E731
         batch_index = to_dev([p.batch_index for p in plans])
         q = torch.stack([queries[layer][batch_index] for layer in self.scoring_layers], dim=1)  # [B, L, Hq, D]
-        parts = [self._score_summaries(plans, q, to_dev), self._score_sentences(plans, q, to_dev)]
-        n_summaries = len(parts[0])
-        if not n_summaries and not len(parts[1]):
-            return torch.empty(0), torch.empty(0)
+        parts = [self._score_summaries(plans, q, to_dev), self._score_sentences(plans, q, to_dev),
+                 self._score_pages(plans, q, to_dev)]
+        sizes = [len(p) for p in parts]
+        if not sum(sizes):
+            return torch.empty(0), torch.empty(0), torch.empty(0)
         scores = self.agree(torch.cat(parts).cpu())  # the step's one device read; with TP, the same on every rank
-        return scores[:n_summaries], scores[n_summaries:]
+        return tuple(scores.split(sizes))
 
     def _score_summaries(self, plans, q, to_dev) -> torch.Tensor:
         rows, positions, owner, lengths = [], [], [], []
@@ -163,6 +175,20 @@ class ZoomPlanner:
         valid = torch.ones(len(owner), 1, dtype=torch.bool, device=self.device)
         return scores_over_padded(q.float()[to_dev(owner)], keys, valid)
 
+    def _score_pages(self, plans, q, to_dev) -> torch.Tensor:
+        """Quest's pages scored by their key bounds (``selection.quest.bound_scores``)."""
+        lo, hi, owner = [], [], []
+        for b, plan in enumerate(plans):
+            if plan.pages:
+                kmin, kmax = plan.st.pages.bounds(to_dev(plan.pages))
+                lo.append(kmin)
+                hi.append(kmax)
+                owner.extend([b] * len(plan.pages))
+        if not owner:
+            return torch.empty(0, device=self.device)
+        self.totals["scored_pages"] += len(owner)
+        return bound_scores(q[to_dev(owner)], torch.cat(lo), torch.cat(hi))
+
     # ------------------------------------------------------------------ applying, with room
     def _apply(self, st: RequestZoom, decision: ZoomDecision, room: int) -> int:
         if not (decision.recall or decision.evict):
@@ -175,7 +201,7 @@ class ZoomPlanner:
         buffered = st.table.zoom_tokens()
         spare = list(decision.evict)  # least recently selected first
         evict, recall, trimmed = [], [], []
-        if not st.config.zoom_retain:  # the policy's whole list: the step attends only what this zoom picked
+        if not (st.config.zoom_retain and st.policy.retains):  # the policy's whole list: the step attends only what this zoom picked
             evict, spare = spare, []
             buffered -= sum(size(j) for j in evict)
             room += sum(frees(j) for j in evict)

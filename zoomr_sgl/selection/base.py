@@ -23,6 +23,11 @@ Contract:
 - ``forgotten(length, config)`` is ``[lo, hi)``: positions the policy never attends again once the sequence holds
   ``length`` tokens, whatever the thoughts (``streaming``'s window), so the server may free them for good; empty by
   default. The server frees only what the request owns (never the radix tree's prompt).
+- Server-side switches (class attributes): ``parks_closed``: a closed thought leaves the resident set at once, its
+  slots kept (parked), and returns only when a zoom picks it; ``zooms_every_step``: every decode step is a zoom step
+  whatever ``zoom_interval``; ``retains`` false: an eviction list is done whole (as with ``zoom_retain`` false);
+  ``pages``: the table is cut into fixed pages (``quest_page_size``) with no markers, and ``pages_to_score(table)``
+  names the pages ``decide`` scores through ``inputs.score_pages`` (their key bounds), in that order.
 - Subclasses say only what differs: ``detail_action``, ``zoom`` (which thoughts to recall and evict) and/or
   ``positions`` (which positions to attend).
 """
@@ -55,6 +60,8 @@ class StepInputs:
     device) -> float32 scores ``[T]`` by ``zoomr_sgl.scoring``'s definition for this step's query. On CUDA the
     manager passes the Triton kernel here (it reads the keys straight from the pool); without it a policy gathers
     through ``keys_at`` and scores with the torch reference.
+    ``score_pages``: optional; page (thought) indices -> float32 scores ``[n]``, each page's key-bound score for
+    this step's query (``selection.quest``), for a paged table.
     ``score_sentences``: optional; thought indices of preset (prompt-sentence) thoughts -> float32 scores ``[n]``
     for this step's query against each one's mean key (``sentence_index.SentenceIndex.scores``), for ``sentencekv``:
     their detail is off the device, so their keys cannot be gathered.
@@ -65,6 +72,7 @@ class StepInputs:
     keys_at: Callable[[torch.Tensor], torch.Tensor] | None = None
     score_summaries: Callable[[Sequence[torch.Tensor]], torch.Tensor] | None = None
     score_sentences: Callable[[Sequence[int]], torch.Tensor] | None = None
+    score_pages: Callable[[Sequence[int]], torch.Tensor] | None = None
 
 
 class Selection(NamedTuple):
@@ -81,6 +89,10 @@ class Policy:
     zooms: ClassVar[bool] = False  # whether zoom steps can recall or evict (the server plans only for these)
     windowed: ClassVar[bool] = False  # whether ``forgotten`` can be non-empty (the server asks only these)
     prompt_sentences: ClassVar[bool] = False  # whether the prompt's sentences are thoughts (SentenceKV)
+    parks_closed: ClassVar[bool] = False
+    zooms_every_step: ClassVar[bool] = False
+    retains: ClassVar[bool] = True
+    pages: ClassVar[bool] = False
 
     def select(self, table: ThoughtTable, inputs: StepInputs) -> Selection:
         if table.finished:
@@ -101,6 +113,10 @@ class Policy:
 
     def to_score(self, table: ThoughtTable) -> tuple[int, ...]:
         """Thoughts whose summaries ``zoom`` scores now, in the order it asks for them; by default none."""
+        return ()
+
+    def pages_to_score(self, table: ThoughtTable) -> tuple[int, ...]:
+        """Pages whose key bounds ``decide`` scores now, in the order it asks for them; by default none."""
         return ()
 
     def sentences_to_score(self, table: ThoughtTable) -> tuple[int, ...]:
