@@ -38,6 +38,10 @@ Contract (with or without SGLang's overlap scheduler; ``docs/overlap.md`` tells 
   here: a prompt thought whose detail is on the device stays there unless the tree demotes it.
 - With the ZoomR radix tree a prefix may come with host-backed holes, and tree-owned device detail of a closed prompt
   thought may be demoted to the host: ``zoomr_sgl.tree_borrow`` tells what a request borrows and how.
+- A policy that parks what closes (``quest``, ``Policy.parks_closed``): a page closed since the request's last zoom
+  is attended until its next one (every decode step: ``zooms_every_step``), which parks it first, so the prompt's
+  pages are read in full by the first decode step; the zoom then writes the picked pages back. Its key bounds are
+  taken as it closes, before it leaves the row (``page_bounds``).
 - A windowed policy (``streaming``) frees, after each step, what its window left behind (``Policy.forgotten``), at
   least ``WINDOW_CHUNK`` tokens at a time and never below ``protected_len``: the radix tree's prefix, the prompt
   with it, stays. Those holes are gone for good (``dropped_tokens``); the tree's insert stops at the first of them.
