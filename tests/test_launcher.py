@@ -86,7 +86,7 @@ def test_launch_py_exits_2_with_one_line(flags, message):
         (["--enable-mixed-chunk"], "cannot be used with --enable-zoomr"),
         (["--speculative-algorithm", "EAGLE"], "cannot be used with --enable-zoomr"),
         (["--page-size", "16"], "needs --page-size 1"),
-        (["--zoomr-policy", "quest"], "not served yet"),
+        (["--zoomr-policy", "quest", "--zoomr-quest-page-size", "4096"], "exceeds zoom_budget"),
         (["--attention-backend", "triton"], "would attend holes"),
         (["--attention-backend=fa3"], "would attend holes"),
         (["--decode-attention-backend", "flashinfer"], "one attention backend"),

@@ -117,8 +117,8 @@ def test_endpoint_sends_zoomr_settings_and_checks_them(zoomr_server):
     assert {m["zoomr"]["policy"] for _, m in r.requests} == {"full"}  # custom_params reached the scheduler
     with pytest.raises(InvalidInput, match="zoomr_zoom_budget"):  # refused locally, nothing sent
         ZoomREndpoint(zoomr_server.url, {"zoomr_zoom_budget": -1})
-    with pytest.raises(InvalidInput, match="not served yet"):
-        ZoomREndpoint(zoomr_server.url, {"zoomr_policy": "quest"})
+    with pytest.raises(InvalidInput, match="quest_page_size"):
+        ZoomREndpoint(zoomr_server.url, {"zoomr_policy": "quest", "zoomr_quest_page_size": 4096})
     endpoint.custom_params = {"zoomr_zoom_budget": -1}  # bypass the local check: the server's 400 comes through
     with pytest.raises(ServerRequestError, match="zoomr_zoom_budget"):
         run_think_summarize(endpoint, QUESTION, Limits(1, 4, 4, 4))

@@ -172,7 +172,7 @@ BAD_PARAMS = [
     ({"zoomr_zoom_budget": -1}, "zoomr_zoom_budget"),
     ({"zoomr_zoom_budget": "lots"}, "zoomr_zoom_budget"),
     ({"zoomr_policy": "oracle"}, "zoomr_policy"),
-    ({"zoomr_policy": "quest"}, "not served yet"),
+    ({"zoomr_policy": "quest", "zoomr_quest_page_size": 4096}, "quest_page_size"),
     ({"zoomr_sentence_min_tokens": 4}, "server-wide"),
     ({"zoomr_what": 1}, "zoomr_what"),
     ({"zoomr_host_store_tokens": 10}, "server-wide"),

@@ -130,6 +130,9 @@ class ZoomRConfig:
                 f"zoomr min_thought_tokens ({self.min_thought_tokens}) exceeds max_thought_tokens "
                 f"({self.max_thought_tokens})"
             )
+        if self.policy == "quest" and self.quest_page_size > self.zoom_budget:
+            raise ZoomRConfigError(f"zoomr quest_page_size ({self.quest_page_size}) exceeds zoom_budget "
+                                   f"({self.zoom_budget}): not one page could be attended")
         if not self.thought_delimiter:
             raise ZoomRConfigError("zoomr thought_delimiter must not be empty")
         if self.thinking_end and self.thinking_end in (self.summary_open, self.summary_close):

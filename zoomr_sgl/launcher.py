@@ -140,10 +140,6 @@ def plan_launch(argv: Sequence[str], cuda_available: bool, default_model: str | 
     if zoomr_given and not ours.enable_zoomr:
         raise LaunchError(f"{zoomr_given[0].split('=')[0]} needs --enable-zoomr")
     if ours.enable_zoomr:
-        from zoomr_sgl.request_params import SERVED_POLICIES
-
-        if config.policy not in SERVED_POLICIES:
-            raise LaunchError(f"--zoomr-policy {config.policy} is not served yet (served: {', '.join(SERVED_POLICIES)})")
         for flag, why in ZOOMR_INCOMPATIBLE.items():
             if _has_flag(rest, flag):
                 raise LaunchError(f"{flag} cannot be used with --enable-zoomr: {why}")

@@ -3,7 +3,7 @@
 Contract: ``check_custom_params(config, custom_params)`` returns the request's effective ``ZoomRConfig`` (or None
 when the request opts out with ``zoomr_enable: false``) and raises ``ZoomRConfigError`` (a ``ValueError``, which
 SGLang answers with HTTP 400) with a one-line message naming the key for anything it cannot accept: an unknown
-``zoomr_`` key, a wrong type, an invalid value, a server-wide setting, or a policy the server does not run yet.
+``zoomr_`` key, a wrong type, an invalid value or a server-wide setting.
 Keys without the ``zoomr_`` prefix belong to others and are ignored. ``check_scoring_layers`` checks the request's
 scoring layers against the model's layer count and the server's own (the only ones served). ``request_config(config,
 custom_params, num_layers)`` is both, what the HTTP process and the scheduler check (keys SGLang adds, ``__req__``,
@@ -15,10 +15,6 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from zoomr_sgl.config import ZoomRConfig, ZoomRConfigError, request_enables_zoomr
-
-# The core implements every policy; the server attends what req_to_token holds, which serves them all (streaming's
-# window frees what it leaves behind; quest's pages are parked and picked back into the row every step).
-SERVED_POLICIES = ("zoomr", "full", "summary_only", "streaming", "quest", "sentencekv")
 
 
 def check_scoring_layers(server: ZoomRConfig, request: ZoomRConfig, num_layers: int) -> tuple[int, ...]:
@@ -37,15 +33,7 @@ def check_custom_params(config: ZoomRConfig, custom_params: Mapping[str, Any] | 
         raise ZoomRConfigError("custom_params must be a JSON object")
     if not request_enables_zoomr(custom_params):
         return None
-    effective = config.with_request_overrides(custom_params)
-    if effective.policy == "quest" and effective.quest_page_size > effective.zoom_budget:
-        raise ZoomRConfigError(f"zoomr quest_page_size ({effective.quest_page_size}) exceeds zoom_budget "
-                               f"({effective.zoom_budget}): not one page could be attended")
-    if effective.policy not in SERVED_POLICIES:
-        raise ZoomRConfigError(
-            f"zoomr policy {effective.policy!r} is not served yet (served: {', '.join(SERVED_POLICIES)})"
-        )
-    return effective
+    return config.with_request_overrides(custom_params)
 
 
 def request_config(config: ZoomRConfig, custom_params: Mapping[str, Any] | None, num_layers: int) -> ZoomRConfig | None:

@@ -129,7 +129,8 @@ class ZoomPlanner:
         if not sum(sizes):
             return torch.empty(0), torch.empty(0), torch.empty(0)
         scores = self.agree(torch.cat(parts).cpu())  # the step's one device read; with TP, the same on every rank
-        return tuple(scores.split(sizes))
+        a, b = sizes[0], sizes[0] + sizes[1]  # slices of a host tensor (``split`` counts as reads in the step probe)
+        return scores[:a], scores[a:b], scores[b:]
 
     def _score_summaries(self, plans, q, to_dev) -> torch.Tensor:
         rows, positions, owner, lengths = [], [], [], []
