@@ -211,7 +211,7 @@ PY
         > "$OUT/suite_stock.log" 2>&1 &
       st=$!
       files=(${SUITE_FILES:-tests/test_overlap.py tests/test_resident_attention.py tests/test_zoomr_serving.py
-             tests/test_step_cost.py tests/test_radix_tree.py})
+             tests/test_step_cost.py tests/test_radix_tree.py tests/test_quest_serving.py})
       sm=""
       if [[ " ${files[*]} " == *test_radix_tree* ]]; then
         "${debug[@]}" python3 launch.py "${zoomr[@]}" --max-total-tokens 1536 "${extra[@]}" --host 127.0.0.1 \
