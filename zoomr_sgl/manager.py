@@ -155,7 +155,7 @@ class ZoomRManager:
             if FreedSlotPoison.enabled() else None
         self.probe = StepProbe() if StepProbe.enabled() else None
         if self.probe is not None:
-            self.planner.host_side = self.probe.host_side
+            self.planner.host_side = self.borrow.unprobed = self.probe.host_side
         self.metrics = None
         self._metrics_at = 0.0
         if getattr(scheduler.server_args, "enable_metrics", False):

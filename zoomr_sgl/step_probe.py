@@ -6,7 +6,8 @@ counts every call that reads a tensor's value into Python (``item``, ``tolist``,
 ``int``, ``float``, ``index``): on a CUDA host each is a device-to-host synchronisation. Per decode step it records
 the requests advanced, the tokens fed to their thought tables (1 each when nothing walks the stream), whether a zoom
 or a thought boundary happened, and the reads. ``host_side()`` pauses the count around work that by contract reads
-host data only (the policies' decisions, after the zoom's one read of the scores). ``summary()`` aggregates: the most reads on a plain step (no zoom, no
+host data only (the policies' decisions, after the zoom's one read of the scores) and around the debug checks that
+read the device on purpose (``ZOOMR_SGL_CHECK_HOLES``: a quest page across the prompt's end closes in a decode step). ``summary()`` aggregates: the most reads on a plain step (no zoom, no
 boundary, no admission), on a zoom step, on a boundary step and on an index step (a ``sentencekv`` request's first
 zoom, where its prompt sentences' index is built and they leave the device: once per request), and tokens fed against
 requests advanced.

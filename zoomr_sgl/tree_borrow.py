@@ -47,6 +47,8 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from zoomr_sgl.detail_mover import CHECKS, DetailMover
@@ -64,6 +66,7 @@ class TreeBorrow:
         self.requests = requests
         self._borrowers: dict[int, set[tuple[str, int]]] = {}  # tree block id -> (rid, thought) borrowing it
         self.totals = dict(demoted_tokens=0, kept_shared_tokens=0)
+        self.unprobed = contextlib.nullcontext  # the step probe swaps in its pause: a debug check's read is not the step's
 
     def prefix_holes(self, req) -> int:
         prefix = getattr(req, "prefix_indices", None)
@@ -94,7 +97,8 @@ class TreeBorrow:
             return
         runs = self._prefix_hole_runs(st, t.detail_start, t.detail_end)
         if CHECKS:
-            on_device = hole_runs(self.mover.req_to_token[st.row, t.detail_start:t.detail_end])
+            with self.unprobed():
+                on_device = hole_runs(self.mover.req_to_token[st.row, t.detail_start:t.detail_end])
             if on_device != runs:
                 raise RuntimeError(f"request {st.rid}: prompt thought {index} has hole runs {on_device} in its row, "
                                    f"{runs} from the tree's spans")
