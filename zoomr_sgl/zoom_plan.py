@@ -129,7 +129,7 @@ class ZoomPlanner:
         if not sum(sizes):
             return torch.empty(0), torch.empty(0), torch.empty(0)
         scores = self.agree(torch.cat(parts).cpu())  # the step's one device read; with TP, the same on every rank
-        a, b = sizes[0], sizes[0] + sizes[1]  # slices of a host tensor (``split`` counts as reads in the step probe)
+        a, b = sizes[0], sizes[0] + sizes[1]  # each kind's scores, in plan order
         return scores[:a], scores[a:b], scores[b:]
 
     def _score_summaries(self, plans, q, to_dev) -> torch.Tensor:
