@@ -38,8 +38,8 @@ Contract (with or without SGLang's overlap scheduler; ``docs/overlap.md`` tells 
   here: a prompt thought whose detail is on the device stays there unless the tree demotes it.
 - With the ZoomR radix tree a prefix may come with host-backed holes, and tree-owned device detail of a closed prompt
   thought may be demoted to the host: ``zoomr_sgl.tree_borrow`` tells what a request borrows and how.
-- A policy that parks what closes (``quest``, ``Policy.parks_closed``): a page closed since the request's last zoom
-  is attended until its next one (every decode step: ``zooms_every_step``), which parks it first, so the prompt's
+- A paged policy (``quest``, ``Policy.pages``): a page closed since the request's last zoom is attended until its
+  next one (every decode step), which parks it first, so the prompt's
   pages are read in full by the first decode step; the zoom then writes the picked pages back. Its key bounds are
   taken as it closes, before it leaves the row (``page_bounds``).
 - A windowed policy (``streaming``) frees, after each step, what its window left behind (``Policy.forgotten``), at
@@ -195,7 +195,7 @@ class ZoomRManager:
             if st is None or req.finished() or req.is_retracted:
                 continue
             self._advance(req, st, batch.forward_iter)
-            if st.policy.zooms and (st.policy.zooms_every_step or step % st.config.zoom_interval == 0) \
+            if st.policy.zooms and (st.policy.pages or step % st.config.zoom_interval == 0) \
                     or PromptSentences.due(st):
                 due.append((st, i))
         if due:
@@ -341,7 +341,7 @@ class ZoomRManager:
         open_ids, close_ids = (self.markers.marker_ids(text) for text in cfg.marker_texts())
         st = RequestZoom(
             rid=req.rid, row=req.req_pool_idx, config=cfg, policy=policy,
-            table=self._new_table(cfg, open_ids, close_ids, req.origin_input_ids), prompt_len=prompt_len,
+            table=self._new_table(cfg, policy, open_ids, close_ids, req.origin_input_ids), prompt_len=prompt_len,
             protected_len=len(req.prefix_indices) if req.prefix_indices is not None else 0,
             engine=engine, open_ids=open_ids, close_ids=close_ids, req=req, row_holes=self.mover.row_holes,
         )
@@ -358,18 +358,19 @@ class ZoomRManager:
         req.customized_info = {"zoomr": LatestStats(lambda: request_stats(st)._asdict())}
         return st
 
-    def _new_table(self, cfg: ZoomRConfig, open_ids: tuple[int, ...], close_ids: tuple[int, ...],
+    def _new_table(self, cfg: ZoomRConfig, policy, open_ids: tuple[int, ...], close_ids: tuple[int, ...],
                    prompt_ids) -> ThoughtTable:
         """A request's thought table. Program/trained mode segments from position 0. Engine mode segments its
         output from ``len(prompt)``; a prompt that holds closed thoughts (an earlier turn or request of an
         engine-mode conversation) is segmented from 0 up to there as well, so those thoughts are the request's too:
         borrowed from the tree when their detail is a host-backed hole run, like in program mode
         (``Segmenter(start=0, restart_at=len(prompt))``). A policy with ``prompt_sentences`` (``sentencekv``) adds the
-        prompt's sentences as preset thoughts before them (``zoomr_sgl.prompt_sentences``)."""
-        if policy_for(cfg.policy).pages:  # quest: fixed pages from position 0, no markers
+        prompt's sentences as preset thoughts before them (``zoomr_sgl.prompt_sentences``). A paged policy (``quest``)
+        cuts pages from position 0."""
+        if policy.pages:  # quest: fixed pages from position 0, no markers
             return ThoughtTable(cfg, open_ids, close_ids, 0, page_size=cfg.quest_page_size)
         prompt_len = len(prompt_ids)
-        preset = self.sentences.presets(cfg, prompt_ids, open_ids) if policy_for(cfg.policy).prompt_sentences else []
+        preset = self.sentences.presets(cfg, prompt_ids, open_ids) if policy.prompt_sentences else []
         first = preset[-1][1] if preset else 0  # marker thoughts are found after the prompt's sentences
         if cfg.summary_mode != "engine":
             return ThoughtTable(cfg, open_ids, close_ids, first, preset=preset)
@@ -390,7 +391,7 @@ class ZoomRManager:
             self.probe.step["boundary"] |= bool(closed)
         for thought in closed:
             self._close_thought(st, thought)
-        if st.policy.parks_closed:  # attended until the request's next zoom, which parks them first (quest)
+        if st.policy.pages:  # attended until the request's next zoom, which parks them first (quest)
             st.to_park.extend(t.index for t in closed if t.detail_len and st.table.location(t.index) is Location.DEVICE)
         if st.engine:
             self.markers.see_output(st, out, min(len(new), len(out)))

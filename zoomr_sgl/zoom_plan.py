@@ -202,7 +202,7 @@ class ZoomPlanner:
         buffered = st.table.zoom_tokens()
         spare = list(decision.evict)  # least recently selected first
         evict, recall, trimmed = [], [], []
-        if not (st.config.zoom_retain and st.policy.retains):  # the policy's whole list: the step attends only what this zoom picked
+        if not st.config.zoom_retain or st.policy.pages:  # the policy's whole list: the step attends only what this zoom picked
             evict, spare = spare, []
             buffered -= sum(size(j) for j in evict)
             room += sum(frees(j) for j in evict)

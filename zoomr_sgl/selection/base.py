@@ -23,11 +23,11 @@ Contract:
 - ``forgotten(length, config)`` is ``[lo, hi)``: positions the policy never attends again once the sequence holds
   ``length`` tokens, whatever the thoughts (``streaming``'s window), so the server may free them for good; empty by
   default. The server frees only what the request owns (never the radix tree's prompt).
-- Server-side switches (class attributes): ``parks_closed``: a closed thought leaves the resident set at once, its
-  slots kept (parked), and returns only when a zoom picks it; ``zooms_every_step``: every decode step is a zoom step
-  whatever ``zoom_interval``; ``retains`` false: an eviction list is done whole (as with ``zoom_retain`` false);
-  ``pages``: the table is cut into fixed pages (``quest_page_size``) with no markers, and ``pages_to_score(table)``
-  names the pages ``decide`` scores through ``inputs.score_pages`` (their key bounds), in that order.
+- ``pages`` (a server-side switch): the table is cut into fixed pages (``quest_page_size``) with no markers; every
+  decode step is a zoom step whatever ``zoom_interval``; a closed page stays attended until the request's next zoom,
+  which first parks it (out of the resident set, its slots kept); an eviction list is done whole (as with
+  ``zoom_retain`` false); and ``pages_to_score(table)`` names the pages ``decide`` scores through
+  ``inputs.score_pages`` (their key bounds), in that order.
 - Subclasses say only what differs: ``detail_action``, ``zoom`` (which thoughts to recall and evict) and/or
   ``positions`` (which positions to attend).
 """
@@ -89,10 +89,7 @@ class Policy:
     zooms: ClassVar[bool] = False  # whether zoom steps can recall or evict (the server plans only for these)
     windowed: ClassVar[bool] = False  # whether ``forgotten`` can be non-empty (the server asks only these)
     prompt_sentences: ClassVar[bool] = False  # whether the prompt's sentences are thoughts (SentenceKV)
-    parks_closed: ClassVar[bool] = False
-    zooms_every_step: ClassVar[bool] = False
-    retains: ClassVar[bool] = True
-    pages: ClassVar[bool] = False
+    pages: ClassVar[bool] = False  # fixed pages, parked and picked back every step (quest; see the contract)
 
     def select(self, table: ThoughtTable, inputs: StepInputs) -> Selection:
         if table.finished:

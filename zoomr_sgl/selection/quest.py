@@ -6,12 +6,11 @@ per-channel min/max of its keys; the page score is the max over heads, then the 
 last page (it holds the newest token and is still filling) and the ``quest_top_pages`` best other pages (ties to the
 lower page).
 - The core's reference (``select``/``positions``) picks every step from the step's own query.
-- The server (``decide``) serves it on its table's pages (``ThoughtTable`` with ``page_size``): each page leaves the
-  resident set as it closes (parked: it keeps its device slots, ``parks_closed``), and every decode step
-  (``zooms_every_step``) the pages are scored by their bounds (``pages_to_score``, through
-  ``StepInputs.score_pages``; the bounds are kept by ``zoomr_sgl.page_bounds``) and the best ones written back into
-  the row: ``recall`` = picked parked pages, ``evict`` = every unpicked page in the buffer (``retains`` false: the
-  step attends only this step's pick). As every server decision, the pick reaches the step after the one whose
+- The server (``decide``) serves it on its table's pages (``Policy.pages``: a ``ThoughtTable`` with ``page_size``):
+  a page closed since the last step leaves the resident set at the next zoom (parked: it keeps its device slots), and
+  every decode step the pages are scored by their bounds (``pages_to_score``, through ``StepInputs.score_pages``; the
+  bounds are kept by ``zoomr_sgl.page_bounds``) and the best ones written back into the row: ``recall`` = picked
+  parked pages, ``evict`` = every unpicked page in the buffer (done whole: the step attends only this step's pick). As every server decision, the pick reaches the step after the one whose
   query chose it. At most ``min(quest_top_pages, zoom_budget // quest_page_size)`` pages are picked. Pages the radix
   tree gave as host-backed holes (a prefix another policy offloaded) are not candidates.
 """
@@ -62,9 +61,6 @@ class QuestPolicy(Policy):
     name = "quest"
     detail_action = DetailAction.KEEP
     zooms = True
-    parks_closed = True
-    zooms_every_step = True
-    retains = False
     pages = True
 
     def positions(self, table, inputs, recall, evict) -> torch.Tensor:
