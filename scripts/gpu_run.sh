@@ -258,7 +258,9 @@ PY
       # (SIGTERM: the points measured so far are written). The servers keep running for a later call unless
       # CAPACITY_STOP=1.
       # CAPACITY_PLAN="LENGTHS:ROWS:REQUESTS:MODE ..." (MODE window or complete) runs one benchmark per entry
-      # (e.g. "4096:stock,zoomr,full:16:complete 16384:stock,zoomr:32:window") and merges them into results/.
+      # (e.g. "4096:stock,zoomr,full:16:complete 16384:stock,zoomr:32:window") and merges them into results/. An
+      # entry's optional fifth field adds capacity.py flags, '+' for a space (e.g. ":--summary-tokens=16"): other engine
+      # settings, so that entry is not merged (its JSON comes back in logs.tgz, cap_N/).
       plan=(${CAPACITY_PLAN:-"$CAP_LENGTHS:all:${CAPACITY_REQUESTS:-32}:window"})
       stamp "capacity: ${plan[*]}"
       if cap_start; then
@@ -267,15 +269,15 @@ PY
         done
         n=0; outs=(); cap_stem=$([[ ${CAPACITY_WHOLE_GPU:-0} == 1 ]] && echo capacity_whole_gpu || echo capacity)
         for entry in "${plan[@]}"; do
-          IFS=: read -r lengths rows requests mode <<< "$entry"
-          n=$((n + 1)); out_dir=$OUT/cap_$n; outs+=("$out_dir/$cap_stem.json")
+          IFS=: read -r lengths rows requests mode entry_args <<< "$entry"
+          n=$((n + 1)); out_dir=$OUT/cap_$n; [[ -z $entry_args ]] && outs+=("$out_dir/$cap_stem.json")
           rows_arg=""; [[ $rows != all ]] && rows_arg="--rows $rows"
           from=$([[ $mode == complete ]] && echo 1000000 || echo "${CAPACITY_WINDOW_FROM:-4096}")
           eval "timeout -s TERM $(left ${CAPACITY_RESERVE_S:-30}) python3 benchmarks/capacity.py $(cap_flags) \
             --lengths $lengths $rows_arg --servers $CAP_SERVERS ${urls[*]} --requests $requests \
             --whole-gpu-requests ${CAPACITY_WHOLE_GPU_REQUESTS:-128} \
             --whole-gpu-length ${CAPACITY_WHOLE_GPU_LENGTH:-16384} --window ${CAPACITY_WINDOW:-45} \
-            --window-from $from ${CAPACITY_ARGS:-} --out $out_dir" > "$OUT/capacity_$n.log" 2>&1
+            --window-from $from ${CAPACITY_ARGS:-} ${entry_args//+/ } --out $out_dir" > "$OUT/capacity_$n.log" 2>&1
           echo "capacity $entry rc=$?"; tr '\r' '\n' < "$OUT/capacity_$n.log" | grep -v '^\s*$' | grep '^|' | tail -12
         done
         existing=(); for f in "${outs[@]}"; do [[ -s $f ]] && existing+=("$f"); done
