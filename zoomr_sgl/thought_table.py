@@ -264,62 +264,9 @@ class ThoughtTable:
 
     # ------------------------------------------------------------------ checking
     def check_invariants(self) -> None:
-        def fail(msg: str) -> None:
-            raise InvariantError(msg)
+        from zoomr_sgl.thought_invariants import check_table
 
-        thoughts = self.thoughts
-        if len(self._loc) != len(thoughts):
-            fail(f"{len(self._loc)} locations for {len(thoughts)} closed thoughts")
-        prev_end, restart, preset = self.segmenter.start, self.segmenter.restart_at, self.segmenter.preset
-        for i, t in enumerate(thoughts):
-            if t.index != i or not t.closed:
-                fail(f"thought {i} is {t}")
-            if i < len(preset):
-                if (t.detail_start, t.detail_end) != preset[i] or not t.detail_end == t.summary_start == t.summary_end:
-                    fail(f"preset thought {i} is {t}, not the span {preset[i]} with no summary")
-                continue
-            if ps := self.segmenter.page_size:
-                if (t.detail_start, t.detail_end, t.summary_end) != (prev_end, prev_end + ps, prev_end + ps):
-                    fail(f"page {i} is {t}, not the {ps} tokens after {prev_end} with no summary")
-                prev_end += ps
-                continue
-            if restart is not None and t.detail_start >= restart > prev_end:  # the gap the restart leaves
-                prev_end = restart
-            if not (t.detail_start == prev_end and t.detail_end == t.summary_start < t.summary_end <= self.length):
-                fail(f"thought {i} spans {t} do not tile the sequence after {prev_end}")
-            prev_end = t.summary_end
-        if self.finished:
-            if self._device_tokens() or any(loc is not Location.FREED for loc in self._loc) or self._last_used:
-                fail("a freed request still holds something")
-            return
-        if Location.FREED in self._loc:
-            fail("a live request has a freed thought")
-        buffered = {t.index for t in thoughts if self._loc[t.index] in IN_BUFFER}
-        if set(self._last_used) != buffered:
-            fail(f"LRU stamps {sorted(self._last_used)} but zoom buffer holds {sorted(buffered)}")
-        if not self._from_parked <= buffered:
-            fail(f"thoughts {sorted(self._from_parked - buffered)} marked recalled from PARKED are not in the buffer")
-        if (zoom := self.zoom_tokens()) > self.config.zoom_budget:
-            fail(f"zoom buffer holds {zoom} tokens, over the budget of {self.config.zoom_budget}")
-        off = sum(t.detail_len for t in thoughts if self._loc[t.index] not in HOLDS_DEVICE)
-        if off != self._off_device:
-            fail(f"off-device tally {self._off_device} != {off}")
-        if not (0 <= self._device_tokens() <= self._peak):
-            fail(f"device tokens {self._device_tokens()} outside [0, peak {self._peak}]")
-        device = self._detail_mask(lambda i: self._loc[i] in HOLDS_DEVICE)
-        attended = self._detail_mask(lambda i: self._loc[i] in ATTENDED)
-        if int(device.sum()) != self._device_tokens():
-            fail("device positions disagree with the device token count")
-        if (attended & ~device).any():
-            fail(f"positions attended but not on the device: {(attended & ~device).nonzero().flatten()[:8].tolist()}")
-        for t in thoughts:
-            if not attended[t.summary_start:t.summary_end].all():
-                fail(f"summary of thought {t.index} is not resident")
-        prompt = attended[:self.segmenter.start].clone()
-        for lo, hi in preset:  # a preset span's detail may be off the device like any thought's
-            prompt[lo:hi] = True
-        if not attended[self.segmenter.detail_start:].all() or not prompt.all():
-            fail("the prompt or the open thought is not resident")
+        check_table(self)
 
     # ------------------------------------------------------------------ internals
     def _device_tokens(self) -> int:
