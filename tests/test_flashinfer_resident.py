@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import importlib.util
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from zoomr_sgl import resident_attention as ra
+from zoomr_sgl.manager import ForwardHoles
 from zoomr_sgl.reference_attention import reference_decode_attention
 
 HAS_FLASHINFER = importlib.util.find_spec("flashinfer") is not None and ra.FlashInferAttnBackend is not None
@@ -32,9 +34,21 @@ def test_class_hierarchy():
     assert "call_begin_forward" in vars(ra.ZoomRFlashInferIndicesUpdaterDecode)
 
 
+class _Holes:
+    """A hole source as the manager is to the backend: the host hole counts of the forward being planned, or None
+    (a plan outside the scheduler's forwards, which reads the resident lengths back)."""
+
+    def __init__(self):
+        self.holes = None
+
+    def forward_holes(self):
+        return self.holes
+
+
 def _updater(req_to_token, max_bs, hq, hkv, d):
     """The ZoomR decode updater without a model runner: the attributes ``call_begin_forward`` reads."""
     up = object.__new__(ra.ZoomRFlashInferIndicesUpdaterDecode)
+    up.attn_backend = SimpleNamespace(hole_source=_Holes())
     up.num_qo_heads, up.num_kv_heads, up.head_dim = hq, hkv, d
     up.data_type = up.q_data_type = torch.bfloat16
     up.req_to_token = req_to_token
@@ -84,6 +98,9 @@ def test_decode_over_holes_matches_reference():
         rows, lens, lens_cpu, resident = holed_batch()
         q.copy_(torch.randn(bs, hq, d, generator=gen).to("cuda", torch.bfloat16))
         ref = reference_decode_attention(q.cpu(), k.cpu(), v.cpu(), resident)
+        # steps 0 and 2 plan from the host hole counts (the scheduler's forwards), step 1 reads the lengths back
+        per_row = lens_cpu - torch.tensor([len(r) for r in resident], dtype=torch.int32)
+        up.attn_backend.hole_source.holes = None if step == 1 else ForwardHoles(per_row, int(per_row.sum()))
         for wrapper in (eager, graphed):
             up.call_begin_forward(wrapper, rows, lens, int(lens_cpu.sum()), up.kv_indptr[0], None, None, lens_cpu)
             assert torch.equal(up.resident_lens_cpu, torch.tensor([len(r) for r in resident], dtype=torch.int32))
