@@ -252,9 +252,9 @@ PY
       # The yardstick (benchmarks/capacity.py) on Qwen3-8B with random weights, attached to the capacity servers
       # (started here first unless they answer). Pool: 4 x (256 + longest length) tokens unless
       # CAPACITY_MAX_TOTAL_TOKENS; CAPACITY_WHOLE_GPU=1: no pool cap (other ports), so each server needs the GPU to
-      # itself: one server per call (CAPACITY_SERVERS=stock, then zoomr, CAPACITY_STOP=1), the JSONs merged after with
-      # `capacity.py --from-json` (stock alone took 378 s to be ready on a bare H200, 2026-12-02, leaving 110 s of a
-      # 540 s call: too little for a window; give it a call of its own). Stops itself before the budget
+      # itself: the servers of CAPACITY_SERVERS run one after another in this call, their JSONs merged (stock alone
+      # took 378 s to be ready on a bare H200, 2026-12-02: run it on a machine an earlier call warmed, or one server
+      # per call). Stops itself before the budget
       # (SIGTERM: the points measured so far are written). The servers keep running for a later call unless
       # CAPACITY_STOP=1.
       # CAPACITY_PLAN="LENGTHS:ROWS:REQUESTS:MODE ..." (MODE window or complete) runs one benchmark per entry
@@ -263,11 +263,18 @@ PY
       # settings, so that entry is not merged (its JSON comes back in logs.tgz, cap_N/).
       plan=(${CAPACITY_PLAN:-"$CAP_LENGTHS:all:${CAPACITY_REQUESTS:-32}:window"})
       stamp "capacity: ${plan[*]}"
-      if cap_start; then
+      # Whole GPU: each server needs the GPU to itself, so one server at a time (started, measured, stopped) unless
+      # CAPACITY_ONE_BY_ONE=0; the runs are merged after. A warm machine has FlashInfer's kernels compiled in /tmp/fi.
+      groups=("$CAP_SERVERS")
+      if [[ ${CAPACITY_WHOLE_GPU:-0} == 1 && ${CAPACITY_ONE_BY_ONE:-1} == 1 ]]; then IFS=, read -r -a groups <<< "$CAP_SERVERS"; fi
+      n=0; outs=(); cap_stem=$([[ ${CAPACITY_WHOLE_GPU:-0} == 1 ]] && echo capacity_whole_gpu || echo capacity)
+      all_servers=$CAP_SERVERS
+      for CAP_SERVERS in "${groups[@]}"; do
+        (( ${#groups[@]} > 1 )) && { cap_stop; stamp "capacity: $CAP_SERVERS alone on the GPU"; }
+        cap_start || continue
         urls=(); for i in "${!CAP_NAMES[@]}"; do
           cap_wanted "${CAP_NAMES[$i]}" && urls+=("${CAP_URL_FLAGS[$i]}" "http://127.0.0.1:$((CAP_BASE_PORT + i))")
         done
-        n=0; outs=(); cap_stem=$([[ ${CAPACITY_WHOLE_GPU:-0} == 1 ]] && echo capacity_whole_gpu || echo capacity)
         for entry in "${plan[@]}"; do
           IFS=: read -r lengths rows requests mode entry_args <<< "$entry"
           n=$((n + 1)); out_dir=$OUT/cap_$n; [[ -z $entry_args ]] && outs+=("$out_dir/$cap_stem.json")
@@ -278,13 +285,14 @@ PY
             --whole-gpu-requests ${CAPACITY_WHOLE_GPU_REQUESTS:-128} \
             --whole-gpu-length ${CAPACITY_WHOLE_GPU_LENGTH:-16384} --window ${CAPACITY_WINDOW:-45} \
             --window-from $from ${CAPACITY_ARGS:-} ${entry_args//+/ } --out $out_dir" > "$OUT/capacity_$n.log" 2>&1
-          echo "capacity $entry rc=$?"; tr '\r' '\n' < "$OUT/capacity_$n.log" | grep -v '^\s*$' | grep '^|' | tail -12
+          echo "capacity $CAP_SERVERS $entry rc=$?"; tr '\r' '\n' < "$OUT/capacity_$n.log" | grep -v '^\s*$' | grep '^|' | tail -12
         done
-        existing=(); for f in "${outs[@]}"; do [[ -s $f ]] && existing+=("$f"); done
-        if (( ${#existing[@]} == 1 )); then mkdir -p "$OUT/results" && cp "$(dirname "${existing[0]}")"/$cap_stem.* "$OUT/results/"
-        elif (( ${#existing[@]} > 1 )); then python3 benchmarks/capacity.py --from-json "${existing[@]}" --out "$OUT/results"; fi
-      fi
-      for f in "$CAP_DIR"/*.log; do [[ -e $f ]] && cp "$f" "$OUT/capacity_server_$(basename "$f")"; done
+        for f in "$CAP_DIR"/*.log; do [[ -e $f ]] && cp "$f" "$OUT/capacity_server_$(basename "$f")"; done
+      done
+      CAP_SERVERS=$all_servers
+      existing=(); for f in "${outs[@]}"; do [[ -s $f ]] && existing+=("$f"); done
+      if (( ${#existing[@]} == 1 )); then mkdir -p "$OUT/results" && cp "$(dirname "${existing[0]}")"/$cap_stem.* "$OUT/results/"
+      elif (( ${#existing[@]} > 1 )); then python3 benchmarks/capacity.py --from-json "${existing[@]}" --out "$OUT/results"; fi
       [[ ${CAPACITY_STOP:-0} == 1 ]] && cap_stop
       ;;
     capacity-stop)
