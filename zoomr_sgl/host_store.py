@@ -25,8 +25,8 @@ Contract:
   with one handle for all: on CUDA one host->device copy per run into one device staging tensor and one
   ``kernels.kv_rows`` scatter for all of them (a zoom recalls dozens of prompt sentences at once).
   Consumers on the compute stream must ``wait()`` (or ``handle.event`` must be waited on) before reading.
-- ``auto_capacity(pool_tokens, bytes_per_token, available_bytes, pinned)`` sizes the store for
-  ``host_store_tokens = 0``: ``AUTO_POOL_MULTIPLE`` times the device pool's tokens (ZoomR admits more requests than
+- ``sized_capacity(tokens, bytes_per_token, pool_tokens)`` is ``host_store_tokens``, or for 0 what
+  ``auto_capacity(pool_tokens, bytes_per_token, available_bytes)`` gives: ``AUTO_POOL_MULTIPLE`` times the device pool's tokens (ZoomR admits more requests than
   the pool would hold with full KV, and each keeps its detail here), within ``AUTO_HOST_SHARE`` of the host's
   available memory.
 - Never silent corruption: block ids are never reused, and any use of a freed or dropped block raises
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import weakref
 from typing import Callable, Hashable, NamedTuple, Sequence
 
@@ -44,6 +45,8 @@ import torch
 
 from zoomr_sgl.config import HOST_FULL_FALLBACKS
 
+
+logger = logging.getLogger("zoomr_sgl")
 
 AUTO_POOL_MULTIPLE = 4
 AUTO_HOST_SHARE = 0.25
@@ -53,6 +56,19 @@ def auto_capacity(pool_tokens: int, bytes_per_token: int, available_bytes: int) 
     """Tokens of an automatically sized store (see the module contract); at least one."""
     budget = int(available_bytes * AUTO_HOST_SHARE)
     return max(1, min(AUTO_POOL_MULTIPLE * pool_tokens, budget // bytes_per_token))
+
+
+def sized_capacity(tokens: int, bytes_per_token: int, pool_tokens: int) -> int:
+    """``tokens`` (``host_store_tokens``), or for 0 what ``auto_capacity`` gives this pool and host (logged)."""
+    if tokens:
+        return tokens
+    import psutil
+
+    available = psutil.virtual_memory().available
+    tokens = auto_capacity(pool_tokens, bytes_per_token, available)
+    logger.info("ZoomR host store: %d tokens (%.2f GiB; device pool %d tokens, host memory available %.1f GiB)",
+                tokens, tokens * bytes_per_token / 2**30, pool_tokens, available / 2**30)
+    return tokens
 
 
 class StaleBlockError(RuntimeError):

@@ -1,7 +1,8 @@
 """ZoomR inside one SGLang scheduler process: admits requests, advances them after each step, and releases them.
 The work is done by one module per concept: ``detail_mover`` (the only writer of holes and ZoomR's only ``free``),
 ``request_state`` (per-request state and lazily built stats), ``tree_borrow`` (what a request borrows from the radix
-tree), ``engine_markers`` (forced summary markers) and ``zoom_plan`` (the per-step zoom).
+tree), ``engine_markers`` (forced summary markers), ``request_table`` (where a request's thoughts start) and
+``zoom_plan`` (the per-step zoom).
 
 Contract (with or without SGLang's overlap scheduler; ``docs/overlap.md`` tells the timeline):
 - SGLang calls ``before_forward(batch, forward_iter)`` right before it launches any forward and
@@ -78,17 +79,18 @@ from zoomr_sgl.engine_markers import EngineMarkers
 from zoomr_sgl.forward_slots import ForwardSlots
 from zoomr_sgl.host_clock import HostClock
 from zoomr_sgl import manager_report
-from zoomr_sgl.host_store import HostDetailStore, auto_capacity
+from zoomr_sgl.host_store import HostDetailStore, sized_capacity
 from zoomr_sgl.page_bounds import PageBounds
 from zoomr_sgl.poison import FreedSlotPoison
 from zoomr_sgl.prompt_sentences import PromptSentences
 from zoomr_sgl.request_params import request_config
 from zoomr_sgl.request_state import RequestZoom, request_stats
+from zoomr_sgl.request_table import new_table
 from zoomr_sgl.stream_stats import LatestStats
 from zoomr_sgl.selection import policy_for
 from zoomr_sgl.selection.base import DetailAction
 from zoomr_sgl.step_probe import StepProbe
-from zoomr_sgl.thought_table import Location, ThoughtTable
+from zoomr_sgl.thought_table import Location
 from zoomr_sgl.tp_consensus import TPConsensus
 from zoomr_sgl.tree_borrow import TreeBorrow
 from zoomr_sgl.zoom_plan import ZoomPlanner
@@ -121,7 +123,9 @@ class ZoomRManager:
 
         tree = scheduler.tree_cache if isinstance(scheduler.tree_cache, ZoomRRadixCache) else None
         self.host = HostDetailStore(
-            num_layers=self.num_layers, capacity_tokens=self._host_capacity(config, k0), kv_heads=k0.shape[1],
+            num_layers=self.num_layers, capacity_tokens=sized_capacity(
+                config.host_store_tokens, 2 * self.num_layers * k0.shape[1] * k0.shape[2] * k0.element_size(),
+                int(self.kv_pool.size)), kv_heads=k0.shape[1],
             head_dim=k0.shape[2], dtype=k0.dtype, device=k0.device, fallback=config.host_full_fallback,
             on_drop=lambda block: self.borrow.on_host_drop(block),
         )
@@ -305,19 +309,6 @@ class ZoomRManager:
             req.customized_info = {"zoomr": view}
         view.finish(final)  # the same view: what it already answered stays aligned
 
-    def _host_capacity(self, config: ZoomRConfig, k0: torch.Tensor) -> int:
-        """``host_store_tokens``, or for 0 the size ``auto_capacity`` gives this pool and host (logged)."""
-        if config.host_store_tokens:
-            return config.host_store_tokens
-        import psutil
-
-        per_token = 2 * self.num_layers * k0.shape[1] * k0.shape[2] * k0.element_size()
-        available = psutil.virtual_memory().available
-        tokens = auto_capacity(int(self.kv_pool.size), per_token, available)
-        logger.info("ZoomR host store: %d tokens (%.2f GiB; device pool %d tokens, host memory available %.1f GiB)",
-                    tokens, tokens * per_token / 2**30, int(self.kv_pool.size), available / 2**30)
-        return tokens
-
     # ------------------------------------------------------------------ admission
     def _request_config(self, req) -> ZoomRConfig | None:
         return request_config(self.config, req.sampling_params.custom_params, self.num_layers)
@@ -341,7 +332,8 @@ class ZoomRManager:
         open_ids, close_ids = (self.markers.marker_ids(text) for text in cfg.marker_texts())
         st = RequestZoom(
             rid=req.rid, row=req.req_pool_idx, config=cfg, policy=policy,
-            table=self._new_table(cfg, policy, open_ids, close_ids, req.origin_input_ids), prompt_len=prompt_len,
+            table=new_table(cfg, policy, open_ids, close_ids, req.origin_input_ids, self.sentences),
+            prompt_len=prompt_len,
             protected_len=len(req.prefix_indices) if req.prefix_indices is not None else 0,
             engine=engine, open_ids=open_ids, close_ids=close_ids, req=req, row_holes=self.mover.row_holes,
         )
@@ -357,26 +349,6 @@ class ZoomRManager:
         self.admitted += 1
         req.customized_info = {"zoomr": LatestStats(lambda: request_stats(st)._asdict())}
         return st
-
-    def _new_table(self, cfg: ZoomRConfig, policy, open_ids: tuple[int, ...], close_ids: tuple[int, ...],
-                   prompt_ids) -> ThoughtTable:
-        """A request's thought table. Program/trained mode segments from position 0. Engine mode segments its
-        output from ``len(prompt)``; a prompt that holds closed thoughts (an earlier turn or request of an
-        engine-mode conversation) is segmented from 0 up to there as well, so those thoughts are the request's too:
-        borrowed from the tree when their detail is a host-backed hole run, like in program mode
-        (``Segmenter(start=0, restart_at=len(prompt))``). A policy with ``prompt_sentences`` (``sentencekv``) adds the
-        prompt's sentences as preset thoughts before them (``zoomr_sgl.prompt_sentences``). A paged policy (``quest``)
-        cuts pages from position 0."""
-        if policy.pages:  # quest: fixed pages from position 0, no markers
-            return ThoughtTable(cfg, open_ids, close_ids, 0, page_size=cfg.quest_page_size)
-        prompt_len = len(prompt_ids)
-        preset = self.sentences.presets(cfg, prompt_ids, open_ids) if policy.prompt_sentences else []
-        first = preset[-1][1] if preset else 0  # marker thoughts are found after the prompt's sentences
-        if cfg.summary_mode != "engine":
-            return ThoughtTable(cfg, open_ids, close_ids, first, preset=preset)
-        if prompt_len > first and (close_ids or open_ids)[0] in prompt_ids:  # no closing marker (beacon): no thought
-            return ThoughtTable(cfg, open_ids, close_ids, first, restart_at=prompt_len, preset=preset)
-        return ThoughtTable(cfg, open_ids, close_ids, prompt_len, preset=preset)
 
     # ------------------------------------------------------------------ one step of one request
     def _advance(self, req, st: RequestZoom, processed: int) -> None:
