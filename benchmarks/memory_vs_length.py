@@ -122,9 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     sizes = ("tokens", "min_thought", "max_thought", "summary_tokens", "zoom_budget", "zoom_topk", "zoom_interval",
              "stream_interval")
     bad = [f"--{n.replace('_', '-')}" for n in sizes if getattr(args, n) <= 0]
-    if bad or not policies or not set(policies) <= set(POLICIES) or args.min_thought > args.max_thought:
-        why = (f"{', '.join(bad)} must be positive" if bad else "--min-thought must not exceed --max-thought"
-               if args.min_thought > args.max_thought else f"--policies takes names among {', '.join(POLICIES)}")
+    why = None
+    if bad:
+        why = f"{', '.join(bad)} must be positive"
+    elif args.min_thought > args.max_thought:
+        why = "--min-thought must not exceed --max-thought"
+    elif not policies or not set(policies) <= set(POLICIES):
+        why = f"--policies takes names among {', '.join(POLICIES)}"
+    if why:
         print(f"memory_vs_length: {why}", file=sys.stderr)
         return 2
     server = None
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"model": Path(info["model_path"]).name, "device": info.get("device"), "date": datetime.date.today().isoformat(),
             "machine": f"{platform.machine()} {info.get('device')}", "sglang": info.get("version"),
             "engine_settings": engine_params("zoomr", args), **{n: getattr(args, n) for n in sizes},
-            "stream_interval": info.get("stream_interval", args.stream_interval)}  # the server's own
+            "stream_interval": info.get("stream_interval", args.stream_interval)}  # the server's own, over the flag's
     write(args.out, meta, traces, summarize(traces))
     return 0
 

@@ -26,9 +26,9 @@ Contract:
   ``kernels.kv_rows`` scatter for all of them (a zoom recalls dozens of prompt sentences at once).
   Consumers on the compute stream must ``wait()`` (or ``handle.event`` must be waited on) before reading.
 - ``sized_capacity(tokens, bytes_per_token, pool_tokens)`` is ``host_store_tokens``, or for 0 what
-  ``auto_capacity(pool_tokens, bytes_per_token, available_bytes)`` gives: ``AUTO_POOL_MULTIPLE`` times the device pool's tokens (ZoomR admits more requests than
-  the pool would hold with full KV, and each keeps its detail here), within ``AUTO_HOST_SHARE`` of the host's
-  available memory.
+  ``auto_capacity(pool_tokens, bytes_per_token, available_bytes)`` gives: ``AUTO_POOL_MULTIPLE`` times the device
+  pool's tokens (ZoomR admits more requests than the pool would hold with full KV, and each keeps its detail here),
+  within ``AUTO_HOST_SHARE`` of the host's available memory.
 - Never silent corruption: block ids are never reused, and any use of a freed or dropped block raises
   ``StaleBlockError``. ``free`` waits for the block's copies in flight before its rows can be handed out again.
 """
