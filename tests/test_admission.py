@@ -78,6 +78,49 @@ def test_a_pool_for_k_full_requests_runs_more_than_2k_zoomr_requests_without_ret
     assert s.get("/health_generate").status_code == 200
 
 
+def test_slots_freed_while_requests_run_admit_the_waiting_ones(small_pool_server):
+    """SGLang admits nothing after one refusal until a request finishes; ZoomR frees slots while requests run. Here
+    the pool holds two long prompts at their prefill and refuses the third; once the first two have sent their
+    sentences to the host (their first zoom), the waiting ones are admitted while both still run (without
+    ``hooks.reopen_admission`` they waited for the first two to finish: at most 2 ran at once)."""
+    from tests.test_sentencekv_serving import SKV, records_prompt
+
+    s = small_pool_server
+    pool = s.get("/server_info").json()["max_total_num_tokens"]
+    output, n = 160, 4
+    prompts = [records_prompt(100 + i, sentences=110) for i in range(n)]
+    peak_running, done = 0, threading.Event()
+
+    def watch():
+        nonlocal peak_running
+        while not done.is_set():
+            peak_running = max(peak_running, zoomr_manager_state(s)["running_requests"])
+            time.sleep(0.1)
+
+    def one(prompt: str) -> dict:
+        r = s.post("/generate", {"text": prompt, "sampling_params": {
+            "max_new_tokens": output, "temperature": 0, "ignore_eos": True, "custom_params": SKV}})
+        assert r.status_code == 200, r.text
+        return r.json()["meta_info"]
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with cf.ThreadPoolExecutor(n) as ex:
+            metas = list(ex.map(one, prompts))
+    finally:
+        done.set()
+        watcher.join()
+    prompt_tokens = min(m["prompt_tokens"] for m in metas)
+    assert 2 * (prompt_tokens + output) <= pool < 3 * prompt_tokens, (pool, prompt_tokens)  # two fit, three do not
+    assert all(m["completion_tokens"] == output for m in metas)
+    assert all(m["zoomr"]["demoted_tokens"] >= prompt_tokens // 2 for m in metas), [m["zoomr"] for m in metas]
+    assert sum(m.get("num_retractions", 0) for m in metas) == 0
+    assert peak_running >= 3, peak_running
+    assert wait_idle(s)["running_requests"] == 0
+    assert s.get("/health_generate").status_code == 200
+
+
 HOST_ROWS = 2 * OUTPUT + OUTPUT // 2  # room to promise two requests' output detail, never three
 
 

@@ -54,7 +54,9 @@ Hooks now:
   (AROUND): bounded requests do not drag the ratio that scales full requests' reserve; and
   ``ScheduleBatch._get_decode_retraction_order`` (AROUND): bounded requests are retracted last (they free little and
   would come back as a full-KV re-prefill). These are the methods that compute the reserve, so requests with
-  policy ``full`` (and ZoomR off) keep stock accounting.
+  policy ``full`` (and ZoomR off) keep stock accounting. After each decode result (the hook above),
+  ``reopen_admission`` clears ``running_batch.batch_is_full`` when ZoomR's frees left room for the first waiting
+  prompt: SGLang only clears it when a request finishes, and ZoomR frees slots while requests run.
 - ``Req.update_finish_state`` (AROUND, scheduler processes): a stop string completed by the last token the limit
   allows ends the request as that stop (``finish_reason`` ``stop``, the string trimmed from the text), as it does one
   token earlier. SGLang 0.5.17 checks ``max_new_tokens`` first and reports ``length`` with the stop string left in
@@ -110,6 +112,7 @@ FINISH_STATE = "sglang.srt.managers.schedule_batch.Req.update_finish_state"
 
 # The scheduler process's manager (one scheduler per process); None until Scheduler.__init__ ran.
 MANAGER = None
+_POOL_SEEN = [0]  # the allocator's free slots when reopen_admission last looked (its only writer)
 
 
 def zoomr_state(config: ZoomRConfig) -> dict:
@@ -171,6 +174,23 @@ def free_known_slots(allocator, slots) -> None:
         _KNOWN_SLOTS = False
 
 
+def reopen_admission(scheduler) -> None:
+    """After one refused admission SGLang admits nothing (``running_batch.batch_is_full``) until a request of the
+    running batch finishes or is retracted (``Scheduler.update_running_batch``). ZoomR frees device slots while its
+    requests run (a thought's detail landed on the host, a prompt's sentences demoted, a summary-only detail
+    dropped), and with nothing finishing a waiting request would wait for room that is already free (seen on an
+    H100: 5 of 16 long prompts queued for a whole generation with the pool 8% used). So, once per decode step: if the
+    pool's free slots grew since the last step and now cover the first waiting request's prompt, the flag is
+    cleared and the next scheduling pass asks SGLang's adder again, whose own check still decides. O(1)."""
+    free = MANAGER.allocator.available_size()
+    grew, _POOL_SEEN[0] = free > _POOL_SEEN[0], free
+    batch, waiting = scheduler.running_batch, scheduler.waiting_queue
+    if not (grew and batch.batch_is_full and waiting):
+        return
+    if free + scheduler.tree_cache.evictable_size() >= len(waiting[0].origin_input_ids):
+        batch.batch_is_full = False
+
+
 def stop_string_beats_length(original, req, *args, **kwargs):
     """``Req.update_finish_state`` where a stop string completed at the token limit counts as the stop."""
     from sglang.srt.managers.schedule_batch import FINISH_LENGTH
@@ -218,6 +238,7 @@ def install_manager_hooks(config: ZoomRConfig) -> None:
     def after_decode(result, processor, batch, *args, **kwargs):
         if MANAGER is not None:
             MANAGER.clock.call("after_decode", MANAGER.after_decode, batch)
+            MANAGER.clock.call("admission", reopen_admission, MANAGER.scheduler)
             MANAGER.clock.step()
         return result
 

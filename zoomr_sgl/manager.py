@@ -111,6 +111,7 @@ class ZoomRManager:
 
     def __init__(self, config: ZoomRConfig, scheduler: Any, query_buffers: dict[int, torch.Tensor] | None = None):
         self.config = config
+        self.scheduler = scheduler  # read by hooks.reopen_admission only
         self.allocator = scheduler.token_to_kv_pool_allocator
         self.req_to_token = scheduler.req_to_token_pool.req_to_token
         self.kv_pool = self.allocator.get_kvcache()
