@@ -2,9 +2,9 @@
 a loss mask, and batches by token budget.
 
 Contract:
-- ``build_tokenizer(vocab_size, docs=600)`` -> tokenizer.json text: byte-level BPE (the embedded model's recipe:
-  digits one by one, the chat and ZoomR marker tokens as single ids) trained on ``docs`` train-split problems
-  rendered as the model sees them (chat prompt, trace, ``<|im_end|>``).
+- ``build_tokenizer(vocab_size, docs=600)`` -> tokenizer.json text: byte-level BPE (``zoomr_sgl.bpe_tokenizer``,
+  the embedded model's recipe: digits one by one, the chat and ZoomR marker tokens as single ids) trained on ``docs``
+  train-split problems rendered as the model sees them (chat prompt, trace, ``<|im_end|>``).
 - ``encode(tok, problem)`` -> ``Example``: ``ids`` = the chat prompt's ids, then the trace's, then the eos id (each
   part encoded alone, so the prompt ids are exactly what the server tokenizes and the trace ids what the model
   must write); ``prompt_len``: where the loss starts.
@@ -38,9 +38,9 @@ from typing import Iterator, NamedTuple
 import torch
 
 from reasoner.tasks import Problem, chat_text, family_of, generate, problem
-from zoomr_sgl import embedded_model as em
+from zoomr_sgl import bpe_tokenizer
 
-EOS, PAD = em.EOS_TOKEN, em.PAD_TOKEN
+EOS, PAD = bpe_tokenizer.EOS_TOKEN, bpe_tokenizer.PAD_TOKEN
 IGNORE = -100
 
 
@@ -83,7 +83,7 @@ def zoomr_view(ids: list[int], prompt_len: int, open_ids, close_ids, end_think: 
 
 def build_tokenizer(vocab_size: int, docs: int = 600) -> str:
     texts = [chat_text(p.prompt) + p.trace + EOS for p in generate("train", docs)]
-    return em._train_tokenizer(texts, vocab_size)
+    return bpe_tokenizer.train_tokenizer(texts, vocab_size)
 
 
 def encode(tok, p: Problem, zoomr_aware: bool = False, stray: float = 0.0) -> Example:

@@ -34,7 +34,7 @@ from reasoner.evaluate import evaluate
 from reasoner.qwen3 import Qwen3, Qwen3Config, captured_qk, hf_config
 from reasoner.zoom_loss import ZoomLoss, after_think, blind, participants, zoom_loss
 from zoomr_sgl.config import ZoomRConfig
-from zoomr_sgl import embedded_model as em
+from zoomr_sgl import bpe_tokenizer
 
 MANIFEST = "reasoner_manifest.json"
 
@@ -139,7 +139,7 @@ def write_checkpoint(out: Path, model: Qwen3, tok_json: str, manifest: dict) -> 
     tok = Tokenizer.from_str(tok_json)
     eos, pad = tok.token_to_id(data.EOS), tok.token_to_id(data.PAD)
     (out / "tokenizer.json").write_text(tok_json, encoding="utf-8")
-    for name, text in em._tokenizer_files(0).items():
+    for name, text in bpe_tokenizer.tokenizer_files(model.cfg.max_position_embeddings).items():
         (out / name).write_text(text, encoding="utf-8")
     (out / "config.json").write_text(json.dumps(hf_config(model.cfg, eos, pad), indent=2) + "\n")
     gen = {"eos_token_id": [eos, pad], "pad_token_id": pad, "transformers_version": "5.12.1"}
@@ -148,7 +148,8 @@ def write_checkpoint(out: Path, model: Qwen3, tok_json: str, manifest: dict) -> 
     save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
     files = sorted(f.name for f in out.iterdir() if f.name != MANIFEST)
     manifest["sha256"] = {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in files}
-    manifest["token_ids"] = {t: tok.token_to_id(t) for t in em.SPECIAL_TOKENS + em.ADDED_TOKENS}
+    markers = bpe_tokenizer.SPECIAL_TOKENS + bpe_tokenizer.ADDED_TOKENS
+    manifest["token_ids"] = {t: tok.token_to_id(t) for t in markers}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 

@@ -102,7 +102,7 @@ def baseline(zoomr_server):
     return empty_tree_state(zoomr_server)
 
 
-@settings(max_examples=90, deadline=None, derandomize=True, database=None,
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(case=st.one_of(generate_body(), openai_body()))
 def test_fuzzed_requests_never_get_a_5xx_or_hurt_the_server(zoomr_server, baseline, case):
