@@ -31,6 +31,7 @@ CASES = {
     "sampling_params_list_for_one_text": ({"sampling_params": [{"max_new_tokens": 2}, {"max_new_tokens": 3}]}, None,
                                           "sampling_params"),
     "rid_list_for_one_text": ({"rid": ["a", "b"]}, None, "rid"),
+    "null_n": ({"sp": {"n": None}}, None, "sampling_params.n"),  # found by the fuzz test (an HTTP 500 before)
     "zoomr_integer_past_2_64": ({"sp": {"custom_params": {"zoomr_zoom_budget": BIG}}},
                                 {"custom_params": {"zoomr_zoom_budget": BIG}}, "2^64"),
     "extra_body_in_sampling_params": ({"sp": {"extra_body": {"custom_params": {"zoomr_zoom_topk": 2}}}}, None,

@@ -9,7 +9,8 @@ silently drop, not what SGLang already refuses (``SamplingParams.verify`` ranges
 
 - ``check_request_shape(text, input_ids, sampling_params, rid)``: one prompt takes one ``sampling_params`` object
   and one ``rid`` string; a batch takes one object or one per prompt, and one ``rid`` string or one per prompt.
-  ``n`` is read before anything else, so its type is checked here too.
+  ``n`` is read before anything else, so its type is checked here too (a ``null`` too: SGLang's
+  ``get("n", 1)`` gives None for it, and the request dies with an HTTP 500).
 - ``check_raw_body(body)``: a literal ``extra_body`` in the body (the OpenAI client's argument, which it merges into
   the body it sends; written by hand, SGLang drops it and with it the ``custom_params`` inside).
 - ``check_sampling_params(params, vocab_size, cuda_available)``: known keys only (the API fields of SGLang's
@@ -105,6 +106,8 @@ def check_request_shape(text: Any, input_ids: Any, sampling_params: Any, rid: An
         if params is not None and not isinstance(params, Mapping):
             raise ValueError(f"sampling_params must be a JSON object, {_got(params)}")
         n = (params or {}).get("n")
+        if params is not None and "n" in params and n is None:  # SGLang reads get("n", 1): a null is no default
+            raise ValueError("sampling_params.n must be an integer of at least 1, got None")
         _need_int("sampling_params.n", n)
         if n is not None and n < 1:
             raise ValueError(f"sampling_params.n must be at least 1, got {n}")
