@@ -32,6 +32,9 @@ CASES = {
                                           "sampling_params"),
     "rid_list_for_one_text": ({"rid": ["a", "b"]}, None, "rid"),
     "null_n": ({"sp": {"n": None}}, None, "sampling_params.n"),  # found by the fuzz test (an HTTP 500 before)
+    "n_past_2_63": ({"sp": {"n": 2**63}}, None, "sampling_params.n"),  # fuzz: an HTTP 500 before
+    "top_k_past_int32": ({"sp": {"top_k": 2**63 - 1}}, {"top_k": 2**63 - 1}, "top_k"),  # killed the scheduler
+    "negative_max_new_tokens": ({"sp": {"max_new_tokens": -3}}, None, "max_new_tokens"),
     "zoomr_integer_past_2_64": ({"sp": {"custom_params": {"zoomr_zoom_budget": BIG}}},
                                 {"custom_params": {"zoomr_zoom_budget": BIG}}, "2^64"),
     "extra_body_in_sampling_params": ({"sp": {"extra_body": {"custom_params": {"zoomr_zoom_topk": 2}}}}, None,

@@ -14,7 +14,7 @@ silently drop, not what SGLang already refuses (``SamplingParams.verify`` ranges
 - ``check_raw_body(body)``: a literal ``extra_body`` in the body (the OpenAI client's argument, which it merges into
   the body it sends; written by hand, SGLang drops it and with it the ``custom_params`` inside).
 - ``check_sampling_params(params, vocab_size, cuda_available)``: known keys only (the API fields of SGLang's
-  ``SamplingParams``), strict types, ``stop`` strings non-empty, ``stop_token_ids`` in the vocabulary, and no
+  ``SamplingParams``), strict types, integers in range (32-bit, ``n`` at most 4,096, a seed 64-bit), ``stop`` strings non-empty, ``stop_token_ids`` in the vocabulary, and no
   constrained decoding (``regex``, ``json_schema``, ``ebnf``, ``structural_tag``) without CUDA: xgrammar asks for
   pinned memory, which a CPU-only process cannot give, and the scheduler dies.
 - ``check_logprob_args(return_logprob, logprob_start_len, top_logprobs_num, vocab_size)``.
@@ -40,6 +40,10 @@ INTERNAL_SAMPLING_FIELDS = frozenset({"stop_strs", "stop_regex_strs", "stop_str_
 GRAMMAR_KEYS = ("regex", "json_schema", "ebnf", "structural_tag")
 INT_KEYS = ("max_new_tokens", "min_new_tokens", "n", "top_k", "stream_interval", "sampling_seed")
 NUMBER_KEYS = ("temperature", "top_p", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty")
+# SGLang carries these into 32-bit tensors (a top_k of 2^63 killed the scheduler); a request fans out into n copies
+# (n of 2^40 was an HTTP 500); a seed seeds a 64-bit generator.
+INT32_MAX = 2**31 - 1
+INT_RANGES = {"n": (1, 4096), "max_new_tokens": (0, INT32_MAX), "sampling_seed": (0, 2**63 - 1)}
 BOOL_KEYS = ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim")
 EXTRA_BODY = ("extra_body is an OpenAI-client argument (the client merges it into the body it sends), not a field "
               "of this API: put custom_params in sampling_params on /generate, at the top level on /v1/*")
@@ -109,8 +113,9 @@ def check_request_shape(text: Any, input_ids: Any, sampling_params: Any, rid: An
         if params is not None and "n" in params and n is None:  # SGLang reads get("n", 1): a null is no default
             raise ValueError("sampling_params.n must be an integer of at least 1, got None")
         _need_int("sampling_params.n", n)
-        if n is not None and n < 1:
-            raise ValueError(f"sampling_params.n must be at least 1, got {n}")
+        low, high = INT_RANGES["n"]
+        if n is not None and not low <= n <= high:
+            raise ValueError(f"sampling_params.n must be between {low} and {high:,}, got {n:,}")
     if rid is None or isinstance(rid, str):
         return
     if batch is None:
@@ -138,9 +143,11 @@ def check_sampling_params(params: Any, vocab_size: int, cuda_available: bool) ->
         if key not in known:
             raise ValueError(f"unknown sampling_params key {key!r}")
     for key in INT_KEYS:
-        _need_int(key, params.get(key))
-    if (params.get("max_new_tokens") or 0) < 0:
-        raise ValueError(f"max_new_tokens must be at least 0, got {params['max_new_tokens']}")
+        value = params.get(key)
+        _need_int(key, value)
+        low, high = INT_RANGES.get(key, (-INT32_MAX - 1, INT32_MAX))
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"{key} must be between {low:,} and {high:,}, got {value:,}")
     for key in NUMBER_KEYS:
         value = params.get(key)
         if value is not None and not _is_number(value):
