@@ -23,6 +23,38 @@ BOUNDED = {"zoomr_summary_mode": "engine", "zoomr_min_thought_tokens": 56, "zoom
 PROMPT = "Let me think about this step by step.\n"
 
 
+def bounded_body(i: int) -> dict:
+    return {"text": f"{i}: {PROMPT}", "sampling_params": {
+        "max_new_tokens": OUTPUT, "temperature": 0, "ignore_eos": True, "custom_params": BOUNDED}}
+
+
+def generate_all_watching(s, bodies: list[dict], key: str, period: float) -> tuple[list[dict], int]:
+    """Send every ``/generate`` body at once (each must answer 200) and return their ``meta_info`` and the most the
+    manager's state ``key`` reached while they ran, sampled every ``period`` seconds."""
+    peak, done = 0, threading.Event()
+
+    def watch():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, zoomr_manager_state(s)[key])
+            time.sleep(period)
+
+    def one(body: dict) -> dict:
+        r = s.post("/generate", body)
+        assert r.status_code == 200, r.text
+        return r.json()["meta_info"]
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        with cf.ThreadPoolExecutor(len(bodies)) as ex:
+            metas = list(ex.map(one, bodies))
+    finally:
+        done.set()
+        watcher.join()
+    return metas, peak
+
+
 @pytest.fixture(scope="module", params=[False, True], ids=["no_overlap", "overlap"])
 def small_pool_server(request):
     # With the overlap scheduler SGLang runs a prefilled request one step before the manager takes it; charged as
@@ -43,28 +75,8 @@ def test_a_pool_for_k_full_requests_runs_more_than_2k_zoomr_requests_without_ret
     bound = peak_tokens(cfg, 40, OUTPUT, marker_tokens=2, lag=s.lag)
     pool = s.get("/server_info").json()["max_total_num_tokens"]
     assert pool // bound > 2 * K, (pool, bound)  # the bound itself lets more than 2k in
-    peak_running, done = 0, threading.Event()
-
-    def watch():
-        nonlocal peak_running
-        while not done.is_set():
-            peak_running = max(peak_running, zoomr_manager_state(s)["running_requests"])
-            time.sleep(0.2)
-
-    def one(i: int) -> dict:
-        r = s.post("/generate", {"text": f"{i}: {PROMPT}", "sampling_params": {
-            "max_new_tokens": OUTPUT, "temperature": 0, "ignore_eos": True, "custom_params": BOUNDED}})
-        assert r.status_code == 200, r.text
-        return r.json()["meta_info"]
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        with cf.ThreadPoolExecutor(n) as ex:
-            metas = list(ex.map(one, range(n)))
-    finally:
-        done.set()
-        watcher.join()
+    bodies = [bounded_body(i) for i in range(n)]
+    metas, peak_running = generate_all_watching(s, bodies, "running_requests", 0.2)
     assert all(m["completion_tokens"] == OUTPUT for m in metas)
     assert sum(m.get("num_retractions", 0) for m in metas) == 0, [m.get("num_retractions") for m in metas]
     assert max(m["zoomr"]["peak_device_kv_tokens"] for m in metas) <= bound
@@ -89,28 +101,9 @@ def test_slots_freed_while_requests_run_admit_the_waiting_ones(small_pool_server
     pool = s.get("/server_info").json()["max_total_num_tokens"]
     output, n = 160, 4
     prompts = [records_prompt(100 + i, sentences=110) for i in range(n)]
-    peak_running, done = 0, threading.Event()
-
-    def watch():
-        nonlocal peak_running
-        while not done.is_set():
-            peak_running = max(peak_running, zoomr_manager_state(s)["running_requests"])
-            time.sleep(0.1)
-
-    def one(prompt: str) -> dict:
-        r = s.post("/generate", {"text": prompt, "sampling_params": {
-            "max_new_tokens": output, "temperature": 0, "ignore_eos": True, "custom_params": SKV}})
-        assert r.status_code == 200, r.text
-        return r.json()["meta_info"]
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        with cf.ThreadPoolExecutor(n) as ex:
-            metas = list(ex.map(one, prompts))
-    finally:
-        done.set()
-        watcher.join()
+    bodies = [{"text": p, "sampling_params": {"max_new_tokens": output, "temperature": 0, "ignore_eos": True,
+                                             "custom_params": SKV}} for p in prompts]
+    metas, peak_running = generate_all_watching(s, bodies, "running_requests", 0.1)
     prompt_tokens = min(m["prompt_tokens"] for m in metas)
     assert 2 * (prompt_tokens + output) <= pool < 3 * prompt_tokens, (pool, prompt_tokens)  # two fit, three do not
     assert all(m["completion_tokens"] == output for m in metas)
@@ -139,28 +132,8 @@ def test_admission_promises_host_rows_and_charges_the_rest_as_stock(small_host_s
     s = small_host_server
     assert zoomr_manager_state(s)["host_store"]["capacity_tokens"] == HOST_ROWS
     before = zoomr_manager_state(s)["host_unbounded_requests"]
-    peak_promised, done = 0, threading.Event()
-
-    def watch():
-        nonlocal peak_promised
-        while not done.is_set():
-            peak_promised = max(peak_promised, zoomr_manager_state(s)["host_promised_tokens"])
-            time.sleep(0.2)
-
-    def one(i: int) -> dict:
-        r = s.post("/generate", {"text": f"{i}: {PROMPT}", "sampling_params": {
-            "max_new_tokens": OUTPUT, "temperature": 0, "ignore_eos": True, "custom_params": BOUNDED}})
-        assert r.status_code == 200, r.text
-        return r.json()["meta_info"]
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        with cf.ThreadPoolExecutor(6) as ex:
-            metas = list(ex.map(one, range(6)))
-    finally:
-        done.set()
-        watcher.join()
+    bodies = [bounded_body(i) for i in range(6)]
+    metas, peak_promised = generate_all_watching(s, bodies, "host_promised_tokens", 0.2)
     assert all(m["completion_tokens"] == OUTPUT for m in metas)
     charged = [m["zoomr"]["admission"] for m in metas]
     assert charged.count("bound") >= 2 and "stock" in charged, charged

@@ -14,9 +14,10 @@ silently drop, not what SGLang already refuses (``SamplingParams.verify`` ranges
 - ``check_raw_body(body)``: a literal ``extra_body`` in the body (the OpenAI client's argument, which it merges into
   the body it sends; written by hand, SGLang drops it and with it the ``custom_params`` inside).
 - ``check_sampling_params(params, vocab_size, cuda_available)``: known keys only (the API fields of SGLang's
-  ``SamplingParams``), strict types, integers in range (32-bit, ``n`` at most 4,096, a seed 64-bit), ``stop`` strings non-empty, ``stop_token_ids`` in the vocabulary, and no
-  constrained decoding (``regex``, ``json_schema``, ``ebnf``, ``structural_tag``) without CUDA: xgrammar asks for
-  pinned memory, which a CPU-only process cannot give, and the scheduler dies.
+  ``SamplingParams``), strict types, integers in range (32-bit, ``n`` at most 4,096, a seed 64-bit), ``stop``
+  strings non-empty, ``stop_token_ids`` in the vocabulary, and no constrained decoding (``regex``,
+  ``json_schema``, ``ebnf``, ``structural_tag``) without CUDA: xgrammar asks for pinned memory, which a CPU-only
+  process cannot give, and the scheduler dies.
 - ``check_logprob_args(return_logprob, logprob_start_len, top_logprobs_num, vocab_size)``.
 - ``check_zoomr_integers(custom_params)``: an integer of 2^64 or more reaches the server as a float (SGLang parses
   JSON with orjson, which keeps 64-bit integers only); the message says so instead of "got 1.8e+19".
@@ -88,6 +89,14 @@ def _need_int(field: str, value: Any) -> None:
         raise ValueError(f"{field} must be an integer, {_got(value)}")
 
 
+def _need_int_in(field: str, key: str, value: Any) -> None:
+    """``value`` (None allowed) is an integer within ``INT_RANGES[key]`` (default: 32-bit)."""
+    _need_int(field, value)
+    low, high = INT_RANGES.get(key, (-INT32_MAX - 1, INT32_MAX))
+    if value is not None and not low <= value <= high:
+        raise ValueError(f"{field} must be between {low:,} and {high:,}, got {value:,}")
+
+
 def check_request_shape(text: Any, input_ids: Any, sampling_params: Any, rid: Any) -> None:
     """What ``GenerateReqInput.normalize_batch_and_arguments`` assumes about the request's batch shape."""
     if isinstance(text, str):
@@ -112,10 +121,7 @@ def check_request_shape(text: Any, input_ids: Any, sampling_params: Any, rid: An
         n = (params or {}).get("n")
         if params is not None and "n" in params and n is None:  # SGLang reads get("n", 1): a null is no default
             raise ValueError("sampling_params.n must be an integer of at least 1, got None")
-        _need_int("sampling_params.n", n)
-        low, high = INT_RANGES["n"]
-        if n is not None and not low <= n <= high:
-            raise ValueError(f"sampling_params.n must be between {low} and {high:,}, got {n:,}")
+        _need_int_in("sampling_params.n", "n", n)
     if rid is None or isinstance(rid, str):
         return
     if batch is None:
@@ -143,11 +149,7 @@ def check_sampling_params(params: Any, vocab_size: int, cuda_available: bool) ->
         if key not in known:
             raise ValueError(f"unknown sampling_params key {key!r}")
     for key in INT_KEYS:
-        value = params.get(key)
-        _need_int(key, value)
-        low, high = INT_RANGES.get(key, (-INT32_MAX - 1, INT32_MAX))
-        if value is not None and not low <= value <= high:
-            raise ValueError(f"{key} must be between {low:,} and {high:,}, got {value:,}")
+        _need_int_in(key, key, params.get(key))
     for key in NUMBER_KEYS:
         value = params.get(key)
         if value is not None and not _is_number(value):
