@@ -76,7 +76,10 @@ def step_ms(p: dict) -> float | None:
 def _host_line(p: dict) -> str:
     ms = dict(p["zoomr_host_ms"])
     total, steps = ms.pop("total"), ms.pop("decode_steps")
+    pieces = {name: ms.pop(name) for name in [n for n in ms if "/" in n]}  # inside their hooks' figures
     parts = ", ".join(f"{name} {v:.3f}" for name, v in sorted(ms.items(), key=lambda kv: -kv[1]))
+    if pieces:
+        parts += "; of which " + ", ".join(f"{name} {v:.3f}" for name, v in sorted(pieces.items(), key=lambda kv: -kv[1]))
     return (f"\n`{p['row']}`: ZoomR's own host work {total:.2f} ms per decode step over {steps:,} steps ({parts}); "
             f"the scheduler's step: {_n(step_ms(p), 2)} ms at {p['scheduler']['running_mean']:.1f} running requests.")
 

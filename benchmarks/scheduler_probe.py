@@ -8,7 +8,8 @@ Contract:
   evenly spaced in time) and the retractions between two samples read at the point's start and end.
 - ``read_host_clock(session, url)``: a ZoomR server's ``HostClock`` report (``/server_info``, the first scheduler's
   ``zoomr.manager.host_clock``), None for a server without one; ``host_ms_per_step(before, after)``: ZoomR's host
-  milliseconds per decode step between two reports, per hook and in ``total`` (None without decode steps).
+  milliseconds per decode step between two reports, per hook and in ``total`` (None without decode steps), and per
+  piece of a hook (``"after_decode/zoom_recall"``: inside its hook's figure, not added to ``total``).
 - ``wait_idle(session, url, timeout)`` returns once two reads in a row show no running and no queued request;
   it raises ``TimeoutError`` otherwise.
 
@@ -108,7 +109,11 @@ def host_ms_per_step(before: dict | None, after: dict | None) -> dict | None:
         return None
     seconds = {name: sec - before["hooks"].get(name, (0, 0.0))[1] for name, (_, sec) in after["hooks"].items()}
     ms = {name: round(1000.0 * sec / steps, 4) for name, sec in seconds.items() if sec > 0}
-    return {**ms, "total": round(sum(ms.values()), 4), "decode_steps": steps}
+    was = before.get("parts") or {}
+    parts = {name: round(1000.0 * (sec - was.get(name, (0, 0.0))[1]) / steps, 4)
+             for name, (_, sec) in (after.get("parts") or {}).items()}  # "hook/piece": inside a hook's time
+    return {**ms, "total": round(sum(ms.values()), 4), "decode_steps": steps,
+            **{name: v for name, v in parts.items() if v > 0}}
 
 
 class SchedulerProbe:

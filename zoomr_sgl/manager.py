@@ -156,6 +156,7 @@ class ZoomRManager:
         self.decode_steps = 0
         self.admitted = 0
         self.clock = HostClock()  # written by the hooks around each manager call (zoomr_sgl.hooks)
+        self.planner.clock = self.clock  # and by the planner, for the pieces of a zoom
         self.poison = FreedSlotPoison(self.kv_pool, self.forward_stream if self.overlap else None) \
             if FreedSlotPoison.enabled() else None
         self.probe = StepProbe() if StepProbe.enabled() else None
@@ -210,17 +211,20 @@ class ZoomRManager:
             if first:  # their first zoom: their prompts' sentences leave the device now
                 if self.probe is not None:
                     self.probe.step["index"] = True
-                self.sentences.leave(first, self.req_to_token, self.planner.k_buffers, self.scoring_layers,
-                                     self.host, self.mover)
-            for st, _ in due:
-                for index in st.to_park:
-                    self.mover.park(st, index)
-                st.to_park.clear()
+                with self.clock.part("after_decode/sentences_leave"):
+                    self.sentences.leave(first, self.req_to_token, self.planner.k_buffers, self.scoring_layers,
+                                         self.host, self.mover)
+            with self.clock.part("after_decode/park"):
+                for st, _ in due:
+                    for index in st.to_park:
+                        self.mover.park(st, index)
+                    st.to_park.clear()
             self.planner.run(due, self.slots.queries(batch.forward_iter), step, headroom=len(batch.reqs))
-            for st, _ in due:
-                if st.policy.prompt_sentences:
-                    self.sentences.demote_parked(st, self.borrow)
-                st.peak_device = max(st.peak_device, st.device_tokens())
+            with self.clock.part("after_decode/demote"):
+                for st, _ in due:
+                    if st.policy.prompt_sentences:
+                        self.sentences.demote_parked(st, self.borrow)
+                    st.peak_device = max(st.peak_device, st.device_tokens())
         if self.metrics is not None and time.monotonic() - self._metrics_at >= manager_report.METRICS_PERIOD_S:
             self._metrics_at = time.monotonic()
             self.metrics.observe(manager_report.snapshot(self))

@@ -32,6 +32,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from zoomr_sgl.detail_mover import DetailMover
+from zoomr_sgl.host_clock import HostClock
 from zoomr_sgl.request_state import RequestZoom
 from zoomr_sgl.scoring import scores_over_padded
 from zoomr_sgl.tp_consensus import digest
@@ -78,6 +79,7 @@ class ZoomPlanner:
                            scored_pages=0)
         self._warned = False
         self.host_side = contextlib.nullcontext  # the step probe swaps in its pause (zoomr_sgl.step_probe)
+        self.clock = HostClock()  # the manager hands its own: where a zoom's time goes, piece by piece
 
     def run(self, due: list[tuple[RequestZoom, int]], queries: dict, step: int, headroom: int) -> None:
         if not due:
@@ -89,9 +91,10 @@ class ZoomPlanner:
                                self.scoring_layers)
                 self._warned = True
             return
-        plans = [Plan(st, b, st.policy.to_score(st.table), st.policy.sentences_to_score(st.table),
-                      st.policy.pages_to_score(st.table)) for st, b in due]
-        summary_scores, sentence_scores, page_scores = self._score(plans, queries)
+        with self.clock.part("after_decode/zoom_score"):
+            plans = [Plan(st, b, st.policy.to_score(st.table), st.policy.sentences_to_score(st.table),
+                          st.policy.pages_to_score(st.table)) for st, b in due]
+            summary_scores, sentence_scores, page_scores = self._score(plans, queries)
         room = int(self.allocator.available_size()) - headroom
         at_summary = at_sentence = at_page = 0
         taken = []
@@ -106,7 +109,7 @@ class ZoomPlanner:
             inputs = StepInputs(step, score_summaries=_given(mine, len(plan.summaries), "thoughts"),
                                 score_sentences=_given(theirs, plan.sentences, "sentences"),
                                 score_pages=_given(pages, plan.pages, "pages"))
-            with self.host_side():  # policies decide on host data only
+            with self.host_side(), self.clock.part("after_decode/zoom_decide"):  # policies decide on host data only
                 decision = st.policy.decide(st.table, inputs)
             room = self._apply(st, decision, room)
             self.totals["zooms"] += 1
@@ -220,13 +223,16 @@ class ZoomPlanner:
             recall.append(i)
             room += freed - takes(i)
             buffered = buf + size(i)
-        for i in evict:
-            self.mover.evict(st, i)
-        self.mover.recall_many(st, recall)
+        with self.clock.part("after_decode/zoom_evict"):
+            for i in evict:
+                self.mover.evict(st, i)
+        with self.clock.part("after_decode/zoom_recall"):
+            self.mover.recall_many(st, recall)
         st.table.touch([i for i in decision.selected if i not in trimmed])
         if trimmed:
             st.recalls_trimmed += len(trimmed)
             self.totals["recalls_trimmed"] += len(trimmed)
         if recall:
-            self.mover.land(st, wait=st.config.wait_for_recall)
+            with self.clock.part("after_decode/zoom_land"):
+                self.mover.land(st, wait=st.config.wait_for_recall)
         return room
