@@ -207,7 +207,7 @@ PY
       "${debug[@]}" python3 launch.py "${zoomr[@]}" --max-total-tokens 200000 "${extra[@]}" --host 127.0.0.1 --port 30014 \
         > "$OUT/suite_overlap.log" 2>&1 &
       ov=$!
-      python3 launch.py --max-total-tokens 200000 "${extra[@]}" ${SUITE_SERVER_FLAGS:-} --host 127.0.0.1 --port 30012 \
+      python3 launch.py --enable-metrics --max-total-tokens 200000 "${extra[@]}" ${SUITE_SERVER_FLAGS:-} --host 127.0.0.1 --port 30012 \
         > "$OUT/suite_stock.log" 2>&1 &
       st=$!
       files=(${SUITE_FILES:-tests/test_overlap.py tests/test_resident_attention.py tests/test_zoomr_serving.py

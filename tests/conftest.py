@@ -55,7 +55,9 @@ def any_zoomr_server(request):
 
 @pytest.fixture(scope="session")
 def stock_server():
-    yield from _serve_or_attach("ZOOMR_TEST_STOCK_URL", [])
+    """Stock SGLang (launch.py without ZoomR), with its metrics on: the capacity yardstick reads the scheduler from
+    ``/metrics``; nothing else a test compares depends on them."""
+    yield from _serve_or_attach("ZOOMR_TEST_STOCK_URL", ["--enable-metrics"])
 
 
 def pytest_sessionfinish(session, exitstatus):

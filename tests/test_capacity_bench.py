@@ -13,18 +13,9 @@ from benchmarks import capacity
 from benchmarks.capacity_point import tbt_ms
 from benchmarks.scheduler_probe import QUEUED, RUNNING, parse_metrics
 from benchmarks.stream_client import RequestTrace
-from tests.server_process import ServerProcess
 
 N = 3
 ENGINE = ["--min-thought", "24", "--max-thought", "48", "--summary-tokens", "8", "--zoom-budget", "64"]
-
-
-@pytest.fixture(scope="module")
-def stock_metrics_server():
-    # The suite's stock_server runs without --enable-metrics; the yardstick reads the scheduler from /metrics.
-    server = ServerProcess.start(["--enable-metrics"])
-    yield server
-    assert not server.stop(), "stock server processes left running"
 
 
 def _scheduler_idle(url: str) -> bool:
@@ -33,8 +24,8 @@ def _scheduler_idle(url: str) -> bool:
 
 
 @pytest.mark.server
-def test_capacity_rows_points_and_idle_servers(zoomr_server, stock_metrics_server, tmp_path):
-    rc = capacity.main(["--servers", "stock,zoomr", "--url-stock", stock_metrics_server.url,
+def test_capacity_rows_points_and_idle_servers(zoomr_server, stock_server, tmp_path):
+    rc = capacity.main(["--servers", "stock,zoomr", "--url-stock", stock_server.url,
                         "--url-zoomr", zoomr_server.url, "--seed", "5", "--lengths", "256,2048",
                         "--window-from", "2048",
                         "--window", "3", "--settle", "2", "--requests", str(N), "--vocab", "1000", "--poll", "0.25",
@@ -63,8 +54,13 @@ def test_capacity_rows_points_and_idle_servers(zoomr_server, stock_metrics_serve
             assert host is None
         else:
             assert host["decode_steps"] > 0 and host["total"] > 0 and host["after_decode"] > 0, (row, length, host)
-            assert host["total"] == pytest.approx(sum(v for k, v in host.items() if k not in ("total", "decode_steps")),
-                                                  abs=1e-3)
+            hooks = {k: v for k, v in host.items() if k not in ("total", "decode_steps") and "/" not in k}
+            assert host["total"] == pytest.approx(sum(hooks.values()), abs=1e-3)
+            pieces = {k: v for k, v in host.items() if "/" in k}  # inside their hook's figure, never above it
+            assert all(k.split("/")[0] in hooks for k in pieces), (row, length, host)
+            assert sum(v for k, v in pieces.items() if k.startswith("after_decode/")) <= hooks["after_decode"] + 1e-3
+            if row == "zoomr" and length == 2048:  # engine-mode thoughts offload and zoom: the zoom's pieces show
+                assert pieces.get("after_decode/zoom_score", 0) > 0, (row, length, host)
     for row in ("stock", "zoomr", "full"):
         done, window = points[(row, 256)], points[(row, 2048)]
         assert done["mode"] == "complete" and done["output_tokens"] == N * 256
@@ -81,7 +77,7 @@ def test_capacity_rows_points_and_idle_servers(zoomr_server, stock_metrics_serve
     assert "`zoomr`: ZoomR's own host work" in table and "ms per decode step" in table
     assert (tmp_path / "capacity.png").stat().st_size > 0
     # nothing left running on either server: the window points were aborted and drained
-    assert _scheduler_idle(stock_metrics_server.url) and _scheduler_idle(zoomr_server.url)
+    assert _scheduler_idle(stock_server.url) and _scheduler_idle(zoomr_server.url)
     # the JSON alone redraws the same table
     assert capacity.main(["--from-json", str(tmp_path / "capacity.json"), "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "capacity.md").read_text() == table
@@ -128,13 +124,13 @@ def test_time_between_tokens_splits_a_chunk_over_its_tokens():
 
 
 @pytest.mark.server
-def test_long_prompts_rows_ratios_and_what_sentencekv_saves(zoomr_server, stock_metrics_server, tmp_path):
+def test_long_prompts_rows_ratios_and_what_sentencekv_saves(zoomr_server, stock_server, tmp_path):
     """SentenceKV's yardstick (``benchmarks/long_prompts.py``) attached to real servers: every row measured to
     completion, ratios to full and stock, and sentencekv's device KV per request a fraction of full KV's once the
     prompt has left (its peak is the whole prompt: the prefill and the first decode step hold it)."""
     from benchmarks import long_prompts
 
-    rc = long_prompts.main(["--url-stock", stock_metrics_server.url, "--url-zoomr", zoomr_server.url,
+    rc = long_prompts.main(["--url-stock", stock_server.url, "--url-zoomr", zoomr_server.url,
                             "--prompt-lengths", "800", "--batch", "2", "--output", "24", "--sentence-budget", "64",
                             "--sink", "16", "--recent", "32", "--zoom-interval", "4", "--out", str(tmp_path)])
     assert rc == 0
@@ -149,7 +145,7 @@ def test_long_prompts_rows_ratios_and_what_sentencekv_saves(zoomr_server, stock_
     assert skv["kv_less_than_full"] == pytest.approx(full["step_kv_mean"] / skv["step_kv_mean"])
     assert "## prompt 800 tokens" in (tmp_path / "long_prompts.md").read_text()
     assert (tmp_path / "long_prompts.png").exists()
-    for server in (zoomr_server, stock_metrics_server):
+    for server in (zoomr_server, stock_server):
         assert _scheduler_idle(server.url)
 
 

@@ -2,15 +2,17 @@
 ``custom_params`` with ``zoomr_*`` keys, logprob fields, streaming) on all three endpoints of the real ZoomR server.
 After each example: no 5xx (a stream's error event counts as its code) and the server answers; at the end the
 scheduler is idle, and after ``/flush_cache`` the pool is whole and the host store empty. Derandomized and bounded,
-so CI runs the same examples in about a minute."""
+so CI runs the same examples in about a minute; a longer campaign draws fresh ones:
+``ZOOMR_FUZZ_EXAMPLES=3000 ZOOMR_FUZZ_SEED=1 .venv/bin/python -m pytest tests/test_fuzz_http.py``."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from tests.test_zoomr_serving import check_all_returned, empty_tree_state
@@ -61,6 +63,19 @@ def generate_body(draw):
     return "/generate", body
 
 
+MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool"]),
+                                 "content": st.one_of(st.text(max_size=8), st.just([{"type": "text", "text": "Hi"}]),
+                                                      st.lists(st.fixed_dictionaries({"type": ANY, "text": ANY}),
+                                                               max_size=2), ANY)})
+OPENAI_RARE = (("seed", ANY), ("logit_bias", ANY),
+               ("max_completion_tokens", ANY), ("presence_penalty", ANY), ("frequency_penalty", ANY),
+               ("response_format", st.one_of(st.just({"type": "json_object"}), st.just({"type": "text"}), ANY)),
+               ("stream_options", st.one_of(st.just({"include_usage": True}), ANY)), ("echo", ANY), ("user", ANY),
+               ("tools", ANY), ("tool_choice", ANY), ("chat_template_kwargs", st.one_of(
+                   st.just({"enable_thinking": False}), ANY)), ("separate_reasoning", ANY), ("min_tokens", ANY),
+               ("stop_token_ids", ANY), ("ignore_eos", ANY), ("rid", ANY), ("continue_final_message", ANY))
+
+
 @st.composite
 def openai_body(draw):
     chat = draw(st.booleans())
@@ -68,12 +83,16 @@ def openai_body(draw):
     if chat:
         body["messages"] = draw(st.one_of(st.just([{"role": "user", "content": "Hi there"}]),
                                           st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "bogus"]),
-                                                                          "content": ANY}), max_size=2), ANY))
+                                                                          "content": ANY}), max_size=2), ANY,
+                                          st.lists(MESSAGE, min_size=1, max_size=3)))
     else:
         body["prompt"] = draw(st.one_of(TEXT, IDS, ANY))
     for key, strategy in (("temperature", ANY), ("stop", ANY), ("stream", st.booleans()), ("custom_params", CUSTOM),
                           ("logprobs", ANY), ("top_logprobs", ANY), ("n", ANY), ("top_p", ANY)):
         if draw(st.booleans()):
+            body[key] = draw(strategy)
+    for key, strategy in OPENAI_RARE:  # fields a client sends now and then: each in about one body of eight
+        if draw(st.integers(0, 7)) == 0:
             body[key] = draw(strategy)
     return ("/v1/chat/completions" if chat else "/v1/completions"), body
 
@@ -102,9 +121,14 @@ def baseline(zoomr_server):
     return empty_tree_state(zoomr_server)
 
 
-@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+FUZZ_SEED = os.environ.get("ZOOMR_FUZZ_SEED")
+
+
+@settings(max_examples=int(os.environ.get("ZOOMR_FUZZ_EXAMPLES", "60")), deadline=None,
+          derandomize=FUZZ_SEED is None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(case=st.one_of(generate_body(), openai_body()))
+@(seed(int(FUZZ_SEED)) if FUZZ_SEED else (lambda test: test))
 def test_fuzzed_requests_never_get_a_5xx_or_hurt_the_server(zoomr_server, baseline, case):
     path, body = case
     r = requests.post(zoomr_server.url + path, json=body, timeout=120, stream=bool(body.get("stream")))

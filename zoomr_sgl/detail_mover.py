@@ -23,7 +23,11 @@ Contract:
 - ``recall`` (HOST -> RECALLING -> ZOOM): takes slots from the allocator (the caller checked the room) and starts
   the copy; the slots are written into the row when the copy has landed (``land``), from the next step on. From
   PARKED (-> ZOOM at once) it takes no slot and copies nothing: the parked slots go back into the row.
-  ``recall_many(st, indices)`` does so for several at once, the host copies of all of them batched (one handle).
+  ``recall_many(st, indices)`` does so for several at once: one allocation cut in order, the host copies of all of
+  them batched (one handle); ``evict_many`` evicts several with one gather, one write and one free, ``park_many``
+  parks several with one gather and one write; ``land`` maps
+  every recall that has landed with one write and frees every landed offload with one free. A zoom moves dozens of
+  prompt sentences, and its host time was per sentence before (H100, 32K prompts: 30 ms a decode step).
   ``recall_slots(st, index)`` / ``evict_slots(st, index)``: the allocator slots a recall takes / an eviction frees.
 - ``land(st, wait)`` finishes the copies of ``st`` that have landed (all of them with ``wait``); ``land_busy`` does
   so for every request with copies in flight, and nothing for the others (no per-request work on a plain step).
@@ -105,12 +109,11 @@ class DetailMover:
         """The radix tree demoted thought ``index``'s detail (``slots``, which were the tree's) into a block the caller
         has put in ``st.blocks``, the copy landing at ``handle``: the row gets holes there (a parked detail has them
         already) and from here on it is an offload (OFFLOADING, its slots held by the request until the copy has
-        landed, then freed by ``land``: HOST)."""
+        landed, then freed by ``land``, which the caller runs after its last ``demoted``: HOST)."""
         self._out_of_row(st, index)
         st.table.begin_offload(index)
         self._track(st, st.offloading, Copy(index, slots, handle))
-        st.offloading_slots += len(slots)
-        self.land(st, wait=False)
+        st.offloading_slots += len(slots)  # the caller lands them (``land``) once it has handed over the lot
 
     def _free(self, slots: torch.Tensor) -> None:
         from zoomr_sgl.hooks import free_known_slots
@@ -165,6 +168,23 @@ class DetailMover:
         t = st.table.thought(index)
         self._park(st, index, self._unmap(st, t.detail_start, t.detail_end))
 
+    def park_many(self, st: RequestZoom, indices) -> None:
+        """``park`` each of ``indices`` (DEVICE details) with one gather of their slots and one write of holes (a
+        prompt's first zoom parks every sentence that may leave: thousands at 32K tokens)."""
+        if len(indices) <= 1:
+            for index in indices:
+                self.park(st, index)
+            return
+        spans = [(t.detail_start, t.detail_end) for t in map(st.table.thought, indices)]
+        positions = self.positions(spans)
+        slots = self.req_to_token[st.row, positions].to(torch.int64)
+        self.req_to_token[st.row, positions] = 0
+        self._add_holes(st, len(positions))
+        at = 0
+        for index, (lo, hi) in zip(indices, spans):
+            self._park(st, index, slots[at:at + hi - lo])
+            at += hi - lo
+
     def _park(self, st: RequestZoom, index: int, slots: torch.Tensor) -> None:
         """The detail's slots (already holes in the row) are kept aside; the thought becomes PARKED."""
         st.parked[index] = slots
@@ -218,31 +238,63 @@ class DetailMover:
             self._park(st, index, slots)
         self.totals["evictions"] += 1
 
+    def evict_many(self, st: RequestZoom, indices) -> None:
+        """``evict`` each of ``indices``; the details with a host copy leave the row together: one gather of their
+        slots, one write of holes and one free for all of them (a zoom evicts dozens of prompt sentences)."""
+        spans, gone = [], []
+        for index in indices:
+            if st.table.has_host_copy(index):
+                spans.append(st.span(index))
+                gone.append(index)
+            else:  # recalled from PARKED: back there, its slots kept
+                self.evict(st, index)
+        if len(gone) <= 1:
+            for index in gone:
+                self.evict(st, index)
+            return
+        positions = self.positions(spans)
+        slots = self.req_to_token[st.row, positions].to(torch.int64)
+        self.req_to_token[st.row, positions] = 0
+        self._add_holes(st, len(positions))
+        self._free(slots)
+        for index in gone:
+            st.table.evict(index)
+        self.totals["evictions"] += len(gone)
+
+    def positions(self, spans) -> torch.Tensor:
+        """The positions of ``spans`` (``(lo, hi)`` each), in order, as one index on the row's device."""
+        host = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in spans])
+        return torch.from_numpy(host).to(self.req_to_token.device, non_blocking=True)
+
     def recall(self, st: RequestZoom, index: int) -> None:
         self.recall_many(st, [index])
 
     def recall_many(self, st: RequestZoom, indices) -> None:
         """Recall each of ``indices`` (see the contract): the ones on the host with one batched copy."""
-        batch = []
+        wanted = []
         for index in indices:
-            lo, hi = st.span(index)
             self.totals["recalls"] += 1
             if st.table.location(index) is Location.PARKED:  # its own slots back into the row: no copy, no slot
                 self._back_into_row(st, index)
                 st.table.mark_recalled(index)
-                continue
-            slots = self.allocator.alloc(hi - lo)
-            if slots is None:
-                raise RuntimeError(f"recall of {hi - lo} tokens found no room (the caller checks the room first)")
-            # SGLang hands out a view of its whole free list, and every free replaces that list by a new tensor (a
-            # cat): a view kept while the copy lands pins the old list, one pool-sized tensor per recall (on an H200
-            # with a 44M-token pool, 330 MiB each: the server ran out of memory at 64 concurrent requests). A copy
-            # pins nothing.
-            batch.append((index, slots.clone()))
-            st.table.begin_recall(index)
-            self.totals["recalled_tokens"] += hi - lo
-        if not batch:
+            else:
+                wanted.append((index, *st.span(index)))
+        if not wanted:
             return
+        total = sum(hi - lo for _, lo, hi in wanted)
+        fresh = self.allocator.alloc(total)  # one allocation for them all, cut in order
+        if fresh is None:
+            raise RuntimeError(f"recall of {total} tokens found no room (the caller checks the room first)")
+        # SGLang hands out a view of its whole free list, and every free replaces that list by a new tensor (a cat): a
+        # view kept while the copy lands pins the old list, one pool-sized tensor per recall (on an H200 with a
+        # 44M-token pool, 330 MiB each: the server ran out of memory at 64 concurrent requests). A copy pins nothing.
+        fresh = fresh.clone()
+        batch, at = [], 0
+        for index, lo, hi in wanted:
+            batch.append((index, fresh[at:at + hi - lo]))
+            at += hi - lo
+            st.table.begin_recall(index)
+        self.totals["recalled_tokens"] += total
         handle = self.host.copy_many_to_device([(st.blocks[i], slots) for i, slots in batch], self.kv_pool.k_buffer,
                                                self.kv_pool.v_buffer, after=self.recall_after)
         for i, slots in batch:
@@ -257,32 +309,23 @@ class DetailMover:
     def land(self, st: RequestZoom, wait: bool) -> None:
         wait = wait or self.lockstep
         if st.offloading:
-            still = []
-            for c in st.offloading:
-                if self.lockstep:
-                    c.handle.wait()
-                if c.handle.done():
-                    self._free(c.slots)
-                    st.inflight_slots -= len(c.slots)
-                    st.offloading_slots -= len(c.slots)
-                    st.table.finish_offload(c.thought)
-                else:
-                    still.append(c)
-            st.offloading = still
+            landed, st.offloading = _landed(st.offloading, self.lockstep)
+            if landed:  # their slots go back in one free
+                self._free(torch.cat([c.slots for c in landed]) if len(landed) > 1 else landed[0].slots)
+            for c in landed:
+                st.inflight_slots -= len(c.slots)
+                st.offloading_slots -= len(c.slots)
+                st.table.finish_offload(c.thought)
         if st.recalling:
-            still = []
-            for c in st.recalling:
-                if wait:
-                    c.handle.wait()
-                if c.handle.done():
-                    lo, hi = st.span(c.thought)
-                    self.req_to_token[st.row, lo:hi] = c.slots.to(self.req_to_token.dtype)
-                    self._add_holes(st, lo - hi)
-                    st.inflight_slots -= len(c.slots)
-                    st.table.finish_recall(c.thought)
-                else:
-                    still.append(c)
-            st.recalling = still
+            landed, st.recalling = _landed(st.recalling, wait)
+            if landed:  # their fresh slots go into the row in one write
+                positions = self.positions([st.span(c.thought) for c in landed])
+                slots = torch.cat([c.slots for c in landed]) if len(landed) > 1 else landed[0].slots
+                self.req_to_token[st.row, positions] = slots.to(self.req_to_token.dtype)
+                self._add_holes(st, -len(positions))
+            for c in landed:
+                st.inflight_slots -= len(c.slots)
+                st.table.finish_recall(c.thought)
         if not (st.offloading or st.recalling):
             self.busy.pop(st.rid, None)
 
@@ -327,3 +370,18 @@ class DetailMover:
                 if st.table.location(i) is Location.ZOOM:
                     lo, hi = st.span(i)
                     self._free(self._unmap(st, lo, hi))
+
+
+def _landed(copies: list[Copy], wait: bool) -> tuple[list[Copy], list[Copy]]:
+    """``copies`` split into those that have landed (all of them, waited for, with ``wait``) and those in flight; a
+    handle shared by several copies is asked once."""
+    done: dict[int, bool] = {}
+    landed, flying = [], []
+    for c in copies:
+        key = id(c.handle)
+        if key not in done:
+            if wait:
+                c.handle.wait()
+            done[key] = c.handle.done()
+        (landed if done[key] else flying).append(c)
+    return landed, flying

@@ -21,9 +21,9 @@ Contract:
   On CUDA each run of a block is one contiguous host<->device copy of its rows, staged on the device by one
   ``kernels.kv_rows`` launch over every layer (not two copies per layer). ``copy_to_device(..., after=stream)``
   also waits for the work already queued on ``stream`` (a forward in flight that may still read those slots).
-  ``copy_many_to_device(items, k_buffers, v_buffers, after)`` does the same for several ``(block, slots)`` at once
-  with one handle for all: on CUDA one host->device copy per run into one device staging tensor and one
-  ``kernels.kv_rows`` scatter for all of them (a zoom recalls dozens of prompt sentences at once).
+  ``copy_many_to_device(items, k_buffers, v_buffers, after)`` and ``copy_many_from_device(items, k_buffers,
+  v_buffers)`` do the same for several ``(block, slots)`` at once with one handle for all (a zoom recalls dozens of
+  prompt sentences at once, a prompt's first zoom demotes thousands). How the rows move: ``zoomr_sgl.host_copies``.
   Consumers on the compute stream must ``wait()`` (or ``handle.event`` must be waited on) before reading.
 - ``sized_capacity(tokens, bytes_per_token, pool_tokens)`` is ``host_store_tokens``, or for 0 what
   ``auto_capacity(pool_tokens, bytes_per_token, available_bytes)`` gives: ``AUTO_POOL_MULTIPLE`` times the device
@@ -39,11 +39,12 @@ import bisect
 import itertools
 import logging
 import weakref
-from typing import Callable, Hashable, NamedTuple, Sequence
+from typing import Callable, Hashable, NamedTuple
 
 import torch
 
 from zoomr_sgl.config import HOST_FULL_FALLBACKS
+from zoomr_sgl.host_copies import CopyHandle, HostCopies
 
 
 logger = logging.getLogger("zoomr_sgl")
@@ -107,21 +108,7 @@ class HostStoreStats(NamedTuple):
     refused: int  # allocations answered with None
 
 
-class CopyHandle:
-    """Completion of one copy: ``done()`` asks without blocking, ``wait()`` blocks until it has landed."""
-
-    def __init__(self, event: "torch.cuda.Event | None" = None):
-        self.event = event
-
-    def done(self) -> bool:
-        return self.event is None or self.event.query()
-
-    def wait(self) -> None:
-        if self.event is not None:
-            self.event.synchronize()
-
-
-class HostDetailStore:
+class HostDetailStore(HostCopies):
     """Preallocated host memory for offloaded thought detail (see the module contract)."""
 
     def __init__(
@@ -194,105 +181,6 @@ class HostDetailStore:
         return HostStoreStats(
             self.capacity_tokens, used, len(self._blocks), self._dropped_blocks, self._dropped_tokens, self._refused
         )
-
-    # ------------------------------------------------------------------ copies
-    def copy_from_device(self, block: HostBlock, k_buffers: Sequence[torch.Tensor],
-                         v_buffers: Sequence[torch.Tensor], slots: torch.Tensor) -> CopyHandle:
-        """Device slots -> this block, every layer."""
-        return self._copy_to_host(block, k_buffers, v_buffers, slots)
-
-    def copy_to_device(self, block: HostBlock, k_buffers: Sequence[torch.Tensor],
-                       v_buffers: Sequence[torch.Tensor], slots: torch.Tensor, after=None) -> CopyHandle:
-        """This block -> device slots, every layer (after the work queued on stream ``after``, if given)."""
-        return self.copy_many_to_device([(block, slots)], k_buffers, v_buffers, after=after)
-
-    def copy_many_to_device(self, items: Sequence[tuple[HostBlock, torch.Tensor]], k_buffers: Sequence[torch.Tensor],
-                            v_buffers: Sequence[torch.Tensor], after=None) -> CopyHandle:
-        """Each ``(block, slots)`` of ``items`` -> its device slots, every layer, with one handle for all of them."""
-        for block, slots in items:
-            self._validate(block, k_buffers, v_buffers, slots)
-        if self._stream is None:  # CPU: synchronous
-            for block, slots in items:
-                self._copy_runs(block, k_buffers, v_buffers, slots, to_host=False)
-            return CopyHandle()
-        if not items:
-            return CopyHandle()
-        from kernels.kv_rows import scatter_rows
-
-        buffers = [*k_buffers, *v_buffers]
-        current = torch.cuda.current_stream(self.device)
-        self._stream.wait_stream(current)  # the freshly allocated slots are ready
-        if after is not None:
-            self._stream.wait_stream(after)
-        total = sum(block.num_tokens for block, _ in items)
-        with torch.cuda.stream(self._stream):
-            slots = torch.cat([s.to(self.device, non_blocking=True) for _, s in items])
-            staged = torch.empty((total, len(buffers), *self.kv.shape[3:]), dtype=self.kv.dtype, device=self.device)
-            at = 0
-            for block, _ in items:  # one contiguous host->device copy per run, into its place in ``staged``
-                for start, count in block.runs:
-                    staged[at:at + count].copy_(self.kv[start:start + count].view(count, len(buffers),
-                                                                                 *self.kv.shape[3:]),
-                                                non_blocking=True)
-                    at += count
-            scatter_rows(buffers, slots, staged)
-            event = torch.cuda.Event()
-            event.record(self._stream)
-        handle = CopyHandle(event)
-        for block, s in items:
-            if s.is_cuda:
-                s.record_stream(self._stream)
-            self._add_pending(block, handle)
-        return handle
-
-    def _validate(self, block, k_buffers, v_buffers, slots) -> None:
-        self._check(block)
-        if len(k_buffers) != self.k.shape[0] or len(v_buffers) != self.v.shape[0]:
-            raise ValueError(f"expected {self.k.shape[0]} layers of K and V buffers")
-        if slots.dim() != 1 or slots.numel() != block.num_tokens:
-            raise ValueError(f"{slots.numel()} slots for a block of {block.num_tokens} tokens")
-        for buf in (*k_buffers, *v_buffers):
-            if buf.dtype != self.k.dtype or buf.shape[1:] != self.k.shape[2:]:
-                raise ValueError(f"device buffer {tuple(buf.shape)} {buf.dtype} does not match the host store")
-
-    def _copy_to_host(self, block, k_buffers, v_buffers, slots) -> CopyHandle:
-        self._validate(block, k_buffers, v_buffers, slots)
-        if self._stream is None:  # CPU: synchronous
-            self._copy_runs(block, k_buffers, v_buffers, slots, to_host=True)
-            return CopyHandle()
-        from kernels.kv_rows import gather_rows
-
-        current = torch.cuda.current_stream(self.device)
-        self._stream.wait_stream(current)  # the KV to offload is ready
-        buffers = [*k_buffers, *v_buffers]
-        with torch.cuda.stream(self._stream):
-            slots = slots.to(self.device, non_blocking=True)
-            offset = 0
-            for start, count in block.runs:  # per run, one kernel into a device staging tensor, one contiguous copy
-                host = self.kv[start:start + count].view(count, len(buffers), *self.kv.shape[3:])
-                host.copy_(gather_rows(buffers, slots[offset:offset + count]), non_blocking=True)
-                offset += count
-            event = torch.cuda.Event()
-            event.record(self._stream)
-        if slots.is_cuda:
-            slots.record_stream(self._stream)  # the caller's index tensor is read on our stream
-        handle = CopyHandle(event)
-        self._add_pending(block, handle)
-        return handle
-
-    def _copy_runs(self, block, k_buffers, v_buffers, slots, to_host: bool) -> None:
-        nb = self._stream is not None
-        offset = 0
-        for start, count in block.runs:
-            idx = slots[offset:offset + count]
-            for host, bufs in ((self.k, k_buffers), (self.v, v_buffers)):
-                for layer, buf in enumerate(bufs):
-                    rows = host[layer, start:start + count]  # contiguous: one copy per layer per run
-                    if to_host:
-                        rows.copy_(buf[idx], non_blocking=nb)
-                    else:
-                        buf[idx] = rows.to(buf.device, non_blocking=nb)
-            offset += count
 
     # ------------------------------------------------------------------ internals
     def _add_pending(self, block: HostBlock, handle: CopyHandle) -> None:

@@ -99,9 +99,7 @@ class PromptSentences:
             st.sentences = SentenceIndex(tuple(presets), keys)
             self.totals["sentence_indexes"] += 1
             self.totals["sentences_indexed"] += len(presets)
-            for i in on_device:
-                if st.policy.may_leave(table, i, st.prompt_len):
-                    mover.park(st, i)
+            mover.park_many(st, [i for i in on_device if st.policy.may_leave(table, i, st.prompt_len)])
 
     @staticmethod
     def demote_parked(st: RequestZoom, borrow) -> None:

@@ -160,6 +160,7 @@ class TreeBorrow:
                                          wait=False)  # the step goes on; the request frees the slots once landed
         prefix = getattr(req, "prefix_indices", None)
         prefix = prefix.clone() if isinstance(prefix, torch.Tensor) else None
+        unprefixed = []  # spans to zero in the request's prefix, all in one write
         for n, (i, t, result) in enumerate(zip(indices, thoughts, results)):
             if result.refused == Demotion.READ_ELSEWHERE:
                 st.kept_shared_tokens += t.detail_len
@@ -169,11 +170,14 @@ class TreeBorrow:
             self._borrow(st, i, result.block)
             self.mover.demoted(st, i, result.slots, result.handle)  # holes now; the slots freed once the copy landed
             if prefix is not None and len(prefix) >= t.detail_end:
-                prefix[t.detail_start:t.detail_end] = 0
+                unprefixed.append((t.detail_start, t.detail_end))
             st.demoted_tokens += t.detail_len
             self.totals["demoted_tokens"] += t.detail_len
             went[n] = True
-        if prefix is not None and any(went):
+        if any(went):
+            self.mover.land(st, wait=False)  # once for the lot (the copies share a handle)
+        if unprefixed:
+            prefix[self.mover.positions(unprefixed).to(prefix.device)] = 0
             req.prefix_indices = prefix
         return went
 

@@ -12,8 +12,9 @@ Contract:
   the host store gives it a block (``evict_host`` first when it is full); else it is refused (``READ_ELSEWHERE``,
   ``HOST_FULL``) and nothing of it changes. The chain is cut at the edges of the spans that go (one walk; a split
   node inherits its lock and sizes do not change), each span becomes host nodes backed by its own new block (owned
-  by the tree, ``owners[i]`` recorded), every layer's KV is copied there, and once all copies have landed (one wait
-  on CUDA for the whole batch, none on CPU) their device slots go back to the allocator at once and
+  by the tree, ``owners[i]`` recorded), every layer's KV is copied there (one batched copy for all the spans,
+  ``HostDetailStore.copy_many_from_device``, with one handle; the nodes' values are views of one tensor of zeros),
+  and once it has landed (one wait on CUDA, none on CPU) their device slots go back to the allocator at once and
   ``protected_size_`` drops by their count (the nodes stay locked). The caller zeroes its own ``req_to_token`` row
   over what went. No device value is read: a node is a device node exactly when it has no host pieces. With
   ``wait=False`` nothing waits and nothing is freed: each ``Demotion`` carries its span's ``slots`` and the copy's
@@ -69,29 +70,34 @@ class TreeDemotion:
         self._split_at(chain, sorted({edge for i in blocks for edge in spans[i]}))
         chain = self._chain(last_node)
         starts = [pos for pos, _ in chain]
-        handles, freed = [], []
+        copies, holes = [], None
         for i, block in blocks.items():
             start, end = spans[i]
             nodes = [node for _, node in chain[bisect.bisect_left(starts, start):bisect.bisect_left(starts, end)]]
             slots = torch.cat([node.value for node in nodes]).to(torch.int64)
             assert len(slots) == end - start, (spans[i], [len(node.key) for node in nodes])
-            handles.append(self.host.copy_from_device(block, k_buffers, v_buffers, slots))
-            freed.append(slots)
+            copies.append((block, slots))
             self._host_refs[block.block_id] = [block, len(nodes)]
+            if holes is None:  # every demoted node's value: a view of one tensor of zeros (one fill, not one each)
+                holes = torch.zeros(sum(e - s for s, e in (spans[j] for j in blocks)), dtype=nodes[0].value.dtype,
+                                    device=nodes[0].value.device)
+                at = 0
             offset = 0
             for node in nodes:
-                node.value = torch.zeros_like(node.value)
+                node.value = holes[at:at + len(node.key)]
+                at += len(node.key)
                 node.zoomr_holes = None
                 node.zoomr_host = (HostPiece(block, offset, len(node.key)),)
                 offset += len(node.key)
             self.protected_size_ -= end - start  # locked (lock_ref 1) nodes: their slots were protected
             self.counters["demoted_tokens"] += end - start
-            results[i] = Demotion(block) if wait else Demotion(block, None, slots, handles[-1])
+        handle = self.host.copy_many_from_device(copies, k_buffers, v_buffers)  # every span at once, one handle
+        for i, (block, slots) in zip(blocks, copies):
+            results[i] = Demotion(block) if wait else Demotion(block, None, slots, handle)
         if not wait:
             return results  # the caller frees each span's slots once its copy has landed
-        for handle in handles:  # in order on one side stream: past the first, each wait finds its copy landed
-            handle.wait()
-        free_known_slots(self.token_to_kv_pool_allocator, torch.cat(freed))  # landed: the slots may go back
+        handle.wait()
+        free_known_slots(self.token_to_kv_pool_allocator, torch.cat([slots for _, slots in copies]))  # landed
         return results
 
     # ------------------------------------------------------------------ the chain

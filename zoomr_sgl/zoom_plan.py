@@ -224,8 +224,7 @@ class ZoomPlanner:
             room += freed - takes(i)
             buffered = buf + size(i)
         with self.clock.part("after_decode/zoom_evict"):
-            for i in evict:
-                self.mover.evict(st, i)
+            self.mover.evict_many(st, evict)
         with self.clock.part("after_decode/zoom_recall"):
             self.mover.recall_many(st, recall)
         st.table.touch([i for i in decision.selected if i not in trimmed])
