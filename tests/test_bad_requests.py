@@ -35,6 +35,10 @@ CASES = {
     "n_past_2_63": ({"sp": {"n": 2**63}}, None, "sampling_params.n"),  # fuzz: an HTTP 500 before
     "top_k_past_int32": ({"sp": {"top_k": 2**63 - 1}}, {"top_k": 2**63 - 1}, "top_k"),  # killed the scheduler
     "negative_max_new_tokens": ({"sp": {"max_new_tokens": -3}}, None, "max_new_tokens"),
+    # found by a fuzz campaign: an empty prompt in a batch killed the scheduler; an empty batch with a list of
+    # sampling_params was an HTTP 500
+    "empty_prompt_in_a_batch": ({"text": None, "input_ids": [[5, 6], []]}, None, "prompt is empty"),
+    "empty_batch_with_a_params_list": ({"text": [], "sampling_params": []}, None, "sampling_params"),
     "zoomr_integer_past_2_64": ({"sp": {"custom_params": {"zoomr_zoom_budget": BIG}}},
                                 {"custom_params": {"zoomr_zoom_budget": BIG}}, "2^64"),
     "extra_body_in_sampling_params": ({"sp": {"extra_body": {"custom_params": {"zoomr_zoom_topk": 2}}}}, None,

@@ -61,8 +61,9 @@ Hooks now:
   allows ends the request as that stop (``finish_reason`` ``stop``, the string trimmed from the text), as it does one
   token earlier. SGLang 0.5.17 checks ``max_new_tokens`` first and reports ``length`` with the stop string left in
   the text, so a program that relies on its stop strings (``programs/``) would write a marker twice.
-- ``TokenizerManager._validate_one_request`` (BEFORE, main process): token ids outside the model's vocabulary are
-  a ``ValueError`` (HTTP 400); SGLang 0.5.17 passes them on and the scheduler dies in the embedding lookup. The
+- ``TokenizerManager._validate_one_request`` (BEFORE, main process): an empty prompt (``[]`` in a batch of
+  ``input_ids``, or a text that tokenizes to nothing) and token ids outside the model's vocabulary are a
+  ``ValueError`` (HTTP 400); SGLang 0.5.17 passes them on and the scheduler dies in the forward. The
   request's ``zoomr_*`` settings are checked here (``custom_params`` of ``/generate``, ``/v1/completions`` and
   ``/v1/chat/completions``, single or batched: every path validates here first) with the model's layer count
   (``model_config``, the config the scheduler builds its pool from), which ``SamplingParams.verify`` does not know.
@@ -339,9 +340,7 @@ def install_http_hooks(config: ZoomRConfig) -> None:
 
     def validate_request(manager, obj, input_ids, *args, **kwargs):
         vocab = manager.model_config.vocab_size
-        bad = next((i for i in input_ids or () if not 0 <= i < vocab), None)
-        if bad is not None:
-            raise ValueError(f"input_ids holds token id {bad}, outside the model's vocabulary [0, {vocab})")
+        request_validation.check_prompt_ids(input_ids, vocab)
         params = getattr(obj, "sampling_params", None)
         if isinstance(obj, GenerateReqInput):
             request_validation.check_sampling_params(params, vocab, torch.cuda.is_available())

@@ -8,7 +8,8 @@ the field otherwise; SGLang answers that with HTTP 400 on ``/generate``, ``/v1/c
 silently drop, not what SGLang already refuses (``SamplingParams.verify`` ranges stay SGLang's).
 
 - ``check_request_shape(text, input_ids, sampling_params, rid)``: one prompt takes one ``sampling_params`` object
-  and one ``rid`` string; a batch takes one object or one per prompt, and one ``rid`` string or one per prompt.
+  and one ``rid`` string; a batch takes one object or one per prompt, and one ``rid`` string or one per prompt (an
+  empty batch one object: SGLang answers it with an empty list, but reads a list's first item).
   ``n`` is read before anything else, so its type is checked here too (a ``null`` too: SGLang's
   ``get("n", 1)`` gives None for it, and the request dies with an HTTP 500).
 - ``check_raw_body(body)``: a literal ``extra_body`` in the body (the OpenAI client's argument, which it merges into
@@ -19,6 +20,9 @@ silently drop, not what SGLang already refuses (``SamplingParams.verify`` ranges
   ``json_schema``, ``ebnf``, ``structural_tag``) without CUDA: xgrammar asks for pinned memory, which a CPU-only
   process cannot give, and the scheduler dies.
 - ``check_logprob_args(return_logprob, logprob_start_len, top_logprobs_num, vocab_size)``.
+- ``check_prompt_ids(input_ids, vocab_size)``: one prompt's token ids once tokenized: at least one (SGLang refuses
+  an empty ``input_ids`` but not an empty prompt in a batch, nor a text that tokenizes to nothing, and its
+  scheduler dies on the forward), each within the vocabulary.
 - ``check_zoomr_integers(custom_params)``: an integer of 2^64 or more reaches the server as a float (SGLang parses
   JSON with orjson, which keeps 64-bit integers only); the message says so instead of "got 1.8e+19".
 
@@ -110,6 +114,8 @@ def check_request_shape(text: Any, input_ids: Any, sampling_params: Any, rid: An
     else:
         return  # input_embeds, or nothing: SGLang's own checks
     items = sampling_params if isinstance(sampling_params, list) else [sampling_params]
+    if batch == 0 and isinstance(sampling_params, list):  # SGLang reads the list's first item: an HTTP 500
+        raise ValueError("an empty batch takes sampling_params as one object (or none), got a list")
     if batch is None and isinstance(sampling_params, list):
         raise ValueError(f"sampling_params must be one object for a single prompt, got a list of {len(items)}")
     if batch is not None and isinstance(sampling_params, list) and len(sampling_params) != batch:
@@ -192,6 +198,17 @@ def check_sampling_params(params: Any, vocab_size: int, cuda_available: bool) ->
             raise ValueError(f"{key} must be a string, {_got(value)}")
         if value and not cuda_available:
             raise ValueError(f"{key}: constrained decoding needs a CUDA device (xgrammar), and this server has none")
+
+
+def check_prompt_ids(input_ids: Any, vocab_size: int) -> None:
+    """One tokenized prompt (see the module contract); None (embeddings) is SGLang's to check."""
+    if input_ids is None:
+        return
+    if len(input_ids) == 0:
+        raise ValueError("a prompt is empty: it must hold at least one token (an empty text, or [] in input_ids)")
+    bad = next((i for i in input_ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"input_ids holds token id {bad}, outside the model's vocabulary [0, {vocab_size})")
 
 
 def check_logprob_args(return_logprob: Any, logprob_start_len: Any, top_logprobs_num: Any, vocab_size: int) -> None:
