@@ -97,3 +97,16 @@ def test_valid_requests_near_the_edges_still_work(zoomr_server):
     for path, body in ok:
         r = s.post(path, body, timeout=60)
         assert r.status_code == 200, (path, r.text[:300])
+
+
+@pytest.mark.parametrize("fmt", ["0", 1.5, True, ["x"]])
+def test_a_response_format_that_is_not_an_object_is_a_400_before_sglang_reads_it(zoomr_server, fmt):
+    # found by a fuzz campaign: SGLang's ChatCompletionRequest validator calls response_format.get (an HTTP 500); the
+    # body is checked before the model reads it (zoomr_sgl.openai_body_check), and a good body still goes through
+    body = {"model": "default", "messages": CHAT, "max_tokens": 2, "response_format": fmt}
+    r = zoomr_server.post("/v1/chat/completions", body, timeout=60)
+    assert r.status_code == 400 and "response_format" in r.json()["message"], (r.status_code, r.text[:300])
+    ok = zoomr_server.post("/v1/chat/completions", {**body, "response_format": {"type": "text"}}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] is not None, ok.text[:300]
+    streamed = zoomr_server.post("/v1/chat/completions", {**body, "response_format": None, "stream": True}, timeout=60)
+    assert streamed.status_code == 200 and "data: [DONE]" in streamed.text

@@ -25,9 +25,9 @@ Contract:
   PARKED (-> ZOOM at once) it takes no slot and copies nothing: the parked slots go back into the row.
   ``recall_many(st, indices)`` does so for several at once: one allocation cut in order, the host copies of all of
   them batched (one handle); ``evict_many`` evicts several with one gather, one write and one free, ``park_many``
-  parks several with one gather and one write; ``land`` maps
-  every recall that has landed with one write and frees every landed offload with one free. A zoom moves dozens of
-  prompt sentences, and its host time was per sentence before (H100, 32K prompts: 30 ms a decode step).
+  parks several with one gather and one write; ``land`` maps every recall that has landed with one write and frees
+  every landed offload with one free. A zoom moves dozens of prompt sentences, and its host time was per sentence
+  before (H100, 32K prompts: 30 ms a decode step).
   ``recall_slots(st, index)`` / ``evict_slots(st, index)``: the allocator slots a recall takes / an eviction frees.
 - ``land(st, wait)`` finishes the copies of ``st`` that have landed (all of them with ``wait``); ``land_busy`` does
   so for every request with copies in flight, and nothing for the others (no per-request work on a plain step).
@@ -105,6 +105,14 @@ class DetailMover:
         self._add_holes(st, hi - lo)
         return slots
 
+    def _unmap_many(self, st: RequestZoom, spans) -> torch.Tensor:
+        """``_unmap`` of several spans at once: their slots in span order (one gather), holes now (one write)."""
+        positions = self.positions(spans)
+        slots = self.req_to_token[st.row, positions].to(torch.int64)
+        self.req_to_token[st.row, positions] = 0
+        self._add_holes(st, len(positions))
+        return slots
+
     def demoted(self, st: RequestZoom, index: int, slots: torch.Tensor, handle) -> None:
         """The radix tree demoted thought ``index``'s detail (``slots``, which were the tree's) into a block the caller
         has put in ``st.blocks``, the copy landing at ``handle``: the row gets holes there (a parked detail has them
@@ -176,10 +184,7 @@ class DetailMover:
                 self.park(st, index)
             return
         spans = [(t.detail_start, t.detail_end) for t in map(st.table.thought, indices)]
-        positions = self.positions(spans)
-        slots = self.req_to_token[st.row, positions].to(torch.int64)
-        self.req_to_token[st.row, positions] = 0
-        self._add_holes(st, len(positions))
+        slots = self._unmap_many(st, spans)
         at = 0
         for index, (lo, hi) in zip(indices, spans):
             self._park(st, index, slots[at:at + hi - lo])
@@ -252,11 +257,7 @@ class DetailMover:
             for index in gone:
                 self.evict(st, index)
             return
-        positions = self.positions(spans)
-        slots = self.req_to_token[st.row, positions].to(torch.int64)
-        self.req_to_token[st.row, positions] = 0
-        self._add_holes(st, len(positions))
-        self._free(slots)
+        self._free(self._unmap_many(st, spans))
         for index in gone:
             st.table.evict(index)
         self.totals["evictions"] += len(gone)

@@ -9,7 +9,9 @@ Hooks now:
   scheduler's internal state, which ``/server_info`` returns under ``internal_states``; this is how a client sees
   that the plugin runs inside the scheduler, not only in the HTTP process.
 - ``http_server.launch_server`` (BEFORE, main process): adds ``GET /zoomr/config`` to SGLang's FastAPI app
-  before it starts serving.
+  before it starts serving, and the ASGI middleware ``zoomr_sgl.openai_body_check``, which answers with a 400 the
+  OpenAI bodies whose shapes SGLang's pydantic validators assume unchecked (an HTTP 500 there, before any handler
+  or hook of the request runs).
 - ``ATTENTION_BACKENDS["torch_native"]`` (registry re-registration under the same name, scheduler processes): the
   factory returns ``ZoomRTorchNativeAttnBackend`` (``zoomr_sgl.resident_attention``), which attends each request's
   resident set (``req_to_token != 0``). Same name, so SGLang's name checks (Triton off on CPU, no CUDA graphs) hold.
@@ -391,6 +393,10 @@ def install(config: ZoomRConfig, role: str) -> None:
 
             if not any(getattr(r, "path", None) == CONFIG_ROUTE for r in app.routes):
                 app.add_api_route(CONFIG_ROUTE, lambda: zoomr_state(config), methods=["GET"])
+            from zoomr_sgl.openai_body_check import OpenAIBodyCheck
+
+            if not any(m.cls is OpenAIBodyCheck for m in app.user_middleware):
+                app.add_middleware(OpenAIBodyCheck)
             return None
 
         HookRegistry.register(HTTP_LAUNCH, add_routes, HookType.BEFORE)

@@ -23,6 +23,9 @@ silently drop, not what SGLang already refuses (``SamplingParams.verify`` ranges
 - ``check_prompt_ids(input_ids, vocab_size)``: one prompt's token ids once tokenized: at least one (SGLang refuses
   an empty ``input_ids`` but not an empty prompt in a batch, nor a text that tokenizes to nothing, and its
   scheduler dies on the forward), each within the vocabulary.
+- ``check_openai_body(path, body)``: an OpenAI body as parsed JSON, before SGLang's pydantic models read it (the
+  ASGI middleware ``zoomr_sgl.openai_body_check``): on ``/v1/chat/completions`` a ``response_format`` is an
+  object or null (a string, number or list was an HTTP 500 in the model's own validator).
 - ``check_zoomr_integers(custom_params)``: an integer of 2^64 or more reaches the server as a float (SGLang parses
   JSON with orjson, which keeps 64-bit integers only); the message says so instead of "got 1.8e+19".
 
@@ -134,6 +137,15 @@ def check_request_shape(text: Any, input_ids: Any, sampling_params: Any, rid: An
         raise ValueError(f"rid must be one string for a single prompt, {_got(rid)}")
     if not isinstance(rid, list) or len(rid) != batch or not all(isinstance(r, str) for r in rid):
         raise ValueError(f"rid must be a string or a list of {batch} strings (one per prompt), {_got(rid)}")
+
+
+def check_openai_body(path: str, body: Any) -> None:
+    """An OpenAI body before SGLang's models read it (see the module contract)."""
+    if not isinstance(body, Mapping) or path != "/v1/chat/completions":
+        return
+    fmt = body.get("response_format")
+    if fmt and not isinstance(fmt, Mapping):  # SGLang's set_json_schema calls fmt.get
+        raise ValueError('response_format must be an object such as {"type": "json_object"}, ' + _got(fmt))
 
 
 def check_raw_body(body: Any) -> None:
