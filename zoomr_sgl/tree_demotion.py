@@ -70,7 +70,7 @@ class TreeDemotion:
         self._split_at(chain, sorted({edge for i in blocks for edge in spans[i]}))
         chain = self._chain(last_node)
         starts = [pos for pos, _ in chain]
-        copies, holes = [], None
+        copies, holes, at = [], None, 0
         for i, block in blocks.items():
             start, end = spans[i]
             nodes = [node for _, node in chain[bisect.bisect_left(starts, start):bisect.bisect_left(starts, end)]]
@@ -81,7 +81,6 @@ class TreeDemotion:
             if holes is None:  # every demoted node's value: a view of one tensor of zeros (one fill, not one each)
                 holes = torch.zeros(sum(e - s for s, e in (spans[j] for j in blocks)), dtype=nodes[0].value.dtype,
                                     device=nodes[0].value.device)
-                at = 0
             offset = 0
             for node in nodes:
                 node.value = holes[at:at + len(node.key)]
