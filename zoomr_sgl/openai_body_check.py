@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import orjson
 
+from zoomr_sgl import request_validation
+
 CHECKED = ("/v1/chat/completions", "/v1/completions")
 
 
@@ -56,8 +58,6 @@ class OpenAIBodyCheck:
 
 def _problem(path: str, body: bytes) -> str | None:
     """The check's message for this body, or None (not JSON, or nothing wrong)."""
-    from zoomr_sgl import request_validation
-
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -70,7 +70,9 @@ class TreeDemotion:
         self._split_at(chain, sorted({edge for i in blocks for edge in spans[i]}))
         chain = self._chain(last_node)
         starts = [pos for pos, _ in chain]
-        copies, holes, at = [], None, 0
+        like = chain[-1][1].value  # every demoted node's value: a view of one tensor of zeros (one fill, not one each)
+        holes = torch.zeros(sum(spans[i][1] - spans[i][0] for i in blocks), dtype=like.dtype, device=like.device)
+        copies, at = [], 0
         for i, block in blocks.items():
             start, end = spans[i]
             nodes = [node for _, node in chain[bisect.bisect_left(starts, start):bisect.bisect_left(starts, end)]]
@@ -78,9 +80,6 @@ class TreeDemotion:
             assert len(slots) == end - start, (spans[i], [len(node.key) for node in nodes])
             copies.append((block, slots))
             self._host_refs[block.block_id] = [block, len(nodes)]
-            if holes is None:  # every demoted node's value: a view of one tensor of zeros (one fill, not one each)
-                holes = torch.zeros(sum(e - s for s, e in (spans[j] for j in blocks)), dtype=nodes[0].value.dtype,
-                                    device=nodes[0].value.device)
             offset = 0
             for node in nodes:
                 node.value = holes[at:at + len(node.key)]
