@@ -17,7 +17,8 @@ Contract:
 - ``Batches(examples, token_budget, seed)``: an endless, seeded stream of ``(ids, targets, view)``: int64 tensors;
   each batch holds examples of similar length (right-padded with the pad id; targets are -100 on the prompt and the
   padding), at most ``token_budget`` padded tokens, at least one example. ``view`` is None (causal attention) unless
-  the examples are ZoomR-aware: then their ``(seg, own, stray)`` as int16 tensors, for ``attention_mask`` (built
+  the examples are ZoomR-aware: then their ``(seg, own, stray, sent)``, int16 tensors and a ``SentenceBatch`` or None,
+  for ``attention_mask`` (built
   where the model runs: the mask is quadratic in the length).
 - ZoomR-aware examples (``encode(..., zoomr_aware=True)``, ``zoomr_view``) train under ZoomR's view of the context:
   a closed thought's detail is masked out for every later query, except the thought the answer needs, which the
@@ -27,6 +28,11 @@ Contract:
   is the share of ``STRAY_BLOCK``-token blocks of each later thought whose queries also read one earlier thought's
   detail, drawn at random (``stray`` in ``Example``): what the server's zoom leaves while the model writes (top-k 1
   without retention keeps the one detail its last zoom picked), a view the oracle alone never shows.
+- Under ``sentences`` (a ``reasoner.sentence_view.SentenceSettings``; ``examples(..., sentences, sentence_share)``:
+  that share of the ZoomR-aware problems, by a draw fixed by ``i``) an example also carries ``sent``, SentenceKV's
+  view of its prompt (``reasoner.sentence_view``): past the first decode step a query reads only the prompt sentences
+  the last zoom handed back, besides the sink and the recent window. ``Batches`` then yields it as the view's fourth
+  member (a ``SentenceBatch``, None when no row of the batch has one), and ``attention_mask`` applies it.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from typing import Iterator, NamedTuple
 
 import torch
 
-from reasoner.tasks import Problem, chat_text, family_of, generate, problem
+from reasoner import sentence_view
+from reasoner.tasks import Problem, chat_text, family_of, generate, line_reads, problem
 from zoomr_sgl import bpe_tokenizer
 
 EOS, PAD = bpe_tokenizer.EOS_TOKEN, bpe_tokenizer.PAD_TOKEN
@@ -50,6 +57,7 @@ class Example(NamedTuple):
     seg: list[int] | None = None  # per position: the thought whose detail it is, or -1 (prompt, summary, answer)
     own: list[int] | None = None  # per position: the thought detail a query there may read besides the -1s
     stray: list[int] | None = None  # per position: one more thought detail a query there reads (-1: none)
+    sent: sentence_view.SentenceView | None = None  # SentenceKV's view of the prompt (None: the whole prompt)
 
 
 STRAY_BLOCK = 8  # tokens a stray recall stays for: twice the reasoner's zoom interval
@@ -86,46 +94,60 @@ def build_tokenizer(vocab_size: int, docs: int = 600) -> str:
     return bpe_tokenizer.train_tokenizer(texts, vocab_size)
 
 
-def encode(tok, p: Problem, zoomr_aware: bool = False, stray: float = 0.0) -> Example:
-    prompt = tok.encode(chat_text(p.prompt), add_special_tokens=False).ids
-    trace = tok.encode(p.trace, add_special_tokens=False).ids
+def encode(tok, p: Problem, zoomr_aware: bool = False, stray: float = 0.0,
+           sentences: sentence_view.SentenceSettings | None = None, ends=None) -> Example:
+    """``sentences`` (with ``ends``, the tokenizer's ``SentenceEnds``): also SentenceKV's view of the prompt."""
+    chat = chat_text(p.prompt)
+    prompt_enc, trace_enc = tok.encode(chat, add_special_tokens=False), tok.encode(p.trace, add_special_tokens=False)
+    prompt, trace = prompt_enc.ids, trace_enc.ids
     ids = prompt + trace + [tok.token_to_id(EOS)]
     if not zoomr_aware:
         return Example(ids, len(prompt))
     marker = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
     seg, own, extra = zoomr_view(ids, len(prompt), marker("<summary>"), marker("</summary>"),
                                  tok.token_to_id("</think>"), p.target_thought, stray, random.Random(f"stray:{p.seed}"))
-    return Example(ids, len(prompt), seg, own, extra)
+    sent = None
+    if sentences is not None:
+        spans = sentence_view.leavable(prompt, ends, sentences)
+        need = sentence_view.needs(prompt_enc, chat, p.prompt, trace_enc, p.trace, line_reads(p), spans)
+        sent = sentence_view.sentence_view(prompt, len(ids), spans, need, sentences, random.Random(f"zoom:{p.seed}"))
+    return Example(ids, len(prompt), seg, own, extra, sent)
 
 
-_TOK = None
+_TOK, _ENDS = None, None
 
 
 def _init(tok_json: str) -> None:
-    global _TOK
+    global _TOK, _ENDS
     from tokenizers import Tokenizer
 
+    from zoomr_sgl.sentences import SentenceEnds
+
     _TOK = Tokenizer.from_str(tok_json)
+    _ENDS = SentenceEnds.from_tokenizer(_TOK)
 
 
 def _encode_range(args: tuple) -> list[Example]:
-    split, lo, hi, share, chain, aware, stray = args
+    split, lo, hi, share, chain, aware, stray, sentences, sentence_share = args
     out = []
     for i in range(lo, hi):
         family = family_of(i, share)
-        e = encode(_TOK, problem(split, family, i, **(chain if family == "chain" else {})), aware > 0, stray)
+        p = problem(split, family, i, **(chain if family == "chain" else {}))
+        sent = sentences if sentences and random.Random(f"sentences:{i}").random() < sentence_share else None
+        e = encode(_TOK, p, aware > 0, stray, sent, _ENDS)
         if 0 < aware < 1 and random.Random(f"view:{i}").random() >= aware:  # this one under full attention
-            e = e._replace(seg=[-1] * len(e.ids))
+            e = e._replace(seg=[-1] * len(e.ids), sent=None)
         out.append(e)
     return out
 
 
 def examples(tok_json: str, split: str, n: int, workers: int = 1, records_share: float = 0.25,
              chain: dict | None = None, zoomr_aware: float = 0.0, first: int = 0,
-             stray: float = 0.0) -> list[Example]:
+             stray: float = 0.0, sentences: sentence_view.SentenceSettings | None = None,
+             sentence_share: float = 1.0) -> list[Example]:
     chunk = max(1, -(-n // (workers * 4)))
-    ranges = [(split, lo, min(first + n, lo + chunk), records_share, chain or {}, zoomr_aware, stray)
-              for lo in range(first, first + n, chunk)]
+    ranges = [(split, lo, min(first + n, lo + chunk), records_share, chain or {}, zoomr_aware, stray, sentences,
+               sentence_share) for lo in range(first, first + n, chunk)]
     if workers <= 1:
         _init(tok_json)
         return [e for r in ranges for e in _encode_range(r)]
@@ -143,15 +165,17 @@ def warm_examples(tok_json: str, n: int, workers: int = 1, zoomr_aware: float = 
             for e in examples(tok_json, "train", per, workers, 0.0, size, zoomr_aware, WARM_FIRST + g * per)]
 
 
-def attention_mask(seg: torch.Tensor, own: torch.Tensor, stray: torch.Tensor | None = None) -> torch.Tensor:
+def attention_mask(seg: torch.Tensor, own: torch.Tensor, stray: torch.Tensor | None = None,
+                   sentences: sentence_view.SentenceBatch | None = None) -> torch.Tensor:
     """``[B, 1, S, S]`` bool: query ``q`` reads key ``k <= q`` that is no thought's detail, or ``own[q]``'s, or
-    ``stray[q]``'s."""
+    ``stray[q]``'s; with ``sentences``, of the prompt's leavable sentences only those its zoom handed back."""
     S = seg.shape[1]
     causal = torch.ones(S, S, dtype=torch.bool, device=seg.device).tril()
     readable = (seg[:, None, :] < 0) | (seg[:, None, :] == own[:, :, None])
     if stray is not None:
         readable = readable | (seg[:, None, :] == stray[:, :, None])
-    return (causal[None] & readable)[:, None]
+    mask = (causal[None] & readable)[:, None]
+    return mask if sentences is None else sentence_view.restrict(mask, sentences)
 
 
 class Batches:
@@ -182,4 +206,6 @@ class Batches:
                 if aware:
                     seg[r, : len(x)], own[r, : len(x)] = torch.tensor(e.seg), torch.tensor(e.own)
                     extra[r, : len(x)] = torch.tensor(e.stray)
-            yield ids, tgt, (None if seg is None else (seg, own, extra))
+            sent = (sentence_view.collate([e.sent for e in rows], width)
+                    if aware and any(e.sent is not None for e in rows) else None)
+            yield ids, tgt, (None if seg is None else (seg, own, extra, sent))

@@ -14,6 +14,7 @@ Contract:
   positions it feeds in ``valid`` before the forward.
 - ``captured_qk(model, attns, ids, mask)``: the post-RoPE queries and keys of the ``Attention`` modules ``attns``
   (lists, one ``(q, k)`` per module) from one forward of ``ids`` under ``mask``; the modules keep nothing after.
+  ``forward_qk`` is the same forward with its logits first.
 - ``tests/test_reasoner.py`` checks the logits against ``transformers``' own ``Qwen3ForCausalLM`` on the same weights.
 """
 
@@ -197,11 +198,16 @@ class Qwen3(nn.Module):
 
 
 def captured_qk(model: Qwen3, attns: list, ids: torch.Tensor, mask: torch.Tensor) -> tuple[list, list]:
+    return forward_qk(model, attns, ids, mask)[1:]
+
+
+def forward_qk(model: Qwen3, attns: list, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, list, list]:
+    """One forward: its logits, and the post-RoPE queries and keys of the attention modules ``attns``."""
     for attn in attns:
         attn.keep_qk = True
     try:
-        model(ids, mask=mask)
-        return [a.qk[0] for a in attns], [a.qk[1] for a in attns]
+        logits = model(ids, mask=mask)
+        return logits, [a.qk[0] for a in attns], [a.qk[1] for a in attns]
     finally:
         for attn in attns:  # the captured tensors live only until the caller has them
             attn.keep_qk, attn.qk = False, None

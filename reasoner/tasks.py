@@ -4,7 +4,10 @@ Two families, both chat prompts (``chat_text`` wraps them in the model's chat te
 
 - ``chain`` (the reasoning family). The prompt lists a table of boxes (``box Kis mun.``: box ``Kis`` holds ``mun``, a
   random map on ``boxes`` (default 40) of 90 box labels) and 12-48 items (``item kilo: start kilo Kis, steps kilo 5.``),
-  then a question. Every lookup is one token matching one earlier token whose next token is the value: a label is
+  then a question (``linked``: each item's line also names the next, ``..., steps kilo 5, next golf.``, the last
+  ``next none``, so that which item comes next is in the line of the item traced last, not only in the line after it:
+  one sentence holds every value a step copies, as a SentenceKV view needs; the problem is otherwise the same, drawn
+  from the same numbers). Every lookup is one token matching one earlier token whose next token is the value: a label is
   written capitalised where it names a box to open and in lower case where it is what a box holds (a table line's key
   is the only capitalised occurrence in the table), and an item's facts are written ``FACT NAME VALUE`` with values of
   three types (capitalised box, digit, lower-case box), so the token after an item's name is its value of the type
@@ -26,8 +29,10 @@ Two families, both chat prompts (``chat_text`` wraps them in the model's chat te
 
 A ``Problem`` carries ``prompt`` (the user message), ``trace`` (what the model writes, ending with the answer),
 ``answer`` (the normalised string an evaluator compares), ``needs_detail`` (the answer needs a value written only in an
-earlier thought's detail), ``target_thought`` (that thought's index, -1 when none) and sizes. ``generate(split, n, family=None)`` is deterministic: problem ``i`` of a split
-comes from ``random.Random(f"{SPLIT_SEEDS[split]}:{family}:{i}")``, and the train and held-out splits use different
+earlier thought's detail), ``target_thought`` (that thought's index, -1 when none) and sizes. ``line_reads(p)`` says,
+for each line of the trace, which lines of the prompt it copies from (the sentences a SentenceKV view must hold while
+the model writes it; ``reasoner.sentence_view``). ``generate(split, n, family=None)`` is deterministic: problem ``i`` of
+a split comes from ``random.Random(f"{SPLIT_SEEDS[split]}:{family}:{i}")``, and the train and held-out splits use different
 seeds. Bad arguments raise ``ValueError``.
 
 CLI: ``python -m reasoner.tasks --split heldout --n 200 [--family chain] --out problems.jsonl`` writes JSONL with
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,14 +89,16 @@ def chat_text(user: str) -> str:
     return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int = DEFAULT_BOXES) -> Problem:
+def _chain(rng: random.Random, seed: str, items: int | None = None, boxes: int = DEFAULT_BOXES,
+           linked: bool = False) -> Problem:
     n_items = items or rng.randint(12, 48)
     labels = rng.sample(BOXES, boxes)
     table = {b: rng.choice(labels) for b in labels}
     names = rng.sample(NAMES, n_items)
     plan = [(name, rng.choice(labels).capitalize(), rng.randint(4, 10)) for name in names]
     lines = ["Boxes:"] + [f"box {b.capitalize()} {table[b]}." for b in labels]
-    lines += ["Items:"] + [f"item {n}: start {n} {s}, steps {n} {k}." for n, s, k in plan]
+    after = {n: (f", next {m}" if linked else "") for (n, _, _), (m, _, _) in zip(plan, plan[1:] + [("none", 0, 0)])}
+    lines += ["Items:"] + [f"item {n}: start {n} {s}, steps {n} {k}{after[n]}." for n, s, k in plan]
     target = rng.choice(plan)[0]
     prompt = "\n".join(lines) + f"\nTrace every item, then answer: where does item {target} end?"
     thoughts, ends = [], {}
@@ -132,6 +140,39 @@ def _records(rng: random.Random, seed: str, prompt_chars: int | None = None) -> 
     return Problem("records", "code", prompt, trace, code, False, 1, seed)
 
 
+_READS = (  # (a trace line's pattern, the start of the prompt line it copies from)
+    (re.compile(r"step \d+: box (\w+) "), "box {} "),  # a hop: the table line of the box it opens
+    (re.compile(r"item (\w+): start "), "item {}: "),  # an item's start box: its line in the item list
+    (re.compile(r"<summary>item (\w+) traced over"), "item {}: "),  # its step count: the same line
+    (re.compile(r"Record (\w+ \d+) has code"), "record {} has "),  # a record's code: the record's line
+)
+
+
+def line_reads(p: Problem) -> list[tuple[int, ...]]:
+    """Per line of ``p.trace`` (split at newlines), the indices of the ``p.prompt`` lines (split alike) it copies
+    from: empty when it copies nothing from the prompt (it restates the question, which stays in SentenceKV's recent
+    window, or copies from the trace itself). An item's first line reads two: the item list's line before its own
+    (the item traced last: which item comes next is the line after it) and its own."""
+    lines = [line.split() for line in p.prompt.split("\n")]
+    heads: dict[int, dict[tuple, int]] = {}  # words of a head -> the first prompt line that starts with them
+    out = []
+    for line in p.trace.split("\n"):
+        found: tuple[int, ...] = ()
+        for pattern, head in _READS:
+            m = pattern.match(line)
+            if m:
+                key = tuple(head.format(m.group(1)).split())
+                if len(key) not in heads:
+                    heads[len(key)] = {}
+                    for i, words in reversed(list(enumerate(lines))):
+                        heads[len(key)][tuple(words[:len(key)])] = i
+                at = heads[len(key)].get(key)
+                found = () if at is None else (at - 1, at) if head == "item {}: " and "start" in line else (at,)
+                break
+        out.append(found)
+    return out
+
+
 def problem(split: str, family: str, index: int, **size) -> Problem:
     """Problem ``index`` of ``family`` in ``split`` (``size``: ``items`` for chain, ``prompt_chars`` for records)."""
     if split not in SPLIT_SEEDS:
@@ -166,13 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--family", choices=FAMILIES, default=None, help="one family (default: a mix)")
     ap.add_argument("--items", type=int, default=None, help="chain: items (thoughts) per problem")
+    ap.add_argument("--linked", action="store_true", help="chain: each item's line names the next item")
     ap.add_argument("--prompt-chars", type=int, default=None, help="records: prompt length in characters")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    size = {k: v for k, v in (("items", args.items), ("prompt_chars", args.prompt_chars)) if v is not None}
+    size = {k: v for k, v in (("items", args.items), ("prompt_chars", args.prompt_chars),
+                              ("linked", args.linked or None)) if v is not None}
     try:
         if size and args.family is None:
-            raise ValueError("--items and --prompt-chars need --family")
+            raise ValueError("--items, --linked and --prompt-chars need --family")
         if args.items is not None and not 1 <= args.items <= len(NAMES):
             raise ValueError(f"--items must be within 1..{len(NAMES)}")
         problems = generate(args.split, args.n, args.family, **size)

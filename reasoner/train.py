@@ -8,7 +8,10 @@ of the schedule trains on those, a curriculum that lets in-context lookup form o
 ``reasoner.qwen3.Qwen3`` (``--layers``, ``--hidden``, ...; or the checkpoint ``--init`` names) with AdamW, linear warm-up and cosine decay over ``--steps`` steps or ``--minutes`` minutes, whichever ends first (the
 schedule follows the larger of the two fractions), bf16 autocast on CUDA, the answer's tokens weighted ``--answer-weight`` in the loss (``--zoomr-aware``: under ZoomR's view of
 the context, ``reasoner.data``; ``--zoom-loss-weight``: plus ``reasoner.zoom_loss``, which teaches the queries after
-``</think>`` to rank the needed thought's summary first by ZoomR's score); writes a servable checkpoint into ``--out``
+``</think>`` to rank the needed thought's summary first by ZoomR's score; ``--sentence-view``: the prompt as
+``sentencekv`` serves it too, its sentences handed back by an oracle zoom, ``reasoner.sentence_view``, and
+``--sentence-loss-weight`` adds ``reasoner.sentence_loss``, which teaches the queries to pick those sentences by
+SentenceKV's score); writes a servable checkpoint into ``--out``
 (``config.json``, ``generation_config.json``, tokenizer files, ``model.safetensors`` in bfloat16, and
 ``reasoner_manifest.json`` with the settings, the loss curve, the device and the time taken); then measures greedy
 pass@1 with full attention on ``--eval`` held-out problems (``reasoner.evaluate``, no new batch after
@@ -31,7 +34,9 @@ import torch
 from reasoner import data
 from reasoner.cli import OneLineParser
 from reasoner.evaluate import evaluate
-from reasoner.qwen3 import Qwen3, Qwen3Config, captured_qk, hf_config
+from reasoner.qwen3 import Qwen3, Qwen3Config, captured_qk, forward_qk, hf_config
+from reasoner.sentence_loss import sentence_loss
+from reasoner.sentence_view import SentenceSettings
 from reasoner.zoom_loss import ZoomLoss, after_think, blind, participants, zoom_loss
 from zoomr_sgl.config import ZoomRConfig
 from zoomr_sgl import bpe_tokenizer
@@ -58,9 +63,27 @@ def parse(argv):
                     help="with --zoomr-aware: share of each later thought's 8-token blocks whose queries also read "
                          "one earlier thought's detail, at random (the server's zoom leaves one while the model "
                          "writes; reasoner.data)")
+    ap.add_argument("--sentence-view", action="store_true",
+                    help="with --zoomr-aware: also train under SentenceKV's view of the prompt "
+                         "(reasoner.sentence_view)")
+    ap.add_argument("--sentence-share", type=float, default=1.0, help="share of ZoomR-aware problems under it")
+    ap.add_argument("--sentence-loss-weight", type=float, default=0.0,
+                    help="weight of reasoner.sentence_loss (needs --sentence-view)")
+    ap.add_argument("--sentence-min-tokens", type=int, default=SentenceSettings().min_tokens,
+                    help="the server's --zoomr-sentence-min-tokens trained for")
+    ap.add_argument("--sentence-sink", type=int, default=SentenceSettings().sink,
+                    help="the server's --zoomr-sink-tokens trained for")
+    ap.add_argument("--sentence-recent", type=int, default=SentenceSettings().recent,
+                    help="the server's --zoomr-recent-tokens trained for")
+    ap.add_argument("--sentence-budget", type=int, default=SentenceSettings().budget,
+                    help="the server's --zoomr-sentence-budget trained for")
+    ap.add_argument("--zoom-interval", type=int, default=SentenceSettings().interval,
+                    help="the server's --zoomr-zoom-interval trained for (the sentence view's zooms)")
     ap.add_argument("--records-share", type=float, default=0.25, help="share of long-prompt (records) problems")
     ap.add_argument("--items", type=int, default=None, help="chain problems: items each (default 12-48 at random)")
     ap.add_argument("--boxes", type=int, default=None, help="chain problems: box labels each (default 40)")
+    ap.add_argument("--linked", action="store_true",
+                    help="chain problems: each item's line names the next (reasoner.tasks; for --sentence-view)")
     ap.add_argument("--warm", type=float, default=0.2,
                     help="curriculum: share of the schedule trained on small chain problems first (0: none)")
     ap.add_argument("--warm-problems", type=int, default=8000, help="size of the curriculum's warm-up set")
@@ -94,6 +117,14 @@ def parse(argv):
         ap.error("--answer-weight must be positive and --aware-share within (0, 1]")
     if not 0.0 <= args.stray_share <= 1.0 or (args.stray_share > 0 and not args.zoomr_aware):
         ap.error("--stray-share must be within [0, 1] and needs --zoomr-aware")
+    if args.sentence_view and not args.zoomr_aware or args.sentence_loss_weight > 0 and not args.sentence_view:
+        ap.error("--sentence-view needs --zoomr-aware, and --sentence-loss-weight needs --sentence-view")
+    if not 0.0 < args.sentence_share <= 1.0 or args.sentence_loss_weight < 0:
+        ap.error("--sentence-share must be within (0, 1] and --sentence-loss-weight >= 0")
+    if min(args.sentence_min_tokens, args.sentence_budget, args.zoom_interval) < 1 or \
+            min(args.sentence_sink, args.sentence_recent) < 0:
+        ap.error("--sentence-min-tokens, --sentence-budget and --zoom-interval must be positive, "
+                 "--sentence-sink and --sentence-recent not negative")
     if args.eval < 0 or args.heads % args.kv_heads or args.hidden % args.heads:
         ap.error("--eval must be >= 0 and --heads a multiple of --kv-heads, --hidden of --heads")
     return args
@@ -110,15 +141,16 @@ def weighted_loss(logits, ids, tgt, end_think: int, answer_weight: float) -> tor
     return (per * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def blind_zoom_loss(model, scoring, ids, seg, own, stray, end_think: int, dev):
+def blind_zoom_loss(model, scoring, ids, seg, own, stray, sent, end_think: int, dev):
     """``reasoner.zoom_loss`` over the rows that take part, from a second forward under its blind view (nothing after
     ``</think>`` reads detail): the scoring layers' queries as the server's are when it picks its first recall."""
     rows = torch.nonzero(participants(seg, own, ids, end_think)).flatten()
     if not len(rows):
         return ZoomLoss(torch.zeros((), device=ids.device), 0)
     ids, seg, own, stray = ids[rows], seg[rows], own[rows], stray[rows]
+    sent = None if sent is None else sent.rows(rows)
     with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-        qs, ks = captured_qk(model, scoring, ids, data.attention_mask(seg, blind(own, ids, end_think), stray))
+        qs, ks = captured_qk(model, scoring, ids, data.attention_mask(seg, blind(own, ids, end_think), stray, sent))
     return zoom_loss(qs, ks, seg, own, ids, end_think)
 
 
@@ -164,9 +196,12 @@ def main(argv=None) -> int:
     tok = Tokenizer.from_str(tok_json)
     vocab = -(-tok.get_vocab_size() // 64) * 64
     aware = args.aware_share if args.zoomr_aware else 0.0
-    chain = {k: v for k, v in (("items", args.items), ("boxes", args.boxes)) if v is not None}
+    chain = {k: v for k, v in (("items", args.items), ("boxes", args.boxes), ("linked", args.linked or None))
+             if v is not None}
+    sentences = (SentenceSettings(args.sentence_min_tokens, args.sentence_sink, args.sentence_recent,
+                                  args.sentence_budget, args.zoom_interval) if args.sentence_view else None)
     train = data.examples(tok_json, "train", args.train_problems, args.workers, args.records_share, chain,
-                          aware, stray=args.stray_share)
+                          aware, stray=args.stray_share, sentences=sentences, sentence_share=args.sentence_share)
     warm = data.warm_examples(tok_json, args.warm_problems, args.workers, aware) if args.warm else []
     print(f"[train] {len(train)} problems, {sum(len(e.ids) for e in train) / 1e6:.1f}M tokens (warm-up: {len(warm)}), "
           f"vocab {vocab}, data in {time.time() - t_start:.0f}s", flush=True)
@@ -202,15 +237,22 @@ def main(argv=None) -> int:
         ids, tgt, view = next(warm_batches if warming else batches)
         seen += int((tgt != data.IGNORE).sum())  # on the host: no device sync per step
         ids, tgt = ids.to(dev, non_blocking=True), tgt.to(dev, non_blocking=True)
-        view = None if view is None else tuple(t.to(dev, non_blocking=True) for t in view)
+        view = None if view is None else tuple(None if t is None else t.to(dev, non_blocking=True) for t in view)
         mask = None if view is None else data.attention_mask(*view)
+        sent = None if view is None else view[3]
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            logits = model(ids, mask=mask)
+            if args.sentence_loss_weight > 0 and sent is not None:
+                logits, qs, ks = forward_qk(model, scoring, ids, mask)
+            else:
+                logits, qs = model(ids, mask=mask), None
         loss = weighted_loss(logits, ids, tgt, end_think, args.answer_weight)
-        zl = None
+        zl = sl = None
         if args.zoom_loss_weight > 0 and view is not None:
             zl = blind_zoom_loss(model, scoring, ids, *view, end_think, dev)
             loss = loss + args.zoom_loss_weight * zl.loss
+        if qs is not None:
+            sl = sentence_loss(qs, ks, sent, args.zoom_interval)
+            loss = loss + args.sentence_loss_weight * sl.loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -219,9 +261,11 @@ def main(argv=None) -> int:
         if step % 25 == 0 or step == 1:
             curve.append({"step": step, "loss": round(loss.item(), 5), "lr": lr, "trained_tokens": seen,
                           "elapsed_s": round(time.time() - t0, 1), "warm_up": warming,
-                          **({"zoom_loss": round(zl.loss.item(), 5)} if zl is not None and zl.rows else {})})
+                          **({"zoom_loss": round(zl.loss.item(), 5)} if zl is not None and zl.rows else {}),
+                          **({"sentence_loss": round(sl.loss.item(), 5)} if sl is not None and sl.rows else {})})
             print(f"[train] step {step} loss {curve[-1]['loss']:.4f} lr {lr:.2e} {time.time() - t0:.0f}s"
                   + (f" zoom loss {curve[-1]['zoom_loss']:.4f}" if "zoom_loss" in curve[-1] else "")
+                  + (f" sentence loss {curve[-1]['sentence_loss']:.4f}" if "sentence_loss" in curve[-1] else "")
                   + (" (warm-up)" if warming else ""), flush=True)
     train_s = time.time() - t0
     model.eval()

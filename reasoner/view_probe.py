@@ -16,6 +16,13 @@ Contract:
   answer's value, each closed thought is scored by ``zoomr_sgl.scoring.thought_score`` (its summary tokens' keys, the
   markers included) and ranked. Returns a ``ZoomHits``: positions scored, where the needed thought ranked first or
   within the top two, and per problem whether it ranked first at the position that predicts the value.
+- With ``sentences`` (a ``reasoner.sentence_view.SentenceSettings``; ``--sentences``), ``probe`` adds the view
+  ``keep 0 + sentences``: the ``keep`` 0 view with the prompt as ``sentencekv`` serves it, each query reading only the
+  sentences an oracle zoom handed back (``reasoner.sentence_view``); and ``sentence_hits(model, tok, problems,
+  layers, settings)`` says whether SentenceKV's score would pick what the trace needs: under that view, each zoom of
+  the view's schedule picks by the model's own scores at its query (``SentenceIndex.pick``'s rule: best first within
+  ``budget`` tokens), and each ``start`` and ``hop`` value the trace looks up is served when the zoom its query reads
+  from picked every sentence its line copies from. Returns ``SentenceHits(served)``, per category.
 - Nothing here changes a model; it reads ``reasoner.data``'s segmentation, so thoughts are what the server sees.
 
     python -m reasoner.view_probe --model models/zoomr-reasoner --n 8 --items 24 --keep 0,1,2,4,all
@@ -30,7 +37,7 @@ from typing import NamedTuple
 
 import torch
 
-from reasoner import data
+from reasoner import data, sentence_view
 from reasoner.cli import OneLineParser
 from reasoner.tasks import problem
 
@@ -70,20 +77,27 @@ def value_positions(tok, text: str, offset: int) -> dict[str, list[int]]:
     return {c: [offset + i for i in sorted(set(v))] for c, v in spans.items()}
 
 
+SENTENCES = "keep 0 + sentences"
+
+
 @torch.no_grad()
-def probe(model, tok, problems: list, keeps: list[int | None]) -> dict[str, dict[str, ProbeScore]]:
+def probe(model, tok, problems: list, keeps: list[int | None], sentences=None) -> dict[str, dict[str, ProbeScore]]:
     dev = next(model.parameters()).device
-    scores = {_name(k): {c: [0, 0] for c in (*_VALUE, "answer")} for k in keeps}
+    views = [_name(k) for k in keeps] + ([SENTENCES] if sentences else [])
+    scores = {v: {c: [0, 0] for c in (*_VALUE, "answer")} for v in views}
     for p in problems:
-        ex = data.encode(tok, p, zoomr_aware=True)
+        ex = _encoded(tok, p, sentences)
         ids = torch.tensor(ex.ids)
         seg, own = torch.tensor(ex.seg), torch.tensor(ex.own)
         where = value_positions(tok, p.trace, ex.prompt_len)
-        for keep in keeps:
-            logits = model(ids[None].to(dev), mask=window_mask(seg, own, keep).to(dev))
+        for keep in keeps + ([SENTENCES] if sentences else []):
+            mask = window_mask(seg, own, 0 if keep == SENTENCES else keep)
+            if keep == SENTENCES:
+                mask = sentence_view.restrict(mask, sentence_view.collate([ex.sent], len(ex.ids)))
+            logits = model(ids[None].to(dev), mask=mask.to(dev))
             pred = logits[0].argmax(-1).cpu()  # pred[i]: the token at i + 1
             for cat, positions in where.items():
-                s = scores[_name(keep)][cat]
+                s = scores[keep if keep == SENTENCES else _name(keep)][cat]
                 s[0] += sum(int(pred[i - 1] == ids[i]) for i in positions)
                 s[1] += len(positions)
     return {v: {c: ProbeScore(*s) for c, s in cats.items()} for v, cats in scores.items()}
@@ -129,6 +143,55 @@ def zoom_hits(model, tok, problems: list, layers: tuple[int, ...]) -> ZoomHits:
     return ZoomHits(positions, top1, top2, at_value)
 
 
+def _encoded(tok, p, sentences):
+    from zoomr_sgl.sentences import SentenceEnds
+
+    ends = SentenceEnds.from_tokenizer(tok) if sentences else None
+    return data.encode(tok, p, zoomr_aware=True, sentences=sentences, ends=ends)
+
+
+class SentenceHits(NamedTuple):
+    served: dict[str, ProbeScore]  # per value category (start, hop): looked-up values whose sentences the zoom picked
+
+
+@torch.no_grad()
+def sentence_hits(model, tok, problems: list, layers: tuple[int, ...], settings) -> SentenceHits:
+    from reasoner.qwen3 import captured_qk
+    from reasoner.sentence_loss import mean_keys
+    from reasoner.zoom_loss import group_scores
+    from zoomr_sgl.scoring import top_within_budget
+
+    dev = next(model.parameters()).device
+    scoring = [model.model.layers[i].self_attn for i in layers]
+    served = {c: [0, 0] for c in ("start", "hop")}
+    for p in problems:
+        ex = _encoded(tok, p, settings)
+        sb = sentence_view.collate([ex.sent], len(ex.ids))
+        count = int(sb.psent[0].max()) + 1
+        if count <= 0:
+            continue
+        mask = sentence_view.restrict(window_mask(torch.tensor(ex.seg), torch.tensor(ex.own), 0), sb)
+        qs, ks = captured_qk(model, scoring, torch.tensor(ex.ids)[None].to(dev), mask.to(dev))
+        zpick = sb.zpick[0].tolist()
+        first = {}  # zoom j -> its first reader; its query is the position before
+        for q, j in enumerate(zpick):
+            first.setdefault(j, q)
+        zooms = [first[j] - 1 for j in range(len(ex.sent.picks)) if j in first]
+        sizes = torch.bincount(sb.psent[0][sb.psent[0] >= 0].long(), minlength=count)
+        scores = group_scores([q[0][:, zooms].float().cpu() for q in qs],
+                              mean_keys([k.float().cpu() for k in ks], 0, sb.psent[0], count),
+                              torch.arange(count), count)
+        picks = [set(top_within_budget(row, sizes, count, settings.budget)) for row in scores]
+        where = value_positions(tok, p.trace, ex.prompt_len)
+        for cat, tally in served.items():
+            for i in where[cat]:
+                need, j = ex.sent.need[i - 1], zpick[i - 1]  # the query before a value predicts it
+                if need and j >= 0:
+                    tally[0] += set(need) <= picks[j]
+                    tally[1] += 1
+    return SentenceHits({c: ProbeScore(*t) for c, t in served.items()})
+
+
 def _lead_value_position(tok, ids: list[int], think_end: int, answer: str) -> int:
     """The position whose next token is the first token of the lead's value (``end NAME VALUE.``)."""
     first = tok.encode(" " + answer, add_special_tokens=False).ids[0]
@@ -154,18 +217,25 @@ def main(argv=None) -> int:
     ap.add_argument("--items", type=int, default=24)
     ap.add_argument("--keep", default="0,1,2,all", help="views: thoughts kept before a query's own, or 'all'")
     ap.add_argument("--device", default="cpu", help="torch device (float32 weights)")
+    ap.add_argument("--sentences", action="store_true",
+                    help="also the view with the prompt as sentencekv serves it, and how SentenceKV's score picks")
+    ap.add_argument("--sentence-budget", type=int, default=sentence_view.SentenceSettings().budget)
+    ap.add_argument("--linked", action="store_true", help="problems whose item lines name the next item")
     args = ap.parse_args(argv)
     try:
         keeps = [None if k == "all" else int(k) if k.isdigit() else -1 for k in args.keep.split(",") if k]
-        if not keeps or any(k is not None and k < 0 for k in keeps) or args.n <= 0 or args.items <= 0:
-            raise ValueError("--keep takes non-negative counts or 'all'; --n and --items must be positive")
+        if not keeps or any(k is not None and k < 0 for k in keeps) or args.n <= 0 or args.items <= 0 \
+                or args.sentence_budget <= 0:
+            raise ValueError("--keep takes non-negative counts or 'all'; "
+                             "--n, --items and --sentence-budget must be positive")
         if not (args.model / "reasoner_manifest.json").is_file():
             raise ValueError(f"{args.model}: not a checkpoint of reasoner.train (no reasoner_manifest.json)")
     except ValueError as e:
         ap.error(str(e))
     model, tok = load(args.model, args.device)
-    problems = [problem("heldout", "chain", i, items=args.items) for i in range(args.n)]
-    result = probe(model, tok, problems, keeps)
+    problems = [problem("heldout", "chain", i, items=args.items, linked=args.linked) for i in range(args.n)]
+    settings = sentence_view.SentenceSettings(budget=args.sentence_budget) if args.sentences else None
+    result = probe(model, tok, problems, keeps, settings)
     cats = list(next(iter(result.values())))
     print(f"teacher-forced value accuracy, {args.n} held-out {args.items}-item chain problems, {args.model.name}")
     print("| view | " + " | ".join(cats) + " |\n|---|" + "---|" * len(cats))
@@ -181,6 +251,10 @@ def main(argv=None) -> int:
               f"</think>: the needed thought first at {100 * hits.top1 / hits.positions:.1f}%, in the top 2 at "
               f"{100 * hits.top2 / hits.positions:.1f}% of {hits.positions}; first at the value's position in "
               f"{sum(hits.at_value)} of {len(hits.at_value)}")
+    if settings:
+        sh = sentence_hits(model, tok, problems, layers, settings).served
+        print(f"sentence scoring ({settings}): the zoom before a looked-up value picked its sentences for "
+              + ", ".join(f"{100 * s.accuracy:.1f}% of {s.total} {c} values" for c, s in sh.items() if s.total))
     return 0
 
 

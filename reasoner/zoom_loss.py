@@ -39,14 +39,21 @@ class ZoomLoss(NamedTuple):
 
 def row_scores(qs, ks, r: int, qpos: torch.Tensor, spos: torch.Tensor, sid: torch.Tensor, thoughts: int):
     """Scores ``[P, thoughts]`` of row ``r``'s queries at ``qpos`` against the summaries at ``spos`` (thought ``sid``)."""
+    return group_scores([q[r][:, qpos] for q in qs], [k[r][:, spos] for k in ks], sid, thoughts)
+
+
+def group_scores(q_rows, k_rows, gid: torch.Tensor, groups: int) -> torch.Tensor:
+    """ZoomR's score of ``P`` queries against ``groups`` groups of keys, ``[P, groups]`` float32: per scoring layer,
+    ``q_rows`` ``[Hq, P, D]`` and ``k_rows`` ``[Hkv, N, D]`` with key ``n`` in group ``gid[n]``; the max over a group's
+    keys of ``q·k / sqrt(D)``, then the mean over query heads (GQA: head ``h`` reads kv head ``h // group``) and
+    layers. A group of one key is SentenceKV's sentence score (its mean key)."""
     per_layer = []
-    for q, k in zip(qs, ks):
-        hq, hkv, d = q.shape[1], k.shape[1], q.shape[-1]
-        qr = q[r][:, qpos].float()  # [Hq, P, D]
-        kr = k[r][:, spos].float().repeat_interleave(hq // hkv, 0)  # [Hq, N, D]: q head h reads kv head h // group
-        logits = qr @ kr.transpose(1, 2) / math.sqrt(d)  # [Hq, P, N]
-        best = torch.full((hq, len(qpos), thoughts), float("-inf"), device=logits.device)
-        best = best.scatter_reduce(2, sid.expand(hq, len(qpos), -1), logits, "amax", include_self=True)
+    for q, k in zip(q_rows, k_rows):
+        hq, hkv, d = q.shape[0], k.shape[0], q.shape[-1]
+        kr = k.float().repeat_interleave(hq // hkv, 0)  # [Hq, N, D]
+        logits = q.float() @ kr.transpose(1, 2) / math.sqrt(d)  # [Hq, P, N]
+        best = torch.full((hq, q.shape[1], groups), float("-inf"), device=logits.device)
+        best = best.scatter_reduce(2, gid.expand(hq, q.shape[1], -1), logits, "amax", include_self=True)
         per_layer.append(best.mean(0))
     return torch.stack(per_layer).mean(0)
 

@@ -343,8 +343,11 @@ PY
       # GPU; each scheduler is its own CPU core. (One server with ACCURACY_GRAPH_BS=256 and --concurrency 256 is the
       # fallback should several stall again: one server never did.) Prefill CUDA graphs off: their capture took 200 s
       # of the first server's start on a bare H200 (2026-12-03), and accuracy does not time prefill.
+      # ACCURACY_SERVER_ARGS: more server flags (e.g. "--zoomr-sentence-min-tokens 4" for a model trained with
+      # --sentence-view, whose sentences are cut that way).
       stamp "accuracy: ${ACCURACY_SERVERS:-1} x ${ACCURACY_MODEL:-models/zoomr-reasoner}"
-      python3 -m reasoner.tasks --split heldout --n "${ACCURACY_N:-200}" ${ACCURACY_FAMILY:+--family $ACCURACY_FAMILY} --out /tmp/heldout.jsonl
+      python3 -m reasoner.tasks --split heldout --n "${ACCURACY_N:-200}" ${ACCURACY_FAMILY:+--family $ACCURACY_FAMILY} \
+        ${ACCURACY_TASK_ARGS:-} --out /tmp/heldout.jsonl  # e.g. ACCURACY_TASK_ARGS="--linked" (with ACCURACY_FAMILY=chain)
       # A monitor beside it (every 5 s: host memory, GPU use, load, decode log lines so far); once every server is
       # up, every 30 s each scheduler's Python stacks into its log (the plugin's SIGUSR2), to see where a stalled
       # step waits (8 servers stopped decoding together on 2026-12-02 and -03), and the servers' logs with the
@@ -365,7 +368,7 @@ PY
       timeout -s TERM $(left 30) python3 -m benchmarks.accuracy --problems /tmp/heldout.jsonl \
         --model-path "${ACCURACY_MODEL:-models/zoomr-reasoner}" --servers "${ACCURACY_SERVERS:-1}" ${ACCURACY_ARGS:-} \
         --out "$OUT/results" -- --cuda-graph-max-bs ${ACCURACY_GRAPH_BS:-64} --max-total-tokens ${ACCURACY_MAX_TOKENS:-400000} --mem-fraction-static 0.85 \
-        --enable-metrics --disable-prefill-cuda-graph --soft-watchdog-timeout 30 > "$OUT/accuracy.log" 2>&1
+        --enable-metrics --disable-prefill-cuda-graph --soft-watchdog-timeout 30 ${ACCURACY_SERVER_ARGS:-} > "$OUT/accuracy.log" 2>&1
       echo "accuracy rc=$?"; kill $MON_PID 2>/dev/null; cp /tmp/accuracy_monitor.log "$OUT/monitor.log"; tr '\r' '\n' < "$OUT/accuracy.log" | grep '^|' | tail -14
       rm -f "$OUT"/server_logs.tgz*; tail -4 "$OUT/monitor.log"; (dmesg 2>/dev/null | grep -i xid | tail -5) || true
       ;;

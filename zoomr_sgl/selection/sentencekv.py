@@ -20,11 +20,17 @@ Contract (on a zoom step):
   once.
 - ``may_leave(table, index, prompt_len)``: a sentence outside the attention sink (it starts at or after
   ``sink_tokens``) and the recent window (it ends at or before ``prompt_len - recent_tokens``); the others stay on the
-  device, attended.
+  device, attended. ``leaves(start, end, prompt_len, sink_tokens, recent_tokens)`` is that rule on a span, shared with
+  the trainer's view of a served prompt (``reasoner.sentence_view``).
 """
 
 from zoomr_sgl.selection.zoomr import ZoomRPolicy, summary_scores, zoom_within, zoomable
 from zoomr_sgl.thought_table import ZOOMABLE_HOMES, Location
+
+
+def leaves(start: int, end: int, prompt_len: int, sink_tokens: int, recent_tokens: int) -> bool:
+    """Whether the prompt sentence ``[start, end)`` may leave the device: outside the sink and the recent window."""
+    return start >= sink_tokens and end <= prompt_len - recent_tokens
 
 
 class SentenceKVPolicy(ZoomRPolicy):
@@ -33,7 +39,7 @@ class SentenceKVPolicy(ZoomRPolicy):
 
     def may_leave(self, table, index, prompt_len):
         t, cfg = table.thought(index), table.config
-        return t.detail_start >= cfg.sink_tokens and t.detail_end <= prompt_len - cfg.recent_tokens
+        return leaves(t.detail_start, t.detail_end, prompt_len, cfg.sink_tokens, cfg.recent_tokens)
 
     @staticmethod
     def _sentences(table):
