@@ -307,7 +307,8 @@ PY
       # returns at most 8 files of 16 MiB). Size --minutes and --eval-minutes in TRAIN_ARGS so that both fit in the budget left: the checkpoint
       # is written before the evaluation starts. Then `reasoner.view_probe` on each checkpoint (PROBE_N problems, up to
       # 120 s; leave it room): teacher-forced values under ZoomR's view and how often the zoom ranks the needed thought
-      # first, into the variant's log.
+      # first, into the variant's log (PROBE_ARGS: more probe flags, e.g. "--sentences --linked" for a model trained
+      # with --sentence-view). Each checkpoint also stays in /tmp/trained/NAME for the call's later phases.
       stamp "train: the reasoner"
       IFS='|' read -r -a variants <<< "${TRAIN_VARIANTS:-zoomr-reasoner=}"
       [[ ${TRAIN_AWARE:-0} == 1 ]] && variants+=("zoomr-reasoner-aware=--zoomr-aware")
@@ -328,11 +329,13 @@ PY
       fi
       for name in "${names[@]}"; do  # the view probe: its trace under ZoomR's view, and whether the zoom finds
         [[ -d $OUT/$name ]] && timeout $(left 20 120) python3 -m reasoner.view_probe --model "$OUT/$name" --device cuda \
-          --n "${PROBE_N:-16}" --items 24 --keep 0,all >> "$OUT/train_$name.log" 2>&1  # the needed thought
+          --n "${PROBE_N:-16}" --items 24 --keep 0,all ${PROBE_ARGS:-} >> "$OUT/train_$name.log" 2>&1  # the needed thought
       done
       for name in "${names[@]}"; do
         f=$OUT/train_$name.log; echo "== $name"; grep -E "^\[train\] (held-out|wrote|[0-9]+ problems)" "$f"; tail -7 "$f"
-        [[ -d $OUT/$name ]] && tar czf "$OUT/reasoner_$name.tgz" -C "$OUT" "$name" && rm -rf "${OUT:?}/$name"
+        # a later phase of this call reads it from /tmp/trained/NAME (e.g. ACCURACY_MODEL=/tmp/trained/NAME)
+        [[ -d $OUT/$name ]] && mkdir -p /tmp/trained && cp -r "$OUT/$name" /tmp/trained/ \
+          && tar czf "$OUT/reasoner_$name.tgz" -C "$OUT" "$name" && rm -rf "${OUT:?}/$name"
       done
       ;;
     accuracy)
