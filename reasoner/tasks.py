@@ -152,10 +152,11 @@ def line_reads(p: Problem) -> list[tuple[int, ...]]:
     """Per line of ``p.trace`` (split at newlines), the indices of the ``p.prompt`` lines (split alike) it copies
     from: empty when it copies nothing from the prompt (it restates the question, which stays in SentenceKV's recent
     window, or copies from the trace itself). An item's first line reads two: the item list's line before its own
-    (the item traced last: which item comes next is the line after it) and its own."""
+    (the item traced last: which item comes next is the line after it) and its own. Every later line of an item's
+    thought (its hops, its end) also reads the item's own line: its step count says when the trace stops."""
     lines = [line.split() for line in p.prompt.split("\n")]
     heads: dict[int, dict[tuple, int]] = {}  # words of a head -> the first prompt line that starts with them
-    out = []
+    out, item = [], None  # item: the prompt line of the item whose thought this is
     for line in p.trace.split("\n"):
         found: tuple[int, ...] = ()
         for pattern, head in _READS:
@@ -167,8 +168,15 @@ def line_reads(p: Problem) -> list[tuple[int, ...]]:
                     for i, words in reversed(list(enumerate(lines))):
                         heads[len(key)][tuple(words[:len(key)])] = i
                 at = heads[len(key)].get(key)
-                found = () if at is None else (at - 1, at) if head == "item {}: " and "start" in line else (at,)
+                starts = head == "item {}: " and "start" in line
+                if starts:
+                    item = at
+                found = () if at is None else (at - 1, at) if starts else (at,)
                 break
+        if item is not None and re.match(r"(step \d+:|end \w+) ", line):  # within an item's thought
+            found = tuple(dict.fromkeys(found + (item,)))
+        if line.startswith("<summary>"):
+            item = None
         out.append(found)
     return out
 

@@ -41,14 +41,20 @@ def test_each_trace_line_names_the_prompt_lines_it_copies_from():
         prompt, reads = p.prompt.split("\n"), tasks.line_reads(p)
         trace = p.trace.split("\n")
         assert len(reads) == len(trace)
+        item = None
         for line, read in zip(trace, reads):
             hop = re.match(r"step \d+: box (\w+) ", line)
+            end = re.match(r"end (\w+) ", line)
             start = re.match(r"item (\w+): start ", line)
             summary = re.match(r"<summary>item (\w+) ", line)
             record = re.match(r"Record (\w+ \d+) has code", line)
-            if hop:
-                assert len(read) == 1 and prompt[read[0]].startswith(f"box {hop.group(1)} ")
+            if hop:  # the box's line, and the item's own (its step count says when to stop)
+                assert prompt[read[0]].startswith(f"box {hop.group(1)} ") and read[-1] == item
+                assert len(read) == 2 or prompt[item].startswith(f"box {hop.group(1)} ")
+            elif end:
+                assert read == (item,) and prompt[item].startswith(f"item {end.group(1)}: ")
             elif start:  # the line before its own (the item traced last, or the list's header), and its own
+                item = read[1]
                 assert len(read) == 2 and read[0] == read[1] - 1
                 assert prompt[read[1]].startswith(f"item {start.group(1)}: ")
                 assert prompt[read[0]].startswith("item ") or prompt[read[0]] == "Items:"
@@ -87,8 +93,9 @@ def test_a_hop_needs_the_sentence_that_holds_its_box_line(tok, ends):
         m = re.match(r"step \d+: box (\w+) (\w+)$", line)  # the token at q + 1 is a hop's value
         if m:
             hops += 1
-            (k,) = v.need[q]
-            assert f"box {m.group(1)} {m.group(2)}." in tok.decode(e.ids[spans[k].start:spans[k].end])
+            texts = [tok.decode(e.ids[spans[k].start:spans[k].end]) for k in v.need[q]]
+            assert f"box {m.group(1)} {m.group(2)}." in texts[0]
+            assert all("item " in t for t in texts[1:])  # the item's own line, unless it sits in the recent window
         m = re.match(r"item (\w+)$", line)  # the token at q + 1 names the next item: its line and the one before
         if m and "</summary>" in text[len(tok.decode(e.ids[: e.prompt_len])):]:  # not the first item's
             texts = [tok.decode(e.ids[spans[k].start:spans[k].end]) for k in v.need[q]]
