@@ -202,7 +202,7 @@ def test_training_under_the_sentence_view_writes_a_checkpoint(tmp_path):
                         "--train-problems", "8", "--eval", "0", "--tokens-per-step", "4096", "--layers", "1",
                         "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--intermediate", "64", "--workers", "1",
                         "--device", "cpu", "--zoomr-aware", "--sentence-view", "--sentence-loss-weight", "1",
-                        "--items", "3", "--records-share", "0.5", "--sentence-budget", "32", "--warm", "0"],
+                        "--items", "3", "--records-share", "0", "--sentence-budget", "32", "--warm", "0"],
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     manifest = json.loads((out / "reasoner_manifest.json").read_text())
