@@ -170,16 +170,19 @@ def sentence_view(prompt_ids: Sequence[int], n: int, spans: Sequence[Sentence], 
         nxt = zooms[j + 1] if j + 1 < len(zooms) else n
         zpick[z + 1:nxt + 1] = [j] * (min(nxt + 1, n) - min(z + 1, n))
         wanted = list(dict.fromkeys(k for ks in need[z + 1:nxt + 2] for k in ks))
-        pick, used = [], 0
-        for k in wanted:
-            if used + spans[k].tokens <= s.budget:
-                pick.append(k)
-                used += spans[k].tokens
-        others = [k for k in range(len(spans)) if k not in set(pick)]
+        pick, used = _fill(wanted, spans, s.budget, [], 0)
+        chosen = set(pick)
+        others = [k for k in range(len(spans)) if k not in chosen]
         rng.shuffle(others)
-        for k in others:
-            if used + spans[k].tokens <= s.budget:
-                pick.append(k)
-                used += spans[k].tokens
+        pick, _ = _fill(others, spans, s.budget, pick, used)
         picks.append(sorted(pick))
     return SentenceView(psent, zpick, picks, list(need))
+
+
+def _fill(candidates, spans: Sequence[Sentence], budget: int, pick: list[int], used: int) -> tuple[list[int], int]:
+    """``pick`` (holding ``used`` tokens) with each of ``candidates`` in order added while it fits ``budget``."""
+    for k in candidates:
+        if used + spans[k].tokens <= budget:
+            pick.append(k)
+            used += spans[k].tokens
+    return pick, used

@@ -85,8 +85,9 @@ def probe(model, tok, problems: list, keeps: list[int | None], sentences=None) -
     dev = next(model.parameters()).device
     views = [_name(k) for k in keeps] + ([SENTENCES] if sentences else [])
     scores = {v: {c: [0, 0] for c in (*_VALUE, "answer")} for v in views}
+    ends = _sentence_ends(tok, sentences)
     for p in problems:
-        ex = _encoded(tok, p, sentences)
+        ex = data.encode(tok, p, zoomr_aware=True, sentences=sentences, ends=ends)
         ids = torch.tensor(ex.ids)
         seg, own = torch.tensor(ex.seg), torch.tensor(ex.own)
         where = value_positions(tok, p.trace, ex.prompt_len)
@@ -143,11 +144,11 @@ def zoom_hits(model, tok, problems: list, layers: tuple[int, ...]) -> ZoomHits:
     return ZoomHits(positions, top1, top2, at_value)
 
 
-def _encoded(tok, p, sentences):
+def _sentence_ends(tok, sentences):
+    """The tokenizer's sentence ends, once per probe (decoding every id), when the sentence view is asked for."""
     from zoomr_sgl.sentences import SentenceEnds
 
-    ends = SentenceEnds.from_tokenizer(tok) if sentences else None
-    return data.encode(tok, p, zoomr_aware=True, sentences=sentences, ends=ends)
+    return SentenceEnds.from_tokenizer(tok) if sentences else None
 
 
 class SentenceHits(NamedTuple):
@@ -164,8 +165,9 @@ def sentence_hits(model, tok, problems: list, layers: tuple[int, ...], settings)
     dev = next(model.parameters()).device
     scoring = [model.model.layers[i].self_attn for i in layers]
     served = {c: [0, 0] for c in ("start", "hop")}
+    ends = _sentence_ends(tok, settings)
     for p in problems:
-        ex = _encoded(tok, p, settings)
+        ex = data.encode(tok, p, zoomr_aware=True, sentences=settings, ends=ends)
         sb = sentence_view.collate([ex.sent], len(ex.ids))
         count = int(sb.psent[0].max()) + 1
         if count <= 0:
