@@ -4,7 +4,7 @@
 #
 #   here (CPU host), once:  scripts/gpu_run.sh --prepare     # fills .gpu/ (runtime archive, pure-python test deps)
 #   on the device:          bash scripts/gpu_run.sh [long] [tests] [bench] [e2e] [suite] [capacity-launch]
-#                           [capacity-start] [capacity] [capacity-stop] [train] [accuracy] [long-prompts]
+#                           [capacity-start] [capacity] [capacity-stop] [jit-warm] [train] [accuracy] [long-prompts]
 #                           (default: tests bench e2e; long runs in the background beside the later phases)
 #                           writes $OUT/results/{kernels,serve_long,capacity}.{json,md,png}, $OUT/gpu_run.log,
 #                           $OUT/logs.tgz
@@ -298,6 +298,17 @@ PY
     capacity-stop)
       cap_stop
       ;;
+    jit-warm)
+      # A server on the embedded reasoner, detached, only to JIT-compile FlashInfer's kernels for its shape into
+      # /tmp/fi (2-4.5 minutes on a bare machine) while the phases after it run (e.g. `jit-warm train accuracy`: the
+      # accuracy server on the freshly trained model, same shape, then starts in about a minute). A small pool
+      # (--mem-fraction-static 0.2) leaves the GPU to training; `accuracy` stops it first.
+      stamp "jit-warm: a server on the embedded reasoner (background)"
+      setsid nohup python3 launch.py --enable-zoomr --max-total-tokens 100000 --mem-fraction-static 0.2 \
+        --cuda-graph-max-bs ${ACCURACY_GRAPH_BS:-64} --disable-prefill-cuda-graph --host 127.0.0.1 --port 30091 \
+        > "$OUT/jit_warm.log" 2>&1 < /dev/null &
+      echo $! > /tmp/jit_warm.pid
+      ;;
     train)
       # The embedded reasoner (reasoner/train.py): trained here, its held-out full-attention accuracy measured in
       # torch. TRAIN_VARIANTS="NAME=ARGS|NAME=ARGS..." trains several side by side on the one GPU (each with
@@ -348,6 +359,12 @@ PY
       # of the first server's start on a bare H200 (2026-12-03), and accuracy does not time prefill.
       # ACCURACY_SERVER_ARGS: more server flags (e.g. "--zoomr-sentence-min-tokens 4" for a model trained with
       # --sentence-view, whose sentences are cut that way).
+      if [[ -s /tmp/jit_warm.pid ]]; then  # the jit-warm server has done its part (or is cut short here)
+        pid=$(cat /tmp/jit_warm.pid); rm -f /tmp/jit_warm.pid
+        grep -q "fired up" "$OUT/jit_warm.log" 2>/dev/null && stamp "jit-warm server was ready" || stamp "jit-warm server not ready yet"
+        kill -TERM -- -"$pid" 2>/dev/null; for _ in $(seq 15); do kill -0 -- -"$pid" 2>/dev/null || break; sleep 1; done
+        kill -KILL -- -"$pid" 2>/dev/null
+      fi
       stamp "accuracy: ${ACCURACY_SERVERS:-1} x ${ACCURACY_MODEL:-models/zoomr-reasoner}"
       python3 -m reasoner.tasks --split heldout --n "${ACCURACY_N:-200}" ${ACCURACY_FAMILY:+--family $ACCURACY_FAMILY} \
         ${ACCURACY_TASK_ARGS:-} --out /tmp/heldout.jsonl  # e.g. ACCURACY_TASK_ARGS="--linked" (with ACCURACY_FAMILY=chain)
