@@ -91,3 +91,38 @@ def test_output_thoughts_zoom_beside_the_prompt_sentences(any_zoomr_server):
     assert z["forced_markers"] > 0 and z["offloaded_tokens"] > z["demoted_tokens"] > 0, z
     assert z["thoughts"] > 40 + 3 and z["zoom_recalls"] > 0, z
     check_all_returned(s, start)
+
+
+def test_requests_that_attend_the_whole_prompt_never_get_its_host_backed_sentences(zoomr_server):
+    """After a sentencekv request demoted the prompt's sentences to host nodes, a request whose policy reads its whole
+    prompt (full, streaming, quest, no ZoomR) or zooms only thoughts (zoomr) gets the prompt on the device, recomputed past the first host node: its output equals its output on an empty tree. A
+    sentencekv request cut alike still borrows them."""
+    s = zoomr_server
+    start = empty_tree_state(s)
+    prompt = records_prompt(13)
+    readers = {
+        "full": {**SKV, "zoomr_policy": "full"},
+        "streaming": {"zoomr_policy": "streaming", "zoomr_recent_tokens": 64, "zoomr_sink_tokens": 4},
+        "quest": {"zoomr_policy": "quest", "zoomr_quest_page_size": 16, "zoomr_quest_top_pages": 4,
+                  "zoomr_zoom_budget": 64},
+        "zoomr": {**SKV, "zoomr_policy": "zoomr"},
+        "no zoomr": {"zoomr_enable": False},
+    }
+    alone = {}
+    for name, params in readers.items():
+        s.flush_cache()
+        r = s.post("/generate", {"text": prompt, "sampling_params": {
+            "max_new_tokens": 24, "temperature": 0, "ignore_eos": True, "custom_params": params}})
+        assert r.status_code == 200, (name, r.text)
+        alone[name] = r.json()["output_ids"]
+    s.flush_cache()
+    demoting = generate(s, prompt, SKV, 24)["meta_info"]["zoomr"]
+    assert demoting["demoted_tokens"] > 0, demoting
+    for name, params in readers.items():
+        out = generate(s, prompt, params, 24)
+        assert out["output_ids"] == alone[name], name  # served as on an empty tree, not around holes
+        z = out["meta_info"].get("zoomr") or {}
+        assert z.get("reused_host_tokens", 0) == 0, (name, z)
+    again = generate(s, prompt, SKV, 24)["meta_info"]["zoomr"]
+    assert again["reused_host_tokens"] > 0, again  # the host nodes are still there for the requests that read them
+    check_all_returned(s, start)

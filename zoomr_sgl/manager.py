@@ -284,13 +284,18 @@ class ZoomRManager:
         """Before a new request takes any slot (``Scheduler._add_request_to_queue``): its effective ZoomR config goes
         on the request (``req.zoomr_config``; None: it opted out), or the request is aborted with a 400 the way SGLang
         aborts its own invalid requests there, so the abort's rewritten prompt is all it ever holds. The HTTP process
-        checked the same with the model's layer count; this is the last line, for requests that did not pass there."""
+        checked the same with the model's layer count; this is the last line, for requests that did not pass there.
+        Also ``req.zoomr_host_units``: the host-backed prefix its policy reads (``Policy.host_units``), which the
+        radix tree's match honours (``zoomr_sgl.tree_readers``)."""
         if req.finished() or getattr(req, "to_finish", None) is not None:
             return
         try:
-            req.zoomr_config = self._request_config(req)
+            req.zoomr_config = cfg = self._request_config(req)
         except ZoomRConfigError as e:
             req.set_finish_with_abort(str(e))
+            return
+        # what host-backed prefix the radix tree may hand it as holes (zoomr_sgl.tree_readers); none without ZoomR
+        req.zoomr_host_units = policy_for(cfg.policy).host_units(cfg) if cfg is not None else frozenset()
 
     def release(self, req, is_insert: bool = True) -> None:
         self.admission.released(req.rid)

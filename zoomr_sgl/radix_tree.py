@@ -38,6 +38,9 @@ Contract:
   prompt with its detail already tree-owned on the device; SentenceKV's prompt sentences): tree-owned device spans of
   a chain read only by the caller become host nodes backed by new blocks, many at once (``zoomr_sgl.tree_demotion``,
   a mixin of this class: ``demote_spans``, ``demote``, ``can_demote``); the result, ``Demotion``, is defined here.
+- **Readers** (``zoomr_sgl.tree_readers``, a mixin of this class): a request's match stops before the first host
+  node whose unit its policy does not read (``req.zoomr_host_units``), and its prefill is not folded back onto such
+  nodes, so a request that attends its whole prompt never gets holes there.
 - ``evict_host(num_tokens)`` (``zoomr_sgl.tree_host_eviction``, a mixin of this class) frees host rows by evicting
   leaves whose eviction frees them; the manager and ``demote`` call it when the host store is full.
 - ``attach_host_store(store)``: the manager's ``HostDetailStore`` (built after the tree). Without one the tree
@@ -61,8 +64,10 @@ from sglang.srt.mem_cache.base_prefix_cache import (
 from sglang.srt.mem_cache.radix_cache import RadixCache, TreeNode
 
 from zoomr_sgl.host_store import HostBlock, HostDetailStore
+from zoomr_sgl.selection.base import THOUGHT
 from zoomr_sgl.tree_demotion import TreeDemotion
 from zoomr_sgl.tree_host_eviction import TreeHostEviction
+from zoomr_sgl.tree_readers import TreeReaders
 
 logger = logging.getLogger("zoomr_sgl")
 
@@ -70,11 +75,13 @@ BACKEND_NAME = "zoomr"
 
 
 class HostPiece(NamedTuple):
-    """Rows ``offset .. offset+length`` of ``block`` back ``length`` consecutive positions of a host node."""
+    """Rows ``offset .. offset+length`` of ``block`` back ``length`` consecutive positions of a host node, which hold
+    a ``unit`` (``selection.base.THOUGHT`` or ``SENTENCE``: who may read them as holes, ``tree_readers``)."""
 
     block: HostBlock
     offset: int
     length: int
+    unit: str = THOUGHT
 
 
 class Demotion(NamedTuple):
@@ -111,7 +118,7 @@ def hole_runs(values: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip(starts, ends))
 
 
-class ZoomRRadixCache(TreeDemotion, TreeHostEviction, RadixCache):
+class ZoomRRadixCache(TreeReaders, TreeDemotion, TreeHostEviction, RadixCache):
     """RadixCache with host-backed detail nodes (see the module contract)."""
 
     def __init__(self, params):
@@ -249,8 +256,8 @@ class ZoomRRadixCache(TreeDemotion, TreeHostEviction, RadixCache):
                     right.append(p)
                 else:  # the piece straddles the cut: one more piece of the same block
                     cut = split_len - at
-                    left.append(HostPiece(p.block, p.offset, cut))
-                    right.append(HostPiece(p.block, p.offset + cut, p.length - cut))
+                    left.append(p._replace(length=cut))
+                    right.append(p._replace(offset=p.offset + cut, length=p.length - cut))
                     self._host_refs[p.block.block_id][1] += 1
                 at += p.length
             new_node.zoomr_host, child.zoomr_host = tuple(left), tuple(right)

@@ -55,7 +55,7 @@ from zoomr_sgl.detail_mover import CHECKS, DetailMover
 from zoomr_sgl.host_store import HostBlock, HostDetailStore
 from zoomr_sgl.radix_tree import Demotion, hole_runs
 from zoomr_sgl.request_state import RequestZoom
-from zoomr_sgl.selection.base import DetailAction
+from zoomr_sgl.selection.base import SENTENCE, THOUGHT, DetailAction
 
 
 class TreeBorrow:
@@ -154,10 +154,12 @@ class TreeBorrow:
         thoughts = [st.table.thought(i) for i in indices]
         if self.mover.may_take is not None and not self.mover.may_take(st, sum(t.detail_len for t in thoughts)):
             return went  # those host rows are promised to requests charged by their bound
+        units = [SENTENCE if st.policy.prompt_sentences and st.table.is_preset(i) else THOUGHT for i in indices]
         results = self.tree.demote_spans(req.last_node, [(t.detail_start, t.detail_end) for t in thoughts],
                                          self.mover.kv_pool.k_buffer, self.mover.kv_pool.v_buffer,
                                          [("zoomr-tree", st.rid, i) for i in indices],  # 3-tuples: the tree's blocks
-                                         wait=False)  # the step goes on; the request frees the slots once landed
+                                         wait=False,  # the step goes on; the request frees the slots once landed
+                                         units=units)  # who may read them as holes (tree_readers)
         prefix = getattr(req, "prefix_indices", None)
         prefix = prefix.clone() if isinstance(prefix, torch.Tensor) else None
         unprefixed = []  # spans to zero in the request's prefix, all in one write

@@ -19,7 +19,8 @@ Contract:
   over what went. No device value is read: a node is a device node exactly when it has no host pieces. With
   ``wait=False`` nothing waits and nothing is freed: each ``Demotion`` carries its span's ``slots`` and the copy's
   ``handle``, and the caller frees the slots once the copy has landed (a running request's, like an offload's:
-  ``DetailMover.demoted``), so the step goes on while the KV crosses to the host.
+  ``DetailMover.demoted``), so the step goes on while the KV crosses to the host. ``units[i]`` (default
+  ``THOUGHT``) is what span ``i`` holds, recorded on its pieces for ``tree_readers``.
 - ``demote(last_node, start, end, k_buffers, v_buffers, owner)``: the same for one span.
 - ``can_demote(last_node, start, end)``: the rule above, without the host store.
 """
@@ -46,7 +47,7 @@ class TreeDemotion:
         return self._demotable(self._chain(last_node), start, end)
 
     def demote_spans(self, last_node: TreeNode, spans: Sequence[tuple[int, int]], k_buffers, v_buffers,
-                     owners: Sequence, wait: bool = True) -> list:
+                     owners: Sequence, wait: bool = True, units: Sequence[str] | None = None) -> list:
         from zoomr_sgl.hooks import free_known_slots
         from zoomr_sgl.radix_tree import Demotion, HostPiece
 
@@ -85,7 +86,7 @@ class TreeDemotion:
                 node.value = holes[at:at + len(node.key)]
                 at += len(node.key)
                 node.zoomr_holes = None
-                node.zoomr_host = (HostPiece(block, offset, len(node.key)),)
+                node.zoomr_host = (HostPiece(block, offset, len(node.key), *([units[i]] if units else [])),)
                 offset += len(node.key)
             self.protected_size_ -= end - start  # locked (lock_ref 1) nodes: their slots were protected
             self.counters["demoted_tokens"] += end - start

@@ -28,6 +28,11 @@ Contract:
   which first parks it (out of the resident set, its slots kept); an eviction list is done whole (as with
   ``zoom_retain`` false); and ``pages_to_score(table)`` names the pages ``decide`` scores through
   ``inputs.score_pages`` (their key bounds), in that order.
+- ``host_units(config)``: the kinds of host-backed prefix the radix tree may hand a request of this policy as holes
+  (``THOUGHT``: a closed thought's detail, borrowed and zoomed like its own; ``SENTENCE``: a prompt sentence,
+  SentenceKV's). By default none: such a request attends its whole prefix, so
+  the tree's match stops before the first host node it cannot read and the rest is recomputed
+  (``zoomr_sgl.tree_readers``).
 - Subclasses say only what differs: ``detail_action``, ``zoom`` (which thoughts to recall and evict) and/or
   ``positions`` (which positions to attend).
 """
@@ -41,6 +46,9 @@ from typing import Callable, ClassVar, NamedTuple, Sequence
 import torch
 
 from zoomr_sgl.thought_table import ThoughtTable, ZoomDecision
+
+THOUGHT = "thought"  # a host node backing a closed thought's detail
+SENTENCE = "sentence"  # a host node backing a prompt sentence (SentenceKV; cut by the server-wide minimum length)
 
 
 class DetailAction(enum.Enum):
@@ -90,6 +98,10 @@ class Policy:
     windowed: ClassVar[bool] = False  # whether ``forgotten`` can be non-empty (the server asks only these)
     prompt_sentences: ClassVar[bool] = False  # whether the prompt's sentences are thoughts (SentenceKV)
     pages: ClassVar[bool] = False  # fixed pages, parked and picked back every step (quest; see the contract)
+
+    def host_units(self, config) -> frozenset[str]:
+        """Kinds of host-backed prefix a request of this policy reads as holes (see the contract); by default none."""
+        return frozenset()
 
     def select(self, table: ThoughtTable, inputs: StepInputs) -> Selection:
         if table.finished:

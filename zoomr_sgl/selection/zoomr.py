@@ -17,7 +17,7 @@ attends only what this zoom picked (a detail recalled for an earlier step no lon
 import torch
 
 from zoomr_sgl.scoring import pad_summary_keys, thought_scores, top_within_budget
-from zoomr_sgl.selection.base import DetailAction, Policy
+from zoomr_sgl.selection.base import THOUGHT, DetailAction, Policy
 from zoomr_sgl.thought_table import ZOOMABLE_HOMES, Location
 
 
@@ -25,6 +25,9 @@ class ZoomRPolicy(Policy):
     name = "zoomr"
     detail_action = DetailAction.OFFLOAD
     zooms = True
+
+    def host_units(self, config):  # a closed prompt thought's detail: borrowed from the tree and zoomed
+        return frozenset({THOUGHT})
 
     @staticmethod
     def _candidates(table):
