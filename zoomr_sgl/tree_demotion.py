@@ -50,6 +50,7 @@ class TreeDemotion:
                      owners: Sequence, wait: bool = True, units: Sequence[str] | None = None) -> list:
         from zoomr_sgl.hooks import free_known_slots
         from zoomr_sgl.radix_tree import Demotion, HostPiece
+        from zoomr_sgl.selection.base import THOUGHT
 
         results = [Demotion(None, Demotion.READ_ELSEWHERE)] * len(spans)
         if self.disable or self.host is None:
@@ -86,7 +87,7 @@ class TreeDemotion:
                 node.value = holes[at:at + len(node.key)]
                 at += len(node.key)
                 node.zoomr_holes = None
-                node.zoomr_host = (HostPiece(block, offset, len(node.key), *([units[i]] if units else [])),)
+                node.zoomr_host = (HostPiece(block, offset, len(node.key), units[i] if units else THOUGHT),)
                 offset += len(node.key)
             self.protected_size_ -= end - start  # locked (lock_ref 1) nodes: their slots were protected
             self.counters["demoted_tokens"] += end - start
