@@ -120,13 +120,16 @@ cap_start() {  # [nowait]: start what does not answer yet, all side by side, the
   done
   return $rc
 }
-cap_stop() {  # end the process groups this script started (by pid file), TERM then KILL
-  local f pid
+stop_group() {  # pid seconds: end the process group $1 (a setsid leader), TERM, then KILL after $2 seconds
+  kill -TERM -- -"$1" 2>/dev/null
+  for _ in $(seq "$2"); do kill -0 -- -"$1" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- -"$1" 2>/dev/null
+}
+cap_stop() {  # end the process groups this script started (by pid file)
+  local f
   for f in "$CAP_DIR"/*.pid; do
     [[ -e $f ]] || continue
-    pid=$(cat "$f"); kill -TERM -- -"$pid" 2>/dev/null
-    for _ in $(seq 20); do kill -0 -- -"$pid" 2>/dev/null || break; sleep 1; done
-    kill -KILL -- -"$pid" 2>/dev/null; rm -f "$f"; stamp "capacity: stopped $(basename "$f" .pid)"
+    stop_group "$(cat "$f")" 20; rm -f "$f"; stamp "capacity: stopped $(basename "$f" .pid)"
   done
 }
 
@@ -362,8 +365,7 @@ PY
       if [[ -s /tmp/jit_warm.pid ]]; then  # the jit-warm server has done its part (or is cut short here)
         pid=$(cat /tmp/jit_warm.pid); rm -f /tmp/jit_warm.pid
         grep -q "fired up" "$OUT/jit_warm.log" 2>/dev/null && stamp "jit-warm server was ready" || stamp "jit-warm server not ready yet"
-        kill -TERM -- -"$pid" 2>/dev/null; for _ in $(seq 15); do kill -0 -- -"$pid" 2>/dev/null || break; sleep 1; done
-        kill -KILL -- -"$pid" 2>/dev/null
+        stop_group "$pid" 15
       fi
       stamp "accuracy: ${ACCURACY_SERVERS:-1} x ${ACCURACY_MODEL:-models/zoomr-reasoner}"
       python3 -m reasoner.tasks --split heldout --n "${ACCURACY_N:-200}" ${ACCURACY_FAMILY:+--family $ACCURACY_FAMILY} \

@@ -95,8 +95,9 @@ def test_output_thoughts_zoom_beside_the_prompt_sentences(any_zoomr_server):
 
 def test_requests_that_attend_the_whole_prompt_never_get_its_host_backed_sentences(zoomr_server):
     """After a sentencekv request demoted the prompt's sentences to host nodes, a request whose policy reads its whole
-    prompt (full, streaming, quest, no ZoomR) or zooms only thoughts (zoomr) gets the prompt on the device, recomputed past the first host node: its output equals its output on an empty tree. A
-    sentencekv request cut alike still borrows them."""
+    prompt (full, streaming, quest, no ZoomR) or zooms only thoughts (zoomr) gets the prompt on the device, recomputed
+    past the first host node: its output equals its output on an empty tree. A later sentencekv request still borrows
+    them."""
     s = zoomr_server
     start = empty_tree_state(s)
     prompt = records_prompt(13)
@@ -111,10 +112,7 @@ def test_requests_that_attend_the_whole_prompt_never_get_its_host_backed_sentenc
     alone = {}
     for name, params in readers.items():
         s.flush_cache()
-        r = s.post("/generate", {"text": prompt, "sampling_params": {
-            "max_new_tokens": 24, "temperature": 0, "ignore_eos": True, "custom_params": params}})
-        assert r.status_code == 200, (name, r.text)
-        alone[name] = r.json()["output_ids"]
+        alone[name] = generate(s, prompt, params, 24)["output_ids"]
     s.flush_cache()
     demoting = generate(s, prompt, SKV, 24)["meta_info"]["zoomr"]
     assert demoting["demoted_tokens"] > 0, demoting

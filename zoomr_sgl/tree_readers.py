@@ -10,8 +10,10 @@ them: served wrong, silently (seen 2026-12-08: a ``full`` request after a ``sent
 0 of 12, alone 11 of 12). And a ``zoomr`` request cannot zoom a prompt sentence, which is no thought of its own.
 
 Contract:
-- Every host piece says what it holds (``HostPiece.unit``: ``selection.base.THOUGHT`` or ``SENTENCE``); every request says what it reads (``req.zoomr_host_units``, written by the manager's
-  ``screen`` from ``Policy.host_units``; absent, e.g. never screened: nothing).
+- Every host piece says what it holds (``HostPiece.unit``: ``selection.base.THOUGHT`` or ``SENTENCE``); every
+  request says what it reads (``req.zoomr_host_units``, written by the manager's ``screen`` from
+  ``Policy.host_units``; absent, e.g. never screened: nothing). A request that reads every unit (``UNITS``) takes the
+  stock paths below without a walk.
 - ``match_prefix(params)`` with ``params.req`` (the scheduler's match for a request): the stock match, cut right
   before the first node on its chain with a piece the request does not read. Host nodes are whole (never part
   device), so the cut falls on a node boundary and the result's nodes and indices stay consistent; the rest of the
@@ -31,17 +33,19 @@ import torch
 from sglang.srt.mem_cache.base_prefix_cache import MatchPrefixParams, MatchResult
 from sglang.srt.mem_cache.radix_cache import RadixKey, TreeNode
 
+from zoomr_sgl.selection.base import UNITS
+
 
 class TreeReaders:
-    """Mixin of ``ZoomRRadixCache`` (see the module contract); uses its ``root_node``, ``_host_refs`` and
-    ``req_to_token_pool``."""
+    """Mixin of ``ZoomRRadixCache`` (see the module contract); uses its ``_host_refs``, ``req_to_token_pool`` and
+    ``TreeDemotion._chain``."""
 
     def match_prefix(self, params: MatchPrefixParams) -> MatchResult:
         result = super().match_prefix(params)
-        req = params.req
-        if req is None or not self._host_refs:
+        units = self._partial_reader(params.req)
+        if units is None:
             return result
-        cut = self._first_unread(result.last_device_node, getattr(req, "zoomr_host_units", frozenset()))
+        cut = self._first_unread(result.last_device_node, units)
         if cut is None:
             return result
         node, length = cut
@@ -49,25 +53,27 @@ class TreeReaders:
                                last_host_node=node, best_match_node=node)
 
     def cache_unfinished_req(self, req, chunked=False):
-        if self.disable or not self._host_refs:
+        units = None if self.disable else self._partial_reader(req)
+        if units is None:
             return super().cache_unfinished_req(req, chunked)
         token_ids = req.get_fill_ids()
         met = super().match_prefix(MatchPrefixParams(key=RadixKey(token_ids, req.extra_key)))
-        if self._first_unread(met.last_device_node, getattr(req, "zoomr_host_units", frozenset())) is None:
+        if self._first_unread(met.last_device_node, units) is None:
             return super().cache_unfinished_req(req, chunked)
         row = self.req_to_token_pool.req_to_token[req.req_pool_idx, :len(token_ids)]
         req.prefix_indices = row.to(dtype=torch.int64, copy=True)
 
+    def _partial_reader(self, req) -> frozenset[str] | None:
+        """The units ``req`` reads when the tree holds host nodes and it may not read them all; else None (stock)."""
+        if req is None or not self._host_refs:
+            return None
+        units = getattr(req, "zoomr_host_units", frozenset())
+        return None if UNITS <= units else units
+
     def _first_unread(self, last: TreeNode | None, units: frozenset[str]) -> tuple[TreeNode, int] | None:
         """The node right before the first node of the chain root -> ``last`` with a piece outside ``units``, and the
         number of positions up to it; None when the request reads every host node there."""
-        chain = []
-        while last is not None and last is not self.root_node:
-            chain.append(last)
-            last = last.parent
-        length = 0
-        for node in reversed(chain):
+        for pos, node in self._chain(last):
             if any(piece.unit not in units for piece in getattr(node, "zoomr_host", ())):
-                return node.parent, length
-            length += len(node.key)
+                return node.parent, pos
         return None

@@ -49,6 +49,7 @@ from zoomr_sgl.thought_table import ThoughtTable, ZoomDecision
 
 THOUGHT = "thought"  # a host node backing a closed thought's detail
 SENTENCE = "sentence"  # a host node backing a prompt sentence (SentenceKV; cut by the server-wide minimum length)
+UNITS = frozenset({THOUGHT, SENTENCE})  # every kind of host node
 
 
 class DetailAction(enum.Enum):

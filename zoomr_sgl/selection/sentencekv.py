@@ -24,7 +24,7 @@ Contract (on a zoom step):
   the trainer's view of a served prompt (``reasoner.sentence_view``).
 """
 
-from zoomr_sgl.selection.base import SENTENCE, THOUGHT
+from zoomr_sgl.selection.base import UNITS
 from zoomr_sgl.selection.zoomr import ZoomRPolicy, summary_scores, zoom_within, zoomable
 from zoomr_sgl.thought_table import ZOOMABLE_HOMES, Location
 
@@ -38,8 +38,8 @@ class SentenceKVPolicy(ZoomRPolicy):
     name = "sentencekv"
     prompt_sentences = True
 
-    def host_units(self, config):  # and its prompt sentences
-        return frozenset({THOUGHT, SENTENCE})
+    def host_units(self, config):  # thoughts and its prompt sentences
+        return UNITS
 
     def may_leave(self, table, index, prompt_len):
         t, cfg = table.thought(index), table.config
